@@ -40,19 +40,43 @@ fn metrics(run: &Path, stage: &str) -> BTreeMap<u64, BTreeMap<String, f64>> {
 
 #[test]
 fn kill_and_resume_reproduces_the_uninterrupted_run() {
-    let root = tmp("resume");
+    kill_and_resume("resume", &[]);
+}
+
+/// The same with LoRA adapters (and the fixture's EMA of them): the resumed learner restores its
+/// adapters onto the frozen base, and checkpoints hold merged weights plus PEFT adapters.
+#[test]
+fn kill_and_resume_reproduces_the_uninterrupted_run_with_lora() {
+    kill_and_resume("resume-lora", &["--set", "stages.learn.with.lora={r: 4, alpha: 8}"]);
+}
+
+/// Runs the fixture uninterrupted and killed-then-resumed with `extra` arguments; asserts equal
+/// learner metrics and final weights.
+fn kill_and_resume(name: &str, extra: &[&str]) {
+    let root = tmp(name);
     let runs = root.to_str().expect("utf-8 temp path");
     let file = fixture();
     let file = file.to_str().expect("utf-8 path");
+    let lora = !extra.is_empty();
 
-    let full = keel(&["run", file, "--runs-dir", runs, "--run-id", "full"]);
+    let full = keel(&[&["run", file, "--runs-dir", runs, "--run-id", "full"], extra].concat());
     assert!(full.status.success(), "uninterrupted run failed: {}", String::from_utf8_lossy(&full.stderr));
     let expected = metrics(&root.join("rl-small/full"), "learn");
     assert_eq!(expected.len(), 16, "one learner record per RL step");
+    if lora {
+        let ck = root.join("rl-small/full/stages/learn/checkpoint");
+        assert!(ck.join("adapter/adapter_model.safetensors").is_file() && ck.join("adapter/adapter_config.json").is_file());
+        // Only the adapted projections move: the embedding of the learner's checkpoint is the base's.
+        let load = |d: &Path| candle_core::safetensors::load(d.join("model.safetensors"), &candle_core::Device::Cpu).expect("weights");
+        let (base, tuned) = (load(&root.join("rl-small/full/stages/base/checkpoint")), load(&ck));
+        let same = |n: &str| base[n].flatten_all().unwrap().to_vec1::<f32>().unwrap() == tuned[n].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(same("model.embed_tokens.weight"), "LoRA training changed the embedding");
+        assert!(!same("model.layers.0.self_attn.q_proj.weight"), "the merged q_proj equals the base: adapters not trained or not merged");
+    }
 
     // Start the same run, wait until the learner has saved a state past step 6, then SIGKILL it.
     let mut child = Command::new(KEEL)
-        .args(["run", file, "--runs-dir", runs, "--run-id", "killed", "--quiet"])
+        .args([&["run", file, "--runs-dir", runs, "--run-id", "killed", "--quiet"], extra].concat())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -76,7 +100,7 @@ fn kill_and_resume_reproduces_the_uninterrupted_run() {
     let before = metrics(&root.join("rl-small/killed"), "learn").len();
     assert!(before < 16, "the kill happened mid-run ({before} of 16 steps logged)");
 
-    let resumed = keel(&["run", file, "--runs-dir", runs, "--run-id", "killed", "--resume"]);
+    let resumed = keel(&[&["run", file, "--runs-dir", runs, "--run-id", "killed", "--resume"], extra].concat());
     assert!(resumed.status.success(), "resumed run failed: {}", String::from_utf8_lossy(&resumed.stderr));
     let got = metrics(&root.join("rl-small/killed"), "learn");
     assert_eq!(got, expected, "resumed metrics differ from the uninterrupted run");

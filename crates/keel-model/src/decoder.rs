@@ -59,6 +59,18 @@ pub(crate) struct Linear {
 }
 
 impl Linear {
+    /// `W + scale·B·A` (detached): the weight a merged projection would hold.
+    pub(crate) fn effective_weight(&self) -> candle_core::Result<Tensor> {
+        let w = self.w.var.as_tensor().detach();
+        match &self.lora {
+            Some(lp) => {
+                let delta = lp.b.var.as_tensor().detach().matmul(&lp.a.var.as_tensor().detach())?;
+                w + (delta * lp.scale)?
+            }
+            None => Ok(w),
+        }
+    }
+
     /// `x`: `[N, in]` contiguous → `[N, out]`.
     fn forward(&self, x: &Tensor, detach: bool) -> candle_core::Result<Tensor> {
         let w = self.w.get(detach);
@@ -234,13 +246,23 @@ impl CausalLm {
 
     /// Writes `model.safetensors` (Hugging Face names, current dtype) and `config.json` to `dir`.
     ///
-    /// Only base weights are written; LoRA adapters are saved with [`CausalLm::save_lora`] or folded
-    /// in first with [`CausalLm::merge_lora`]. Loading the result with the same dtype gives
-    /// bit-identical weights.
+    /// The effective weights are written: with LoRA adapters attached, each adapted projection is
+    /// saved as `W + (α/r)·B·A`, so the directory loads as a plain model that computes what this
+    /// one computes (a checkpoint must reproduce its model's outputs wherever it is loaded). The
+    /// adapters themselves are saved with [`CausalLm::save_lora`]. Without adapters, loading the
+    /// result with the same dtype gives bit-identical weights.
     pub fn save(&self, dir: &Path) -> ModelResult<()> {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io("creating directory", dir, e))?;
-        let tensors: HashMap<String, Tensor> =
+        let mut tensors: HashMap<String, Tensor> =
             self.base_params().into_iter().map(|(n, p)| (n, p.var.as_tensor().detach())).collect();
+        for (i, layer) in self.layers.iter().enumerate() {
+            for (j, lin) in layer.proj.iter().enumerate() {
+                if lin.lora.is_some() {
+                    let name = format!("{}.weight", proj_path(i, j));
+                    tensors.insert(name, lin.effective_weight().ctx(|| format!("merging the adapter of {}", proj_path(i, j)))?);
+                }
+            }
+        }
         write_safetensors(&dir.join("model.safetensors"), &tensors)?;
         let mut cfg = self.config.clone();
         let dt = match self.dtype {
@@ -394,6 +416,17 @@ impl CausalLm {
         let mut c = self.clone();
         c.for_each_param_mut(&mut |p| {
             *p = Param::new(&p.var.as_tensor().detach(), false)?;
+            Ok(())
+        })?;
+        Ok(c)
+    }
+
+    /// An independent deep copy that keeps which weights are trainable: a scratch model into which
+    /// other values of the trainable weights (an EMA θ̄) can be loaded without touching `self`.
+    pub fn deep_copy(&self) -> ModelResult<Self> {
+        let mut c = self.clone();
+        c.for_each_param_mut(&mut |p| {
+            *p = Param::new(&p.var.as_tensor().detach(), p.train)?;
             Ok(())
         })?;
         Ok(c)

@@ -19,7 +19,7 @@ pub use config::{Architecture, ModelConfig, RopeScaling, PRESETS};
 pub use decoder::CausalLm;
 pub use error::{ModelError, ModelResult};
 pub use kv_cache::KvCache;
-pub use lora::LoraConfig;
+pub use lora::{LoraConfig, LORA_TARGETS};
 pub use weights::{tensor_specs, TensorSpec, WeightSnapshot};
 
 // --- tokenizer, chat templates, GGUF import, model references (owned by the model-io work) ---

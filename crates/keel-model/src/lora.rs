@@ -36,6 +36,9 @@ impl Default for LoraConfig {
     }
 }
 
+/// Projection names LoRA can target (Hugging Face module names), for validating user input.
+pub const LORA_TARGETS: [&str; 7] = PROJECTIONS;
+
 const PEFT_PREFIX: &str = "base_model.model.";
 
 impl LoraConfig {
@@ -105,18 +108,10 @@ impl CausalLm {
         }
         for (i, layer) in self.layers.iter_mut().enumerate() {
             for (j, lin) in layer.proj.iter_mut().enumerate() {
-                if let Some(lp) = lin.lora.take() {
-                    let w = lin.w.var.as_tensor().detach();
-                    let delta = lp
-                        .b
-                        .var
-                        .as_tensor()
-                        .detach()
-                        .matmul(&lp.a.var.as_tensor().detach())
-                        .and_then(|d| d * lp.scale)
-                        .and_then(|d| w + d)
-                        .ctx(|| format!("merging adapter into {}", proj_path(i, j)))?;
-                    lin.w = Param::new(&delta, true)?;
+                if lin.lora.is_some() {
+                    let merged = lin.effective_weight().ctx(|| format!("merging adapter into {}", proj_path(i, j)))?;
+                    lin.lora = None;
+                    lin.w = Param::new(&merged, true)?;
                 }
             }
         }
@@ -125,6 +120,24 @@ impl CausalLm {
             p.train = true;
             Ok(())
         })
+    }
+
+    /// An independent, frozen copy with any adapters folded into the base weights: what a sampler
+    /// needs (one matmul per projection instead of three), computing the same logits as `self`.
+    pub fn merged_frozen_copy(&self) -> ModelResult<Self> {
+        let mut c = self.frozen_copy()?;
+        if c.lora.take().is_some() {
+            for (i, layer) in c.layers.iter_mut().enumerate() {
+                for (j, lin) in layer.proj.iter_mut().enumerate() {
+                    if lin.lora.is_some() {
+                        let merged = lin.effective_weight().ctx(|| format!("merging adapter into {}", proj_path(i, j)))?;
+                        lin.lora = None;
+                        lin.w = Param::new(&merged, false)?;
+                    }
+                }
+            }
+        }
+        Ok(c)
     }
 
     /// Writes `adapter_model.safetensors` and `adapter_config.json` (PEFT layout) to `dir`.
@@ -167,10 +180,19 @@ impl CausalLm {
             _ => return Err(ModelError::config("target_modules", "expected a list in adapter_config.json")),
         };
         let cfg = LoraConfig { r: r as usize, alpha, target_modules: targets };
+        self.add_lora(&cfg, 0)?;
+        self.load_lora_values(dir)
+    }
+
+    /// Overwrites the attached adapters' values with those stored in `dir` (same targets and rank),
+    /// e.g. to resume training: the frozen base weights stay as they are.
+    pub fn load_lora_values(&self, dir: &Path) -> ModelResult<()> {
+        if self.lora.is_none() {
+            return Err(ModelError::Lora("no adapters attached to load values into".into()));
+        }
         let wpath = dir.join("adapter_model.safetensors");
         let mut tensors =
             candle_core::safetensors::load(&wpath, &self.device).ctx(|| format!("reading {}", wpath.display()))?;
-        self.add_lora(&cfg, 0)?;
         for (name, p) in self.lora_params() {
             let key = format!("{PEFT_PREFIX}{name}");
             let expected = p.var.as_tensor().dims().to_vec();

@@ -117,6 +117,34 @@ fn expand_home(s: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Replaces `$NAME` and `${NAME}` with environment variables, so a pipeline can name a model by
+/// where its user keeps assets (`${KEEL_ASSETS}/smollm2-135m-instruct/…`) instead of by an
+/// absolute path that only exists on one machine. An unset variable is an error naming it.
+fn expand_vars(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let (name, tail) = if let Some(braced) = after.strip_prefix('{') {
+            let end = braced.find('}').ok_or_else(|| format!("unclosed `${{` in `{s}`"))?;
+            (&braced[..end], &braced[end + 1..])
+        } else {
+            let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        if name.is_empty() {
+            return Err(format!("`$` without a variable name in `{s}`"));
+        }
+        let value = std::env::var(name)
+            .map_err(|_| format!("environment variable `{name}` is not set (it is used in `{s}`); set it, or write the path out"))?;
+        out.push_str(&value);
+        rest = tail;
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 fn valid_repo_part(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
@@ -134,6 +162,8 @@ impl ModelSource {
     /// - otherwise a bare name made of letters, digits, `-`, `_`, `.`: a preset (`tiny-1m`).
     pub fn parse(s: &str) -> Result<Self, SourceError> {
         let s = s.trim();
+        let expanded = expand_vars(s).map_err(|reason| SourceError::Invalid { reference: s.to_string(), reason })?;
+        let s = expanded.as_str();
         let invalid = |reason: &str| SourceError::Invalid {
             reference: s.to_string(),
             reason: reason.to_string(),

@@ -257,3 +257,21 @@ fn io_source_resolves_the_hugging_face_cache() {
     assert!(err.contains("model.safetensors not found"), "{err}");
     std::fs::remove_dir_all(&cache).ok();
 }
+
+#[test]
+fn io_source_expands_environment_variables() {
+    // A variable name unique to this test, so parallel tests cannot disturb it.
+    std::env::set_var("KEEL_TEST_SOURCE_ROOT", "/opt/keel-assets");
+    assert_eq!(
+        ModelSource::parse("${KEEL_TEST_SOURCE_ROOT}/smollm2/model.Q4_1.gguf").unwrap(),
+        ModelSource::Gguf(PathBuf::from("/opt/keel-assets/smollm2/model.Q4_1.gguf"))
+    );
+    assert_eq!(
+        ModelSource::parse("$KEEL_TEST_SOURCE_ROOT/tiny").unwrap(),
+        ModelSource::Dir(PathBuf::from("/opt/keel-assets/tiny"))
+    );
+    let err = ModelSource::parse("${KEEL_TEST_SURELY_UNSET_VAR}/m.gguf").unwrap_err().to_string();
+    assert!(err.contains("KEEL_TEST_SURELY_UNSET_VAR") && err.contains("not set"), "{err}");
+    let err = ModelSource::parse("${KEEL_TEST_SOURCE_ROOT/m.gguf").unwrap_err().to_string();
+    assert!(err.contains("unclosed"), "{err}");
+}

@@ -261,6 +261,26 @@ fn lora_trains_only_adapters_merges_and_round_trips() {
     let mut fresh = random_model(&cfg, 4, DType::F32);
     fresh.load_lora(&dir).unwrap();
     assert_eq!(max_abs_diff(&fresh.forward(&x, Some(&m)).unwrap(), &adapted), 0.0);
+    // Adapter values load onto adapters already attached (resuming a LoRA learner).
+    let mut again = random_model(&cfg, 4, DType::F32);
+    again.add_lora(&lcfg, 99).unwrap();
+    again.load_lora_values(&dir).unwrap();
+    assert_eq!(max_abs_diff(&again.forward(&x, Some(&m)).unwrap(), &adapted), 0.0);
+    std::fs::remove_dir_all(&dir).unwrap();
+    // A merged frozen copy (what samplers get) computes the same logits without adapters.
+    let sampler = model.merged_frozen_copy().unwrap();
+    assert!(sampler.lora_config().is_none() && sampler.num_trainable_parameters() == 0);
+    let d = max_abs_diff(&sampler.forward(&x, Some(&m)).unwrap(), &adapted);
+    assert!(d <= 1e-5, "merged frozen copy differs by {d}");
+    // Saving an adapted model writes its effective (merged) weights: a plain checkpoint that
+    // computes what the adapted model computes.
+    let dir = tmpdir("lora-save");
+    model.save(&dir).unwrap();
+    let reloaded = CausalLm::load(&dir, &Device::Cpu, DType::F32).unwrap();
+    assert!(reloaded.lora_config().is_none());
+    let d = max_abs_diff(&reloaded.forward(&x, Some(&m)).unwrap(), &adapted);
+    assert!(d <= 1e-5, "saved adapted model differs from the live one by {d}");
+    assert!(max_abs_diff(&reloaded.forward(&x, Some(&m)).unwrap(), &base_logits) > 1e-4, "the adapters were not saved");
     std::fs::remove_dir_all(&dir).unwrap();
     // Merging folds the update into the base weights: same logits, plain model again.
     model.merge_lora().unwrap();

@@ -13,6 +13,9 @@ use keel_rollout::{BoxError, DecodeModel, Engine, EngineConfig, TextCodec};
 use crate::ctx::Ctx;
 use crate::messages::PolicyVersion;
 
+/// Subdirectory of a checkpoint that holds LoRA adapters (PEFT layout) when they were trained.
+pub const ADAPTER_DIR: &str = "adapter";
+
 /// Weights, tokenizer and chat template of one model, as saved in a checkpoint directory
 /// (`model.safetensors`, `config.json`, `tokenizer.json`, `tokenizer_config.json`): the same layout
 /// as a Hugging Face model, so a tiny model trained from scratch and a real one load alike.
@@ -76,10 +79,16 @@ impl Policy {
         Ok(Policy { model, tokenizer: Arc::new(tokenizer), template: Arc::new(template) })
     }
 
-    /// Writes weights, config and tokenizer files into `dir` (created if needed).
+    /// Writes weights, config and tokenizer files into `dir` (created if needed). With LoRA
+    /// adapters attached, the weights are the merged ones (so `dir` loads as a plain model) and
+    /// the adapters are also written, in PEFT layout, to `dir/adapter/`.
     pub fn save(&self, dir: &Path) -> Result<(), StageError> {
         self.model.save(dir).ctx(|| format!("saving model to {}", dir.display()))?;
         self.tokenizer.save(dir).ctx(|| format!("saving tokenizer to {}", dir.display()))?;
+        if self.model.lora_config().is_some() {
+            let adapter = dir.join(ADAPTER_DIR);
+            self.model.save_lora(&adapter).ctx(|| format!("saving LoRA adapters to {}", adapter.display()))?;
+        }
         Ok(())
     }
 
@@ -105,9 +114,10 @@ impl Policy {
         self.tokenizer.pad_id().or(self.tokenizer.eos_id()).unwrap_or(0)
     }
 
-    /// A detached, independent copy of the current weights for samplers (a policy-store value).
+    /// A detached, independent copy of the current weights for samplers (a policy-store value);
+    /// LoRA adapters are folded in, so sampling costs what the plain model costs.
     pub fn version(&self, updates: u64) -> Result<PolicyVersion, StageError> {
-        let model = self.model.frozen_copy().ctx(|| "copying weights for the policy store".to_string())?;
+        let model = self.model.merged_frozen_copy().ctx(|| "copying weights for the policy store".to_string())?;
         Ok(PolicyVersion {
             updates,
             model: Arc::new(model),

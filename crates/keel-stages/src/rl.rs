@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::ctx::Ctx;
 use crate::messages::ScoredBatch;
 use crate::policy::Policy;
-use crate::train::{collate, scalar, TokenizedPair};
+use crate::train::{collate, scalar, LoraSpec, TokenizedPair};
 
 /// File of the PPO value head inside a learner state directory.
 pub const VALUE_HEAD_FILE: &str = "value_head.safetensors";
@@ -101,6 +101,10 @@ pub struct LearnConfig {
     pub epochs: usize,
     /// Minibatches per pass (each a gradient step).
     pub minibatches: usize,
+    /// Sequences per forward/backward pass inside a minibatch (0 = the whole minibatch at once).
+    /// Gradients of the micro-batches are summed with weights that make the update equal to the
+    /// whole-minibatch one, so this trades speed for memory without changing the algorithm.
+    pub micro_batch_size: usize,
     /// Discount γ (PPO, REINFORCE++).
     pub gamma: f64,
     /// GAE λ (PPO).
@@ -111,6 +115,8 @@ pub struct LearnConfig {
     pub value_clip: f64,
     /// EMA coefficient α for θ̄ (None keeps no EMA).
     pub ema_alpha: Option<f64>,
+    /// Train LoRA adapters instead of every weight (π_ref stays the full starting model).
+    pub lora: Option<LoraSpec>,
 }
 
 /// The learner's state: the policy being trained, its frozen reference, the optimiser and the
@@ -136,7 +142,11 @@ impl Learner {
         if config.epochs == 0 || config.minibatches == 0 {
             return Err(StageError::msg("learn: epochs and minibatches must be at least 1"));
         }
+        let mut policy = policy;
         let reference = policy.model.frozen_copy().ctx(|| "copying the reference policy".to_string())?;
+        if let Some(lora) = &config.lora {
+            lora.attach(&mut policy, seeds.seed("lora"))?;
+        }
         let mut params = policy.model.named_vars();
         let value_head = if config.algorithm == Algorithm::Ppo {
             let head = ValueHead::new(
@@ -198,10 +208,16 @@ impl Learner {
     /// initial checkpoint and configuration (the reference policy stays the initial weights).
     pub fn load_state(&mut self, dir: &Path) -> Result<(), StageError> {
         let device = self.policy.model.device().clone();
-        let tensors = keel_model::weights::read_checkpoint_tensors(dir, &device)
-            .ctx(|| format!("reading checkpointed weights from {}", dir.display()))?;
-        let snapshot = keel_model::WeightSnapshot::from_tensors(tensors).ctx(|| "preparing checkpointed weights".to_string())?;
-        self.policy.model.load_snapshot(&snapshot).ctx(|| format!("restoring weights from {}", dir.display()))?;
+        if self.policy.model.lora_config().is_some() {
+            // The base weights are frozen at the initial checkpoint: only the adapters moved.
+            let adapter = dir.join(crate::policy::ADAPTER_DIR);
+            self.policy.model.load_lora_values(&adapter).ctx(|| format!("restoring LoRA adapters from {}", adapter.display()))?;
+        } else {
+            let tensors = keel_model::weights::read_checkpoint_tensors(dir, &device)
+                .ctx(|| format!("reading checkpointed weights from {}", dir.display()))?;
+            let snapshot = keel_model::WeightSnapshot::from_tensors(tensors).ctx(|| "preparing checkpointed weights".to_string())?;
+            self.policy.model.load_snapshot(&snapshot).ctx(|| format!("restoring weights from {}", dir.display()))?;
+        }
         self.opt.load(dir).ctx(|| format!("restoring optimiser state from {}", dir.display()))?;
         if self.ema.is_some() {
             self.ema = Some(Ema::load(dir, &device).ctx(|| format!("restoring the EMA from {}", dir.display()))?);
@@ -321,64 +337,112 @@ impl Learner {
             order.shuffle(&mut rng);
             let per = b.div_ceil(self.config.minibatches);
             for chunk in order.chunks(per) {
-                let idx = Tensor::from_vec(chunk.iter().map(|&i| i as u32).collect::<Vec<_>>(), chunk.len(), &device)
-                    .ctx(|| "minibatch indices".to_string())?;
-                let sel = |t: &Tensor| t.contiguous().and_then(|t| t.index_select(&idx, 0)).ctx(|| "selecting minibatch rows".to_string());
-                let ids = sel(&tb.ids)?;
-                let att = sel(&tb.attention)?;
-                let m = sel(mask)?;
-                let hidden = self.policy.model.forward_hidden(&ids, Some(&att)).ctx(|| format!("learn step {step}: forward"))?;
-                let logp = hidden_logprobs(&self.policy.model, &hidden, &ids, temperature)?;
-                let o = sel(&old_logp)?;
-                let r = sel(&ref_logp)?;
-                let a = sel(&advantages)?;
-                let out = policy_loss(
-                    &PolicyBatch { logp: &logp, old_logp: &o, ref_logp: Some(&r), mask: &m, advantages: &a, entropy: None },
-                    &loss_cfg,
-                )
-                .ctx(|| format!("learn step {step}: policy loss"))?;
-                let mut loss = out.loss.clone();
-                if let (Some(head), Some(ov), Some(ret)) = (&self.value_head, &old_values, &returns) {
-                    let v = head
-                        .forward(&hidden)
-                        .ctx(|| "PPO: values".to_string())?
-                        .narrow(1, 0, t1)
-                        .ctx(|| "PPO: aligning values".to_string())?;
-                    let vcfg = ValueLossConfig {
-                        clip_range: (self.config.value_clip > 0.0).then_some(self.config.value_clip),
-                        aggregation: LossAggregation::TokenMean,
+                let micro = match self.config.micro_batch_size {
+                    0 => chunk.len(),
+                    m => m.min(chunk.len()),
+                };
+                let parts: Vec<&[usize]> = chunk.chunks(micro).collect();
+                // Token-mean losses weight a micro-batch by its share of the minibatch's tokens,
+                // the others by its share of sequences: the weighted sum is the minibatch loss.
+                let row_tokens = |rows: &[usize]| -> Result<f64, StageError> {
+                    let idx = Tensor::from_vec(rows.iter().map(|&i| i as u32).collect::<Vec<_>>(), rows.len(), &device)
+                        .ctx(|| "minibatch indices".to_string())?;
+                    scalar(&mask.contiguous().and_then(|m| m.index_select(&idx, 0)).and_then(|m| m.sum_all()).ctx(|| "counting tokens".to_string())?)
+                };
+                let chunk_tokens = if parts.len() > 1 { row_tokens(chunk)?.max(1.0) } else { 1.0 };
+                let mut accumulated: Vec<Option<Tensor>> = vec![None; self.params.len()];
+                let mut grads = None;
+                for (pi, part) in parts.iter().enumerate() {
+                    let (w_seq, w_tok) = if parts.len() > 1 {
+                        (part.len() as f64 / chunk.len() as f64, row_tokens(part)? / chunk_tokens)
+                    } else {
+                        (1.0, 1.0)
                     };
-                    let vl = value_loss(&v, &sel(ov)?, &sel(ret)?, &m, &vcfg).ctx(|| "PPO: value loss".to_string())?;
-                    *sums.entry("value_loss".into()).or_default() += scalar(&vl.loss)?;
-                    loss = (loss + (vl.loss * self.config.vf_coef).ctx(|| "PPO: scaling value loss".to_string())?)
-                        .ctx(|| "PPO: total loss".to_string())?;
+                    let w_policy = if self.config.aggregation == Aggregation::TokenMean { w_tok } else { w_seq };
+                    let idx = Tensor::from_vec(part.iter().map(|&i| i as u32).collect::<Vec<_>>(), part.len(), &device)
+                        .ctx(|| "minibatch indices".to_string())?;
+                    let sel = |t: &Tensor| t.contiguous().and_then(|t| t.index_select(&idx, 0)).ctx(|| "selecting minibatch rows".to_string());
+                    let ids = sel(&tb.ids)?;
+                    let att = sel(&tb.attention)?;
+                    let m = sel(mask)?;
+                    let hidden = self.policy.model.forward_hidden(&ids, Some(&att)).ctx(|| format!("learn step {step}: forward"))?;
+                    let logp = hidden_logprobs(&self.policy.model, &hidden, &ids, temperature)?;
+                    let o = sel(&old_logp)?;
+                    let r = sel(&ref_logp)?;
+                    let a = sel(&advantages)?;
+                    let out = policy_loss(
+                        &PolicyBatch { logp: &logp, old_logp: &o, ref_logp: Some(&r), mask: &m, advantages: &a, entropy: None },
+                        &loss_cfg,
+                    )
+                    .ctx(|| format!("learn step {step}: policy loss"))?;
+                    let mut loss = if parts.len() > 1 {
+                        (&out.loss * w_policy).ctx(|| "weighting a micro-batch".to_string())?
+                    } else {
+                        out.loss.clone()
+                    };
+                    if let (Some(head), Some(ov), Some(ret)) = (&self.value_head, &old_values, &returns) {
+                        let v = head
+                            .forward(&hidden)
+                            .ctx(|| "PPO: values".to_string())?
+                            .narrow(1, 0, t1)
+                            .ctx(|| "PPO: aligning values".to_string())?;
+                        let vcfg = ValueLossConfig {
+                            clip_range: (self.config.value_clip > 0.0).then_some(self.config.value_clip),
+                            aggregation: LossAggregation::TokenMean,
+                        };
+                        let vl = value_loss(&v, &sel(ov)?, &sel(ret)?, &m, &vcfg).ctx(|| "PPO: value loss".to_string())?;
+                        *sums.entry("value_loss".into()).or_default() += w_tok * scalar(&vl.loss)?;
+                        let coef = if parts.len() > 1 { self.config.vf_coef * w_tok } else { self.config.vf_coef };
+                        loss = (loss + (vl.loss * coef).ctx(|| "PPO: scaling value loss".to_string())?)
+                            .ctx(|| "PPO: total loss".to_string())?;
+                    }
+                    let mut g = loss.backward().ctx(|| format!("learn step {step}: backward"))?;
+                    if parts.len() > 1 {
+                        // Keep only the parameters' gradients between micro-batches; the last
+                        // micro-batch's store carries the sums to clipping and the optimiser.
+                        let last = pi + 1 == parts.len();
+                        for (k, (_, var)) in self.params.iter().enumerate() {
+                            if let Some(t) = g.remove(var.as_tensor()) {
+                                accumulated[k] = Some(match accumulated[k].take() {
+                                    Some(acc) => (acc + t).ctx(|| "accumulating gradients".to_string())?,
+                                    None => t,
+                                });
+                            }
+                            if last {
+                                if let Some(sum) = accumulated[k].take() {
+                                    g.insert(var.as_tensor(), sum);
+                                }
+                            }
+                        }
+                    }
+                    grads = Some(g);
+                    let st = &out.stats;
+                    if !st.loss.is_finite() {
+                        return Err(StageError::msg(format!(
+                            "learn step {step}: the loss is {}; lower lr (= {}) or check the rewards",
+                            st.loss, self.config.lr
+                        )));
+                    }
+                    for (k, v) in [
+                        ("loss", st.loss),
+                        ("clip_frac", st.clip_frac),
+                        ("clip_frac_low", st.clip_frac_low),
+                        ("clip_frac_high", st.clip_frac_high),
+                        ("ratio_mean", st.ratio_mean),
+                        ("approx_kl", st.approx_kl),
+                        ("kl_ref", st.kl_ref.unwrap_or(0.0)),
+                    ] {
+                        *sums.entry(k.into()).or_default() += w_policy * v;
+                    }
                 }
-                let mut grads = loss.backward().ctx(|| format!("learn step {step}: backward"))?;
+                let mut grads = grads.ok_or_else(|| StageError::msg(format!("learn step {step}: empty minibatch")))?;
                 let gn = if self.config.grad_clip > 0.0 {
                     clip_grad_norm(&self.params, &mut grads, self.config.grad_clip).ctx(|| "gradient clipping".to_string())?
                 } else {
                     keel_optim::grad_norm(&self.params, &grads).ctx(|| "gradient norm".to_string())?
                 };
                 self.opt.step(&grads).ctx(|| format!("learn step {step}: optimiser update"))?;
-                let st = &out.stats;
-                if !st.loss.is_finite() {
-                    return Err(StageError::msg(format!(
-                        "learn step {step}: the loss is {}; lower lr (= {}) or check the rewards",
-                        st.loss, self.config.lr
-                    )));
-                }
-                for (k, v) in [
-                    ("loss", st.loss),
-                    ("clip_frac", st.clip_frac),
-                    ("clip_frac_low", st.clip_frac_low),
-                    ("clip_frac_high", st.clip_frac_high),
-                    ("ratio_mean", st.ratio_mean),
-                    ("approx_kl", st.approx_kl),
-                    ("kl_ref", st.kl_ref.unwrap_or(0.0)),
-                    ("grad_norm", gn),
-                ] {
-                    *sums.entry(k.into()).or_default() += v;
-                }
+                *sums.entry("grad_norm".into()).or_default() += gn;
                 n_mb += 1.0;
             }
         }

@@ -110,10 +110,48 @@ pub struct SftConfig {
     pub grad_clip: f64,
     /// Longest sequence in tokens (prompt + target).
     pub max_len: usize,
+    /// Sequences per forward/backward pass, gradients accumulated (0 = the whole batch at once):
+    /// the same update with less memory.
+    pub micro_batch_size: usize,
     /// EMA coefficient α for θ̄ ← α·θ̄ + (1−α)·θ; `None` keeps no EMA.
     pub ema_alpha: Option<f64>,
+    /// Train LoRA adapters instead of every weight; `None` trains the full model.
+    pub lora: Option<LoraSpec>,
     /// Log metrics every this many steps.
     pub log_every: u64,
+}
+
+/// LoRA adapters as a training stage's `lora:` parameter. Full fine-tuning of a real model on a
+/// CPU is slow and moves every weight; adapters train `r·(in+out)` numbers per projection from an
+/// exact copy of the starting model. Checkpoints hold the merged weights (a plain model) plus the
+/// adapters in PEFT layout under `adapter/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSpec {
+    /// Rank r of the update.
+    pub r: usize,
+    /// Scale numerator: the update is multiplied by alpha / r (default 2·r, the common recipe).
+    #[serde(default)]
+    pub alpha: Option<f64>,
+    /// Projections to adapt (default: every attention and MLP projection).
+    #[serde(default)]
+    pub target_modules: Option<Vec<String>>,
+}
+
+impl LoraSpec {
+    /// The keel-model configuration this spec asks for.
+    pub fn config(&self) -> keel_model::LoraConfig {
+        let mut c = keel_model::LoraConfig { r: self.r, alpha: self.alpha.unwrap_or(2.0 * self.r as f64), ..Default::default() };
+        if let Some(t) = &self.target_modules {
+            c.target_modules = t.clone();
+        }
+        c
+    }
+
+    /// Attaches fresh adapters (seeded) to `policy`, freezing its base weights.
+    pub fn attach(&self, policy: &mut Policy, seed: u64) -> Result<(), StageError> {
+        policy.model.add_lora(&self.config(), seed).ctx(|| "attaching LoRA adapters (the `lora` parameter)".to_string())
+    }
 }
 
 /// Why an SFT run produced what it did: per-step metrics and the EMA weights if kept.
@@ -147,6 +185,9 @@ pub fn run_sft(
     }
     if pairs.is_empty() {
         return Err(StageError::msg("sft: none of the input examples has a `target` completion to imitate"));
+    }
+    if let Some(lora) = &config.lora {
+        lora.attach(policy, seeds.seed("lora"))?;
     }
     let params = policy.model.named_vars();
     let mut opt = AdamW::with_decay_rule(
@@ -182,13 +223,48 @@ pub fn run_sft(
             batch.push(&pairs[order[cursor]]);
             cursor += 1;
         }
-        let tb = collate(&batch, pad, &device)?;
-        let logp = policy
-            .model
-            .token_logprobs(&tb.ids, Some(&tb.attention))
-            .ctx(|| format!("sft step {step}: forward pass"))?;
-        let loss = sft_loss(&logp, &tb.loss_mask, SftReduction::Token).ctx(|| format!("sft step {step}: loss"))?;
-        let mut grads = loss.backward().ctx(|| format!("sft step {step}: backward pass"))?;
+        let micro = if config.micro_batch_size == 0 { batch.len() } else { config.micro_batch_size.min(batch.len()) };
+        let parts: Vec<&[&TokenizedPair]> = batch.chunks(micro).collect();
+        // Token-mean loss: a micro-batch's loss is weighted by its share of the batch's target
+        // tokens, so the summed gradients equal the whole batch's.
+        let target_tokens = |ps: &[&TokenizedPair]| ps.iter().map(|p| p.ids.len().saturating_sub(p.prompt_len)).sum::<usize>() as f64;
+        let batch_tokens = target_tokens(&batch).max(1.0);
+        let mut accumulated: Vec<Option<Tensor>> = vec![None; params.len()];
+        let (mut grads, mut loss_v, mut tokens) = (None, 0.0, 0usize);
+        for (pi, part) in parts.iter().enumerate() {
+            let tb = collate(part, pad, &device)?;
+            let logp = policy
+                .model
+                .token_logprobs(&tb.ids, Some(&tb.attention))
+                .ctx(|| format!("sft step {step}: forward pass"))?;
+            let mut loss = sft_loss(&logp, &tb.loss_mask, SftReduction::Token).ctx(|| format!("sft step {step}: loss"))?;
+            tokens += tb.tokens;
+            if parts.len() == 1 {
+                loss_v = scalar(&loss)?;
+                grads = Some(loss.backward().ctx(|| format!("sft step {step}: backward pass"))?);
+                break;
+            }
+            let w = target_tokens(part) / batch_tokens;
+            loss = (loss * w).ctx(|| "weighting a micro-batch".to_string())?;
+            loss_v += scalar(&loss)?;
+            let mut g = loss.backward().ctx(|| format!("sft step {step}: backward pass"))?;
+            let last = pi + 1 == parts.len();
+            for (k, (_, var)) in params.iter().enumerate() {
+                if let Some(t) = g.remove(var.as_tensor()) {
+                    accumulated[k] = Some(match accumulated[k].take() {
+                        Some(acc) => (acc + t).ctx(|| "accumulating gradients".to_string())?,
+                        None => t,
+                    });
+                }
+                if last {
+                    if let Some(sum) = accumulated[k].take() {
+                        g.insert(var.as_tensor(), sum);
+                    }
+                }
+            }
+            grads = Some(g);
+        }
+        let mut grads = grads.ok_or_else(|| StageError::msg(format!("sft step {step}: empty batch")))?;
         let grad_norm = if config.grad_clip > 0.0 {
             clip_grad_norm(&params, &mut grads, config.grad_clip).ctx(|| format!("sft step {step}: gradient clipping"))?
         } else {
@@ -200,7 +276,6 @@ pub fn run_sft(
         if let Some(e) = ema.as_mut() {
             e.update(&params).ctx(|| format!("sft step {step}: EMA update"))?;
         }
-        let loss_v = scalar(&loss)?;
         if !loss_v.is_finite() {
             return Err(StageError::msg(format!(
                 "sft step {step}: the loss is {loss_v}; lower the learning rate (lr = {}) or check the data",
@@ -216,7 +291,7 @@ pub fn run_sft(
             m.insert("loss".to_string(), final_loss);
             m.insert("lr".to_string(), lr);
             m.insert("grad_norm".to_string(), grad_norm);
-            m.insert("tokens".to_string(), tb.tokens as f64);
+            m.insert("tokens".to_string(), tokens as f64);
             on_log(step + 1, m)?;
             window_loss = 0.0;
             window_n = 0;

@@ -171,6 +171,7 @@ struct DatasetParams {
     name: String,
     max: usize,
     shuffle: bool,
+    safety: String,
 }
 
 impl StageKind for Dataset {
@@ -189,6 +190,12 @@ impl StageKind for Dataset {
             ParamSpec::required("name", ParamType::Str, "catalogue name, e.g. advbench, gsm8k-test, xstest"),
             ParamSpec::optional("max", ParamType::Int, "0", "keep at most this many items (0 = all)"),
             ParamSpec::optional("shuffle", ParamType::Bool, "false", "shuffle (seeded) before cutting to `max`"),
+            ParamSpec::optional(
+                "safety",
+                ParamType::Enum(&["all", "harmful", "benign"]),
+                "all",
+                "keep only items labelled harmful or benign (e.g. XSTest's unsafe contrast prompts vs its safe ones)",
+            ),
         ]
     }
     fn check(&self, params: &Params) -> Vec<ParamProblem> {
@@ -230,6 +237,21 @@ impl Stage for DatasetStage {
         let cache = Cache::from_env().ctx(|| "opening the dataset cache".to_string())?;
         let loaded = manifest.load(&cache).ctx(|| format!("loading dataset `{}`", p.name))?;
         let mut examples = loaded.examples;
+        let wanted = match p.safety.as_str() {
+            "harmful" => Some(keel_core::SafetyLabel::Harmful),
+            "benign" => Some(keel_core::SafetyLabel::Benign),
+            _ => None,
+        };
+        if let Some(label) = wanted {
+            let before = examples.len();
+            examples.retain(|e| e.safety == Some(label));
+            if examples.is_empty() {
+                return Err(StageError::msg(format!(
+                    "dataset `{}` has no items labelled {} ({before} items, none with that safety label); use `safety: all`",
+                    p.name, p.safety
+                )));
+            }
+        }
         if p.shuffle {
             examples.shuffle(&mut ctx.seeds().rng("shuffle"));
         }

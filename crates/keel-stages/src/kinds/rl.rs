@@ -18,7 +18,7 @@ use rand::seq::SliceRandom;
 use serde::Deserialize;
 
 use crate::ctx::Ctx;
-use crate::kinds::sft::{check_ema, optimiser_params};
+use crate::kinds::sft::{check_ema, check_lora, optimiser_params};
 use crate::evaluate::{evaluate, EvalConfig, EvalSets};
 use crate::kinds::{recv_examples, recv_one};
 use crate::messages::{
@@ -36,6 +36,32 @@ pub struct Prompts;
 struct PromptParams {
     steps: u64,
     batch_size: usize,
+    harmful_fraction: Option<f64>,
+}
+
+/// A pool of examples drawn in an order reshuffled (seeded) at every pass.
+struct Cycle<'a> {
+    items: Vec<&'a Arc<keel_core::Example>>,
+    order: Vec<usize>,
+    cursor: usize,
+}
+
+impl<'a> Cycle<'a> {
+    fn new(items: Vec<&'a Arc<keel_core::Example>>, rng: &mut impl rand::Rng) -> Self {
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.shuffle(rng);
+        Cycle { items, order, cursor: 0 }
+    }
+
+    fn next(&mut self, rng: &mut impl rand::Rng) -> Arc<keel_core::Example> {
+        if self.cursor == self.order.len() {
+            self.order.shuffle(rng);
+            self.cursor = 0;
+        }
+        let e = self.items[self.order[self.cursor]].clone();
+        self.cursor += 1;
+        e
+    }
 }
 
 impl StageKind for Prompts {
@@ -44,7 +70,8 @@ impl StageKind for Prompts {
     }
     fn doc(&self) -> &'static str {
         "Emits `steps` batches of `batch_size` prompts (one group each), cycling through the examples in an order \
-         reshuffled (seeded) every epoch."
+         reshuffled (seeded) every epoch. With `harmful_fraction`, each batch holds that share of harmful-labelled \
+         prompts and the rest from the other examples (a safety-RL prompt mix)."
     }
     fn inputs(&self) -> Vec<PortSpec> {
         vec![PortSpec::new("examples", EXAMPLES, "prompt pool (fan-in allowed)")]
@@ -56,11 +83,20 @@ impl StageKind for Prompts {
         vec![
             ParamSpec::optional("steps", ParamType::Int, "50", "number of RL steps"),
             ParamSpec::optional("batch_size", ParamType::Int, "8", "prompts (groups) per step"),
+            ParamSpec::optional(
+                "harmful_fraction",
+                ParamType::Any,
+                "null",
+                "share of each batch drawn from harmful-labelled examples (rest: the others); null draws regardless of label",
+            ),
         ]
     }
     fn check(&self, params: &Params) -> Vec<ParamProblem> {
         match params.parse::<PromptParams>() {
             Ok(p) if p.batch_size == 0 => vec![ParamProblem::new("batch_size", "must be at least 1")],
+            Ok(PromptParams { harmful_fraction: Some(f), .. }) if !(0.0..=1.0).contains(&f) => {
+                vec![ParamProblem::new("harmful_fraction", format!("{f} is outside [0, 1]"))]
+            }
             _ => Vec::new(),
         }
     }
@@ -78,20 +114,35 @@ impl Stage for PromptStage {
             return Err(StageError::msg(format!("example set `{}` is empty", set.name)));
         }
         let mut rng = ctx.seeds().rng("order");
-        let mut order: Vec<usize> = (0..set.examples.len()).collect();
-        order.shuffle(&mut rng);
-        let mut cursor = 0;
-        for step in 0..self.0.steps {
-            let mut examples = Vec::with_capacity(self.0.batch_size);
-            while examples.len() < self.0.batch_size {
-                if cursor == order.len() {
-                    order.shuffle(&mut rng);
-                    cursor = 0;
+        let b = self.0.batch_size;
+        match self.0.harmful_fraction {
+            None => {
+                let mut all = Cycle::new(set.examples.iter().collect(), &mut rng);
+                for step in 0..self.0.steps {
+                    let examples = (0..b).map(|_| all.next(&mut rng)).collect();
+                    ctx.send("batch", PromptBatch { step, examples })?;
                 }
-                examples.push(set.examples[order[cursor]].clone());
-                cursor += 1;
             }
-            ctx.send("batch", PromptBatch { step, examples })?;
+            Some(f) => {
+                let is_harmful = |e: &&Arc<keel_core::Example>| e.safety == Some(keel_core::SafetyLabel::Harmful);
+                let (harmful, other): (Vec<_>, Vec<_>) = set.examples.iter().partition(is_harmful);
+                let n_harmful = (f * b as f64).round() as usize;
+                if n_harmful > 0 && harmful.is_empty() || n_harmful < b && other.is_empty() {
+                    return Err(StageError::msg(format!(
+                        "harmful_fraction {f} needs both harmful-labelled and other examples, but `{}` has {} harmful and {} other",
+                        set.name,
+                        harmful.len(),
+                        other.len()
+                    )));
+                }
+                let mut harmful = Cycle::new(harmful, &mut rng);
+                let mut other = Cycle::new(other, &mut rng);
+                for step in 0..self.0.steps {
+                    let mut examples: Vec<_> = (0..n_harmful).map(|_| harmful.next(&mut rng)).collect();
+                    examples.extend((n_harmful..b).map(|_| other.next(&mut rng)));
+                    ctx.send("batch", PromptBatch { step, examples })?;
+                }
+            }
         }
         Ok(())
     }
@@ -393,6 +444,7 @@ impl StageKind for Learn {
             ParamSpec::optional("scale_rewards", ParamType::Enum(&["group", "batch", "none"]), "group", "GRPO advantage scaling (TRL scale_rewards)"),
             ParamSpec::optional("epochs", ParamType::Int, "1", "passes over each batch (TRL num_iterations)"),
             ParamSpec::optional("minibatches", ParamType::Int, "1", "gradient steps per pass"),
+            ParamSpec::optional("micro_batch_size", ParamType::Int, "0", "sequences per forward/backward pass, gradients accumulated (0 = whole minibatch; lower it when a step does not fit in memory)"),
             ParamSpec::optional("gamma", ParamType::Float, "1.0", "discount γ (PPO, REINFORCE++)"),
             ParamSpec::optional("lam", ParamType::Float, "0.95", "GAE λ (PPO)"),
             ParamSpec::optional("vf_coef", ParamType::Float, "0.1", "value-loss coefficient (PPO)"),
@@ -417,6 +469,7 @@ impl StageKind for Learn {
             Ok(p) => {
                 let p = &p.learner;
                 let mut out = check_ema(p.ema_alpha);
+                out.extend(check_lora(p.lora.as_ref()));
                 if p.beta < 0.0 {
                     out.push(ParamProblem::new("beta", "must be >= 0"));
                 }
@@ -499,7 +552,7 @@ impl Stage for LearnStage {
             let mut values = vec![("eval_accuracy".to_string(), live.capability)];
             if let Some(ema) = &learner.ema {
                 let mut ema_policy = learner.policy.clone();
-                ema_policy.model = learner.policy.model.frozen_copy().ctx(|| "copying weights for the EMA evaluation".to_string())?;
+                ema_policy.model = learner.policy.model.deep_copy().ctx(|| "copying weights for the EMA evaluation".to_string())?;
                 ema.copy_into(&ema_policy.model.named_vars()).ctx(|| "loading EMA weights for evaluation".to_string())?;
                 let r = evaluate("ema", PathBuf::new(), &ema_policy, None, &sets, &eval_config, seeds, None)?;
                 values.push(("eval_accuracy_ema".to_string(), r.capability));

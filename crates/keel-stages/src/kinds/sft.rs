@@ -37,8 +37,30 @@ pub(crate) fn optimiser_params(lr: &'static str) -> Vec<ParamSpec> {
         ParamSpec::optional("weight_decay", ParamType::Float, "0.0", "decoupled weight decay (not on norms, biases, embeddings)"),
         ParamSpec::optional("grad_clip", ParamType::Float, "1.0", "global gradient-norm clip (0 disables)"),
         ParamSpec::optional("ema_alpha", ParamType::Any, "null", "EMA of weights θ̄ ← α·θ̄ + (1−α)·θ; null disables; sets `ema_checkpoint`"),
+        ParamSpec::optional("lora", ParamType::Any, "null", "train LoRA adapters `{r, alpha, target_modules}` instead of every weight; null trains all"),
         ParamSpec::optional("label", ParamType::Any, "null", "name of the produced checkpoint in reports (default: the stage name)"),
     ]
+}
+
+/// Checks an optional LoRA spec (rank and target names).
+pub(crate) fn check_lora(lora: Option<&crate::train::LoraSpec>) -> Vec<ParamProblem> {
+    let Some(l) = lora else { return Vec::new() };
+    let mut out = Vec::new();
+    if l.r == 0 {
+        out.push(ParamProblem::new("lora", "rank `r` must be at least 1").with_help("typical ranks are 8 to 64"));
+    }
+    if let Some(t) = &l.target_modules {
+        let known = keel_model::LORA_TARGETS;
+        for m in t {
+            if !known.contains(&m.as_str()) {
+                out.push(ParamProblem::new("lora", format!("unknown target module `{m}`")).with_help(format!("valid: {}", known.join(", "))));
+            }
+        }
+        if t.is_empty() {
+            out.push(ParamProblem::new("lora", "target_modules is empty"));
+        }
+    }
+    out
 }
 
 /// Checks an optional EMA coefficient.
@@ -80,6 +102,7 @@ impl StageKind for Sft {
             ParamSpec::optional("batch_size", ParamType::Int, "16", "sequences per step"),
             ParamSpec::optional("min_lr_ratio", ParamType::Float, "0.1", "final learning rate of the cosine schedule, as a fraction of lr"),
             ParamSpec::optional("max_len", ParamType::Int, "256", "longest sequence (prompt + target) in tokens"),
+            ParamSpec::optional("micro_batch_size", ParamType::Int, "0", "sequences per forward/backward pass, gradients accumulated (0 = whole batch; lower it when a step does not fit in memory)"),
             ParamSpec::optional("log_every", ParamType::Int, "10", "log metrics every this many steps"),
         ];
         v.extend(optimiser_params("0.001"));
@@ -89,6 +112,7 @@ impl StageKind for Sft {
         match params.parse::<SftParams>() {
             Ok(p) => {
                 let mut out = check_ema(p.train.ema_alpha);
+                out.extend(check_lora(p.train.lora.as_ref()));
                 if p.train.batch_size == 0 {
                     out.push(ParamProblem::new("batch_size", "must be at least 1"));
                 }
