@@ -96,11 +96,18 @@ enum Command {
         /// stages restore their checkpoints (learners continue bit-identically on CPU).
         #[arg(long, requires = "run_id")]
         resume: bool,
+        /// Execute the pipeline for real but shrunk, to check a (GPU) recipe end to end on a CPU
+        /// in seconds: every training stage runs 2 steps, evaluations a few items per set with short
+        /// generations, and every `model` stage becomes a tiny random model of the same architecture
+        /// family. The run goes to runs/<pipeline>/dry-run/<id> and its manifest says so.
+        #[arg(long, conflicts_with_all = ["sweep_cell", "resume"])]
+        dry_run: bool,
     },
-    /// Validate a pipeline (schema, stage kinds, parameters, wiring, cycles) without running it.
+    /// Validate pipelines (schema, stage kinds, parameters, wiring, cycles) without running them.
     Validate {
-        /// The pipeline YAML file.
-        file: PathBuf,
+        /// The pipeline YAML files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
         /// Overrides, as for `keel run`.
         #[arg(long = "set", value_name = "PATH=VALUE")]
         sets: Vec<String>,
@@ -327,10 +334,21 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
     let registry = keel_stages::registry();
     let quiet = cli.quiet;
     match cli.command {
-        Command::Validate { file, sets } => {
-            let p = keel_pipeline::load(&file, &sets, &registry).map_err(|d| Failure::input(d.to_string()))?;
-            outln!("{}: valid ({} stages, config hash {})", file.display(), p.stages.len(), &p.config_hash()[..12]);
-            Ok(())
+        Command::Validate { files, sets } => {
+            let mut invalid = Vec::new();
+            for file in &files {
+                match keel_pipeline::load(file, &sets, &registry) {
+                    Ok(p) => outln!("{}: valid ({} stages, config hash {})", file.display(), p.stages.len(), &p.config_hash()[..12]),
+                    Err(d) => {
+                        eprintln!("{d}");
+                        invalid.push(file.display().to_string());
+                    }
+                }
+            }
+            match invalid.len() {
+                0 => Ok(()),
+                n => Err(Failure::input(format!("{n} of {} pipelines invalid: {}", files.len(), invalid.join(", ")))),
+            }
         }
         Command::List { markdown } => {
             if markdown {
@@ -340,8 +358,16 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Run { file, sets, runs_dir, run_id, sweep_cell, resume } => {
-            let p = keel_pipeline::load(&file, &sets, &registry).map_err(|d| Failure::input(d.to_string()))?;
+        Command::Run { file, sets, runs_dir, run_id, sweep_cell, resume, dry_run } => {
+            let mut p = keel_pipeline::load(&file, &sets, &registry).map_err(|d| Failure::input(d.to_string()))?;
+            if dry_run {
+                p = keel_pipeline::dry_run(&p, &registry).map_err(|d| Failure::input(d.to_string()))?;
+                let info = p.dry_run.clone().unwrap_or_default();
+                eprintln!("dry run: {} changes (recorded in manifest.json under `dry_run`)", info.changes.len());
+                for n in &info.notes {
+                    eprintln!("  note: {n}");
+                }
+            }
             let cancel = cancel_on_ctrl_c();
             let progress = Arc::new(progress::Bars::new(quiet));
             if let Some(index) = sweep_cell {
@@ -356,7 +382,8 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
             let opts = RunOptions { runs_root: runs_dir, run_id, progress, cancel, resume, ..RunOptions::default() };
             let report = keel_pipeline::run(&p, &opts)?;
-            outln!("run complete in {:.1}s: {}", report.wall_time_s, report.run_dir.display());
+            let what = if p.dry_run.is_some() { "dry run (tiny stand-ins, not results)" } else { "run" };
+            outln!("{what} complete in {:.1}s: {}", report.wall_time_s, report.run_dir.display());
             let md = report.run_dir.join("report.md");
             if md.exists() {
                 outln!("report: {}", md.display());
@@ -598,6 +625,7 @@ fn eval(model: &str, sets: &[String], task: &str, max: usize, max_new_tokens: us
         max_task: max,
         max_harmful: max,
         max_benign: max,
+        max_per_source: 0,
         answer_format: keel_rewards::AnswerFormat::Gsm8kFlexible,
         lexicon: "both".into(),
         drift_prompts: 0,

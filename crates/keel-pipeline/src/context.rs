@@ -52,6 +52,7 @@ pub struct StageContext {
     pub(crate) log: Mutex<Option<File>>,
     pub(crate) started: Instant,
     pub(crate) resuming: bool,
+    pub(crate) dry_run: bool,
 }
 
 impl std::fmt::Debug for StageContext {
@@ -86,6 +87,13 @@ impl StageContext {
     /// checkpoints restore them from their stage directory instead of starting over.
     pub fn is_resuming(&self) -> bool {
         self.resuming
+    }
+
+    /// True in a dry run (`keel run --dry-run`): the pipeline was shrunk by the stage kinds'
+    /// [`crate::StageKind::dry_run`] hooks, and stages may substitute what a laptop lacks (e.g. an
+    /// empty set for a dataset not in the cache) as long as they say so in their log.
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run
     }
 
     /// The stage's seed family: a child of the pipeline seed named after the stage, so renaming

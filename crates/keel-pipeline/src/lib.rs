@@ -60,12 +60,12 @@ pub use diag::{closest, did_you_mean, Diagnostic, Diagnostics, Span};
 pub use error::{BoxError, RunError, StageError};
 pub use params::{ParamProblem, ParamSpec, ParamType, Params};
 pub use pipeline::{
-    apply_override, canonical_json, load, load_str, validate, Pipeline, PipelineDoc, PortRef, ResourceDecl,
+    apply_override, canonical_json, dry_run, load, load_str, validate, DryRunInfo, Pipeline, PipelineDoc, PortRef, ResourceDecl,
     StageInstance, SweepSpec, RESOURCE_KINDS,
 };
 pub use policy::{PolicyStore, Shared, Snapshot};
 pub use progress::{NoProgress, Progress, ProgressBar, ProgressEvent, ProgressSink, RecordingProgress};
-pub use registry::{list_markdown, list_text, PortSpec, Registry, ResourceSpec, Stage, StageKind};
+pub use registry::{list_markdown, list_text, DryRun, PortSpec, Registry, ResourceSpec, Stage, StageKind};
 pub use runner::{
     read_status, run, utc_now, InputFile, Manifest, RunOptions, RunReport, RunStatus, StageStatus, StatusFile,
     DEFAULT_CHANNEL_CAPACITY,

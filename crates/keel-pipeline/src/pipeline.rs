@@ -296,6 +296,18 @@ pub struct Pipeline {
     pub doc: PipelineDoc,
     /// Set when this pipeline is one cell of a sweep.
     pub cell: Option<CellInfo>,
+    /// Set when this pipeline is the shrunk version of another for a dry run (see [`dry_run`]).
+    pub dry_run: Option<DryRunInfo>,
+}
+
+/// What a dry run changed, recorded in `manifest.json` so that a dry run is never mistaken for a
+/// real result.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct DryRunInfo {
+    /// Every change made to the pipeline, as `path=value` in `--set` syntax.
+    pub changes: Vec<String>,
+    /// What the stage kinds want the user to know (e.g. a dataset missing from the cache).
+    pub notes: Vec<String>,
 }
 
 impl Pipeline {
@@ -328,13 +340,19 @@ impl Pipeline {
                 json!({"use": s.kind.name(), "with": with, "inputs": inputs, "resources": res}),
             );
         }
-        json!({
+        let mut config = json!({
             "name": self.name,
             "seed": self.seed,
             "description": self.description,
             "resources": resources,
             "stages": stages,
-        })
+        });
+        // Only dry runs carry the key, so the hashes of real configurations are unchanged and a
+        // dry run never shares a hash with a real run, even when it changed no parameter.
+        if self.dry_run.is_some() {
+            config["dry_run"] = Value::Bool(true);
+        }
+        config
     }
 
     /// sha256 of the canonical (sorted-key, compact) JSON of [`Pipeline::resolved_config`].
@@ -593,6 +611,7 @@ pub fn validate(doc: &PipelineDoc, registry: &Registry) -> Result<Pipeline, Diag
             sweep,
             doc: doc.clone(),
             cell: None,
+            dry_run: None,
         },
         _ => return Err(Diagnostics(vec![Diagnostic::new(root.span.clone(), "pipeline is incomplete")])),
     };
@@ -957,6 +976,66 @@ fn validate_sweep(v: &mut Validator, doc: &PipelineDoc, node: &Node) -> Option<S
         }
     }
     (v.diags.len() == before).then_some(SweepSpec { grid, seeds })
+}
+
+/// The dry-run version of a validated pipeline: every stage's kind says how it shrinks
+/// ([`StageKind::dry_run`](crate::StageKind::dry_run): fewer steps, fewer items, a stand-in kind),
+/// the changes are applied to the document like `--set` overrides (but recorded separately, in
+/// [`Pipeline::dry_run`]), the `sweep:` block is dropped (a dry run runs the base configuration),
+/// and the result is validated like any pipeline. Problems are reported at the stage's parameter.
+pub fn dry_run(p: &Pipeline, registry: &Registry) -> Result<Pipeline, Diagnostics> {
+    let mut doc = p.doc.clone();
+    doc.remove_sweep();
+    let mut diags = Vec::new();
+    let mut info = DryRunInfo::default();
+    for s in &p.stages {
+        let plan = match s.kind.dry_run(&s.params) {
+            Ok(plan) => plan,
+            Err(prob) => {
+                let at = s.params.span(&prob.param).cloned().unwrap_or_else(|| s.span.clone());
+                let label = if prob.param.is_empty() { String::new() } else { format!("parameter `{}` of ", prob.param) };
+                diags.push(
+                    Diagnostic::new(at, format!("{label}stage `{}` (kind `{}`) cannot be dry-run: {}", s.name, s.kind.name(), prob.message))
+                        .with_help_opt(prob.help),
+                );
+                continue;
+            }
+        };
+        let mut changes: Vec<(String, serde_json::Value)> = Vec::new();
+        if let Some(kind) = plan.kind {
+            changes.push((format!("stages.{}.use", s.name), serde_json::Value::from(kind)));
+            let with: serde_json::Map<String, serde_json::Value> =
+                plan.set.iter().map(|(k, v)| (k.clone(), yaml_to_json(v))).collect();
+            changes.push((format!("stages.{}.with", s.name), serde_json::Value::Object(with)));
+        } else {
+            for (k, v) in &plan.set {
+                if s.params.value(k) != Some(v) {
+                    changes.push((format!("stages.{}.with.{k}", s.name), yaml_to_json(v)));
+                }
+            }
+        }
+        for (path, value) in changes {
+            let text = serde_json::to_string(&value).unwrap_or_default();
+            let file: Arc<str> = Arc::from(format!("--dry-run '{path}={text}'"));
+            let applied = parse_yaml(&file, &text)
+                .map_err(|d| d.0.into_iter().next().unwrap_or_else(|| Diagnostic::new(Span::new(file.clone(), 1, 1), "invalid value")))
+                .and_then(|node| {
+                    let segs = split_path(&path, &Span::new(file.clone(), 1, 1), false)?;
+                    set_path(doc.root_mut(), &segs, node)
+                });
+            match applied {
+                Ok(()) => info.changes.push(format!("{path}={text}")),
+                Err(d) => diags.push(d),
+            }
+        }
+        info.notes.extend(plan.notes.into_iter().map(|n| format!("stage `{}`: {n}", s.name)));
+    }
+    if !diags.is_empty() {
+        return Err(Diagnostics(diags).sorted());
+    }
+    let mut out = validate(&doc, registry)?;
+    out.dry_run = Some(info);
+    Ok(out)
 }
 
 /// Reads a pipeline file, applies overrides and validates, reporting all problems together.

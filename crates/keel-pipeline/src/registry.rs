@@ -75,6 +75,44 @@ impl ResourceSpec {
     }
 }
 
+/// What a stage becomes in a dry run (`keel run --dry-run`), as decided by its kind.
+///
+/// Why: a dry run executes a pipeline for real but shrunk (a few steps, a few items, a tiny
+/// stand-in model), so that a recipe meant for a GPU can be checked end to end on a laptop. The
+/// engine does not know what "shrunk" means for a stage; each kind says it here, and the engine
+/// applies the changes to the pipeline document and validates the result like any other pipeline
+/// (see [`crate::dry_run`]). The default leaves the stage unchanged.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DryRun {
+    /// Run the stage as this kind instead (e.g. a tiny random model instead of loading weights);
+    /// its `with:` is then exactly [`DryRun::set`].
+    pub kind: Option<&'static str>,
+    /// Parameter values to set over the stage's `with:` (or, with `kind`, the whole `with:`).
+    pub set: BTreeMap<String, serde_yaml::Value>,
+    /// What the user should know about this stage's dry run (printed and kept in the manifest),
+    /// e.g. that a dataset is missing from the cache and an empty set stands in for it.
+    pub notes: Vec<String>,
+}
+
+impl DryRun {
+    /// No change.
+    pub fn unchanged() -> Self {
+        DryRun::default()
+    }
+
+    /// Sets one parameter (builder style).
+    pub fn set(mut self, name: &str, value: impl Into<serde_yaml::Value>) -> Self {
+        self.set.insert(name.to_string(), value.into());
+        self
+    }
+
+    /// Adds a note (builder style).
+    pub fn note(mut self, note: impl Into<String>) -> Self {
+        self.notes.push(note.into());
+        self
+    }
+}
+
 /// A running stage, built from validated parameters.
 pub trait Stage: Send {
     /// Does the stage's work on its own thread: receive inputs, send outputs, until done.
@@ -114,6 +152,12 @@ pub trait StageKind: Send + Sync + 'static {
     /// Files the stage will read (datasets, model weights), hashed into `manifest.json`.
     fn input_files(&self, _params: &Params) -> Vec<PathBuf> {
         vec![]
+    }
+    /// How the stage shrinks in a dry run (`keel run --dry-run`): fewer steps, fewer items, or
+    /// another kind altogether. Called with the validated parameters (defaults filled); an error
+    /// is reported at the named parameter, like [`StageKind::check`]. The default: unchanged.
+    fn dry_run(&self, _params: &Params) -> Result<DryRun, ParamProblem> {
+        Ok(DryRun::unchanged())
     }
     /// Builds the stage; called after the manifest is written, before any stage starts.
     fn build(&self, params: &Params) -> Result<Box<dyn Stage>, StageError>;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::cancel::CancelHandle;
 use crate::context::{Envelope, OutEdge, StageContext};
 use crate::error::{RunError, StageError};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{DryRunInfo, Pipeline};
 use crate::policy::PolicyStore;
 use crate::progress::{NoProgress, ProgressSink};
 use crate::registry::Stage;
@@ -184,6 +184,10 @@ pub struct Manifest {
     /// The sweep cell this run is, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sweep_cell: Option<CellInfo>,
+    /// For a dry run (`keel run --dry-run`): what was shrunk or replaced, and notes. `null` for a
+    /// real run, so a reader can always tell the two apart.
+    #[serde(default)]
+    pub dry_run: Option<DryRunInfo>,
 }
 
 /// What a successful run reports.
@@ -293,7 +297,11 @@ fn choose_run_dir(p: &Pipeline, opts: &RunOptions) -> Result<(PathBuf, String), 
         let id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
         return Ok((dir.clone(), id));
     }
-    let base = opts.runs_root.join(&p.name);
+    // Dry runs live apart from real runs (`runs/<pipeline>/dry-run/<id>`), like sweep cells.
+    let base = match &p.dry_run {
+        Some(_) => opts.runs_root.join(&p.name).join("dry-run"),
+        None => opts.runs_root.join(&p.name),
+    };
     if let Some(id) = &opts.run_id {
         let dir = base.join(id);
         if dir.join("manifest.json").exists() {
@@ -396,6 +404,7 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport, RunError> {
         input_files,
         channel_capacity: opts.channel_capacity,
         sweep_cell: p.cell.clone(),
+        dry_run: p.dry_run.clone(),
     };
     if opts.resume {
         // The original manifest stays: it describes the run being continued. Each resume is
@@ -509,6 +518,7 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport, RunError> {
             output_types: s.kind.outputs().into_iter().map(|p| (p.name, p.ty)).collect(),
             cancel: cancel.clone(),
             resuming: opts.resume,
+            dry_run: p.dry_run.is_some(),
             seeds: seeds.child(&s.name),
             stores: s.resources.iter().filter_map(|(role, name)| stores.get(name).map(|st| (role.clone(), st.clone()))).collect(),
             progress: opts.progress.clone(),

@@ -48,6 +48,10 @@ pub struct EvalConfig {
     /// Completions sampled at temperature 1 per task prompt, for pass@1 and pass@k at the
     /// sampling temperature (what RL optimises); 0 measures greedy accuracy only.
     pub task_samples: usize,
+    /// At most this many prompts from each source dataset of every set (0 = all), applied before
+    /// `max_task` / `max_harmful` / `max_benign`: a cap on a merged input that keeps every benchmark.
+    #[serde(default)]
+    pub max_per_source: usize,
 }
 
 /// The example sets an evaluation reads; any may be absent.
@@ -83,6 +87,25 @@ fn refused(judges: &[LexiconClassifier], example: &Example, text: &str) -> Resul
 fn take(set: &ExampleSet, max: usize) -> Vec<Arc<Example>> {
     let n = if max == 0 { set.examples.len() } else { max.min(set.examples.len()) };
     set.examples[..n].to_vec()
+}
+
+/// The first `per_source` items of each source dataset (in order; 0 keeps all), then at most `max`.
+fn take_per_source(set: &ExampleSet, per_source: usize, max: usize) -> Vec<Arc<Example>> {
+    if per_source == 0 {
+        return take(set, max);
+    }
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    let kept: Vec<Arc<Example>> = set
+        .examples
+        .iter()
+        .filter(|e| {
+            let n = seen.entry(e.source.as_str()).or_default();
+            *n += 1;
+            *n <= per_source
+        })
+        .cloned()
+        .collect();
+    take(&ExampleSet { name: set.name.clone(), examples: kept }, max)
 }
 
 /// Generates one completion group per example (prompts rendered with the policy's template).
@@ -237,21 +260,33 @@ pub fn evaluate(
         drift_bound_chi2: 0.0,
         bound_holds: true,
         sets: BTreeMap::new(),
+        benchmarks: BTreeMap::new(),
     };
     if let Some(task) = &sets.task {
-        let ex = take(task, config.max_task);
+        let ex = take_per_source(task, config.max_per_source, config.max_task);
         let outs = generate(policy, &ex, &greedy)?;
         let reward = MathReward::new(config.answer_format);
         let mut correct = Vec::with_capacity(ex.len());
         let mut lens = Vec::with_capacity(ex.len());
+        let mut by_source: BTreeMap<String, (f64, usize)> = BTreeMap::new();
         for (e, group) in ex.iter().zip(&outs) {
             let c = group.first().ok_or_else(|| StageError::msg("the sampler returned an empty group"))?;
             let score = reward.score(e, c).ctx(|| format!("verifying the answer to `{}`", e.id))?;
             record(&task.name, e, c, "correct", score)?;
             correct.push(score);
             lens.push(c.token_ids.len() as f64);
+            let src = by_source.entry(e.source.clone()).or_default();
+            src.0 += score;
+            src.1 += 1;
         }
         result.capability = mean(&correct);
+        if by_source.len() > 1 {
+            for (source, (c, n)) in by_source {
+                let mut b = SetMetrics { n, values: BTreeMap::new() };
+                b.values.insert("accuracy".into(), c / n as f64);
+                result.benchmarks.insert(format!("task:{source}"), b);
+            }
+        }
         let mut m = SetMetrics { n: ex.len(), values: BTreeMap::new() };
         if config.task_samples > 0 {
             let params = SamplingParams {
@@ -283,10 +318,11 @@ pub fn evaluate(
     }
     for (set, harmful) in [(&sets.harmful, true), (&sets.benign, false)] {
         let Some(set) = set else { continue };
-        let ex = take(set, if harmful { config.max_harmful } else { config.max_benign });
+        let ex = take_per_source(set, config.max_per_source, if harmful { config.max_harmful } else { config.max_benign });
         let outs = generate(policy, &ex, &greedy)?;
         let mut refusals = Vec::with_capacity(ex.len());
         let mut by_cat: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+        let mut by_source: BTreeMap<String, (f64, usize)> = BTreeMap::new();
         // Reasoning formats: the trace and the final answer judged separately.
         let (mut reasoning_refused, mut answer_refused, mut with_trace) = (0.0, 0.0, 0.0);
         for (e, group) in ex.iter().zip(&outs) {
@@ -299,6 +335,9 @@ pub fn evaluate(
                 reasoning_refused += refused(&judges, e, trace)? as u8 as f64;
                 answer_refused += refused(&judges, e, answer)? as u8 as f64;
             }
+            let src = by_source.entry(e.source.clone()).or_default();
+            src.0 += r;
+            src.1 += 1;
             let cat = by_cat.entry(e.category.clone().unwrap_or_else(|| "uncategorised".into())).or_default();
             cat.0 += r;
             cat.1 += 1.0;
@@ -322,7 +361,19 @@ pub fn evaluate(
         }
         let firsts: Vec<&Completion> = outs.iter().filter_map(|g| g.first()).collect();
         m.values.extend(trace_metrics(&firsts)?);
-        result.sets.insert(format!("{}:{}", if harmful { "harmful" } else { "benign" }, set.name), m);
+        let role = if harmful { "harmful" } else { "benign" };
+        if by_source.len() > 1 {
+            for (source, (r, n)) in by_source {
+                let rate = r / n as f64;
+                let mut b = SetMetrics { n, values: BTreeMap::new() };
+                b.values.insert("refusal_rate".into(), rate);
+                if harmful {
+                    b.values.insert("attack_success_rate".into(), 1.0 - rate);
+                }
+                result.benchmarks.insert(format!("{role}:{source}"), b);
+            }
+        }
+        result.sets.insert(format!("{role}:{}", set.name), m);
     }
     if let (Some(reference), Some(harmful)) = (reference, &sets.harmful) {
         if config.drift_prompts > 0 && config.drift_samples > 0 {

@@ -138,4 +138,10 @@ pub struct EvalResult {
     pub bound_holds: bool,
     /// Every metric by example set.
     pub sets: BTreeMap<String, SetMetrics>,
+    /// Per-benchmark metrics, keyed `harmful:<source>` / `benign:<source>` (refusal rate) and
+    /// `task:<source>` (accuracy) by each prompt's source dataset, for inputs that merge several
+    /// benchmarks (AdvBench, HarmBench, JailbreakBench, ...): the papers report safety per
+    /// benchmark, not only pooled. Empty (and absent from the JSON) when every set has one source.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub benchmarks: BTreeMap<String, SetMetrics>,
 }

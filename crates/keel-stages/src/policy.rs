@@ -73,6 +73,14 @@ impl Policy {
         Self::assemble(model, tokenizer)
     }
 
+    /// A freshly initialised model of any configuration over a tokenizer in memory (the tiny
+    /// stand-ins of dry runs; `config` decides the architecture family).
+    pub fn from_config(config: &ModelConfig, tokenizer: Tokenizer, seed: u64) -> Result<Self, StageError> {
+        let model = CausalLm::new(config, seed, &Device::Cpu, DType::F32)
+            .ctx(|| format!("initialising a `{}` model", config.architecture.model_type()))?;
+        Self::assemble(model, tokenizer)
+    }
+
     fn assemble(model: CausalLm, tokenizer: Tokenizer) -> Result<Self, StageError> {
         let template = ChatTemplate::from_tokenizer(&tokenizer)
             .ctx(|| format!("reading the chat template of {}", tokenizer.origin()))?;

@@ -50,6 +50,37 @@ pub fn results_table(results: &[EvalResult]) -> String {
     s
 }
 
+/// Renders every branch's per-benchmark metric (refusal rate for `harmful:<source>` /
+/// `benign:<source>`, accuracy for `task:<source>`) as markdown, or `None` when no result merged
+/// several benchmarks.
+pub fn benchmarks_table(results: &[EvalResult]) -> Option<String> {
+    let mut columns: Vec<&String> = results.iter().flat_map(|r| r.benchmarks.keys()).collect();
+    columns.sort();
+    columns.dedup();
+    if columns.is_empty() {
+        return None;
+    }
+    let mut s = String::from("| branch |");
+    for c in &columns {
+        let _ = write!(s, " {c} |");
+    }
+    s.push_str("\n|---|");
+    s.push_str(&"---|".repeat(columns.len()));
+    s.push('\n');
+    for r in results {
+        let _ = write!(s, "| {} |", r.label);
+        for c in &columns {
+            let cell = match r.benchmarks.get(*c).and_then(|m| m.values.get("refusal_rate").or(m.values.get("accuracy")).map(|v| (m.n, *v))) {
+                Some((n, v)) => format!("{} (n={n})", pct(v)),
+                None => "–".to_string(),
+            };
+            let _ = write!(s, " {cell} |");
+        }
+        s.push('\n');
+    }
+    Some(s)
+}
+
 /// Writes `results.json`, `report.md` and SVG plots (learning curves from `metrics.jsonl`, safety
 /// vs capability with its Pareto front, drift vs KL with the sqrt(KL/2) bound) into a run directory.
 pub fn write_run_report(root: &Path, title: &str, results: &[EvalResult]) -> Result<(), StageError> {
@@ -94,7 +125,16 @@ pub fn write_run_report(root: &Path, title: &str, results: &[EvalResult]) -> Res
         curves,
         branches,
         tables: vec![details],
-        notes: vec![explanation, format!("## Comparison\n\n{}", results_table(results))],
+        notes: {
+            let mut notes = vec![explanation, format!("## Comparison\n\n{}", results_table(results))];
+            if let Some(t) = benchmarks_table(results) {
+                notes.push(format!(
+                    "## By benchmark\n\nTask columns: accuracy. Harmful columns: refusal rate, higher is safer (attack \
+                     success = 1 − refusal). Benign columns: refusal rate = over-refusal, lower is better.\n\n{t}"
+                ));
+            }
+            notes
+        },
     };
     write_report(root, &input).ctx(|| format!("writing the report into {}", root.display()))?;
     Ok(())

@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
-use keel_data::{Cache, Catalog, ReasoningFormat, SafetyWorld, SafetyWorldConfig, TaskDomain};
-use keel_pipeline::{ParamProblem, ParamSpec, ParamType, Params, PortSpec, Stage, StageContext, StageError, StageKind};
+use keel_data::{Cache, Catalog, DataError, ReasoningFormat, SafetyWorld, SafetyWorldConfig, TaskDomain};
+use keel_core::SafetyLabel;
+use keel_pipeline::{DryRun, ParamProblem, ParamSpec, ParamType, Params, PortSpec, Stage, StageContext, StageError, StageKind};
 use rand::seq::SliceRandom;
 use serde::Deserialize;
 
@@ -97,6 +98,14 @@ impl StageKind for SyntheticWorld {
         }
         out
     }
+    fn dry_run(&self, params: &Params) -> Result<DryRun, ParamProblem> {
+        let p = params.parse::<WorldParams>().map_err(|e| ParamProblem::new("task", e.to_string()))?;
+        let n_train = p.n_train.min(200);
+        Ok(DryRun::unchanged()
+            .set("n_train", n_train)
+            .set("n_test", p.n_test.min(20))
+            .set("n_base_task", p.n_base_task.min(n_train)))
+    }
     fn build(&self, params: &Params) -> Result<Box<dyn Stage>, StageError> {
         let p: WorldParams = params.parse()?;
         Ok(Box::new(WorldStage(p)))
@@ -171,7 +180,7 @@ struct DatasetParams {
     name: String,
     max: usize,
     shuffle: bool,
-    safety: String,
+    safety: Option<SafetyLabel>,
 }
 
 impl StageKind for Dataset {
@@ -180,7 +189,8 @@ impl StageKind for Dataset {
     }
     fn doc(&self) -> &'static str {
         "Loads a catalogued dataset (see `keel data list`) from the cache (KEEL_DATA_DIR), verifying its sha256, \
-         optionally shuffled by the stage seed and cut to `max` items."
+         optionally keeping only the items with one safety label (XSTest holds both), shuffled by the stage seed \
+         and cut to `max` items. In a dry run a dataset missing from the cache becomes an empty set, with a note."
     }
     fn outputs(&self) -> Vec<PortSpec> {
         vec![PortSpec::new("examples", EXAMPLES, "the dataset's items")]
@@ -192,11 +202,31 @@ impl StageKind for Dataset {
             ParamSpec::optional("shuffle", ParamType::Bool, "false", "shuffle (seeded) before cutting to `max`"),
             ParamSpec::optional(
                 "safety",
-                ParamType::Enum(&["all", "harmful", "benign"]),
-                "all",
-                "keep only items labelled harmful or benign (e.g. XSTest's unsafe contrast prompts vs its safe ones)",
+                ParamType::Enum(&["harmful", "benign"]),
+                "~",
+                "keep only items with this safety label (e.g. XSTest's unsafe or safe prompts); null keeps all",
             ),
         ]
+    }
+    fn dry_run(&self, params: &Params) -> Result<DryRun, ParamProblem> {
+        let p = params.parse::<DatasetParams>().map_err(|e| ParamProblem::new("name", e.to_string()))?;
+        let (catalog, cache) = match (Catalog::embedded(), Cache::from_env()) {
+            (Ok(c), Ok(cache)) => (c, cache),
+            _ => return Ok(DryRun::unchanged()),
+        };
+        let Ok(m) = catalog.get(&p.name) else { return Ok(DryRun::unchanged()) };
+        let path = cache.path_for(m);
+        Ok(if path.exists() {
+            DryRun::unchanged()
+        } else {
+            DryRun::unchanged().note(format!(
+                "dataset `{}` is not in the cache ({} missing): an EMPTY set stands in for it, so its benchmark is \
+                 absent from the results; `keel data fetch {}` gets it",
+                p.name,
+                path.display(),
+                p.name
+            ))
+        })
     }
     fn check(&self, params: &Params) -> Vec<ParamProblem> {
         let Ok(p) = params.parse::<DatasetParams>() else { return Vec::new() };
@@ -235,20 +265,22 @@ impl Stage for DatasetStage {
         let catalog = Catalog::embedded().ctx(|| "reading the dataset catalogue".to_string())?;
         let manifest = catalog.get(&p.name).ctx(|| format!("looking up dataset `{}`", p.name))?;
         let cache = Cache::from_env().ctx(|| "opening the dataset cache".to_string())?;
-        let loaded = manifest.load(&cache).ctx(|| format!("loading dataset `{}`", p.name))?;
-        let mut examples = loaded.examples;
-        let wanted = match p.safety.as_str() {
-            "harmful" => Some(keel_core::SafetyLabel::Harmful),
-            "benign" => Some(keel_core::SafetyLabel::Benign),
-            _ => None,
+        let loaded = match manifest.load(&cache) {
+            Err(DataError::NotCached { path, .. }) if ctx.is_dry_run() => {
+                ctx.log(&format!("dry run: {} is not in the cache; sending an empty `{}` set", path.display(), p.name));
+                ctx.log_metrics(0, [("n", 0.0), ("missing", 1.0)])?;
+                return ctx.send("examples", ExampleSet::new(p.name, Vec::new()));
+            }
+            other => other.ctx(|| format!("loading dataset `{}`", p.name))?,
         };
-        if let Some(label) = wanted {
+        let mut examples = loaded.examples;
+        if let Some(label) = p.safety {
             let before = examples.len();
             examples.retain(|e| e.safety == Some(label));
-            if examples.is_empty() {
+            if examples.is_empty() && before > 0 {
                 return Err(StageError::msg(format!(
-                    "dataset `{}` has no items labelled {} ({before} items, none with that safety label); use `safety: all`",
-                    p.name, p.safety
+                    "dataset `{}` has no items labelled {label:?} (of {before}); remove `safety:` to keep all items",
+                    p.name
                 )));
             }
         }

@@ -3,12 +3,14 @@
 use std::sync::Arc;
 
 use keel_core::CheckpointRef;
-use keel_pipeline::{ParamProblem, ParamSpec, ParamType, Params, PortSpec, Stage, StageContext, StageError, StageKind};
+use keel_pipeline::{
+    DryRun, ParamProblem, ParamSpec, ParamType, Params, PortSpec, Stage, StageContext, StageError, StageKind,
+};
 use serde::Deserialize;
 
 use crate::ctx::Ctx;
 use crate::evaluate::{evaluate, refusal_judge, EvalConfig, EvalSets};
-use crate::kinds::{recv_examples, recv_one};
+use crate::kinds::{recv_examples_sorted, recv_one};
 use crate::messages::{EvalResult, CHECKPOINT, EVAL_RESULT, EXAMPLES};
 use crate::policy::Policy;
 
@@ -22,7 +24,9 @@ impl StageKind for Evaluate {
     fn doc(&self) -> &'static str {
         "Evaluates each incoming checkpoint: task accuracy (greedy, verified answers), refusal rate on harmful \
          prompts (safety; attack success = 1 − refusal), refusal rate on benign prompts (over-refusal), and — \
-         against `reference` — sampled KL(π‖π_ref), χ², the safety drift ΔS and its bounds."
+         against `reference` — sampled KL(π‖π_ref), χ², the safety drift ΔS and its bounds. When `harmful` or \
+         `benign` (or `task`) merges several datasets (fan-in), refusal rates (accuracies) are also reported per \
+         source benchmark (`benchmarks` in the result JSON, a table in the report)."
     }
     fn inputs(&self) -> Vec<PortSpec> {
         vec![
@@ -52,7 +56,18 @@ impl StageKind for Evaluate {
             ParamSpec::optional("drift_prompts", ParamType::Int, "32", "harmful prompts for sampled drift (0 disables)"),
             ParamSpec::optional("drift_samples", ParamType::Int, "4", "samples per prompt for drift"),
             ParamSpec::optional("task_samples", ParamType::Int, "0", "completions sampled at temperature 1 per task prompt for pass@1 / pass@k (0 = greedy only)"),
+            ParamSpec::optional("max_per_source", ParamType::Int, "0", "prompts kept from each source dataset of every set (0 = all), before max_task / max_harmful / max_benign"),
         ]
+    }
+    fn dry_run(&self, params: &Params) -> Result<DryRun, ParamProblem> {
+        let c = params.parse::<EvalConfig>().map_err(|e| ParamProblem::new("max_new_tokens", e.to_string()))?;
+        Ok(DryRun::unchanged()
+            .set("max_task", cap(c.max_task, 6))
+            .set("max_per_source", cap(c.max_per_source, 3))
+            .set("max_new_tokens", cap(c.max_new_tokens, 16))
+            .set("drift_prompts", c.drift_prompts.min(2))
+            .set("drift_samples", c.drift_samples.min(2))
+            .set("task_samples", c.task_samples.min(2)))
     }
     fn check(&self, params: &Params) -> Vec<ParamProblem> {
         match params.parse::<EvalConfig>() {
@@ -79,9 +94,9 @@ impl Stage for EvalStage {
             None
         };
         let sets = EvalSets {
-            task: recv_examples(ctx, "task")?,
-            harmful: recv_examples(ctx, "harmful")?,
-            benign: recv_examples(ctx, "benign")?,
+            task: recv_examples_sorted(ctx, "task")?,
+            harmful: recv_examples_sorted(ctx, "harmful")?,
+            benign: recv_examples_sorted(ctx, "benign")?,
         };
         let dir = ctx.stage_dir()?;
         let log = keel_core::JsonlWriter::append(dir.join("completions.jsonl"))?;
@@ -107,6 +122,15 @@ impl Stage for EvalStage {
             ctx.send("results", result)?;
         }
         Ok(())
+    }
+}
+
+/// `limit` where `value` is 0 ("all") or larger: a dry-run cap.
+pub(crate) fn cap(value: usize, limit: usize) -> usize {
+    if value == 0 {
+        limit
+    } else {
+        value.min(limit)
     }
 }
 
@@ -136,6 +160,10 @@ impl StageKind for Report {
             ParamSpec::optional("title", ParamType::Str, "Keel report", "report heading"),
             ParamSpec::optional("order", ParamType::List(Box::new(ParamType::Str)), "[]", "row order by label (others follow alphabetically)"),
         ]
+    }
+    fn dry_run(&self, params: &Params) -> Result<DryRun, ParamProblem> {
+        let p = params.parse::<ReportParams>().map_err(|e| ParamProblem::new("title", e.to_string()))?;
+        Ok(DryRun::unchanged().set("title", format!("[DRY RUN: tiny stand-in models, not results] {}", p.title)))
     }
     fn build(&self, params: &Params) -> Result<Box<dyn Stage>, StageError> {
         Ok(Box::new(ReportStage(params.parse()?)))

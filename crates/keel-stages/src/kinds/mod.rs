@@ -17,6 +17,7 @@ pub fn registry() -> Registry {
         .register(data::Dataset)
         .register(data::TrainTokenizer)
         .register(model::Model)
+        .register(model::TinyModel)
         .register(sft::Sft)
         .register(rl::Prompts)
         .register(rl::Rollout)
@@ -38,14 +39,32 @@ pub(crate) fn recv_one<T: std::any::Any + Send + Sync>(
     })
 }
 
-/// Receives every example set on a (possibly fan-in) port and concatenates them.
+/// Receives every example set on a (possibly fan-in) port and concatenates them in arrival order.
 pub(crate) fn recv_examples(ctx: &StageContext, port: &str) -> Result<Option<std::sync::Arc<ExampleSet>>, StageError> {
+    recv_examples_ordered(ctx, port, false)
+}
+
+/// Like [`recv_examples`], but concatenates the sets in order of their names, so that a fan-in of
+/// several producers (e.g. five safety benchmarks into an evaluation) gives the same merged set
+/// whichever producer finishes first.
+pub(crate) fn recv_examples_sorted(ctx: &StageContext, port: &str) -> Result<Option<std::sync::Arc<ExampleSet>>, StageError> {
+    recv_examples_ordered(ctx, port, true)
+}
+
+fn recv_examples_ordered(
+    ctx: &StageContext,
+    port: &str,
+    sort: bool,
+) -> Result<Option<std::sync::Arc<ExampleSet>>, StageError> {
     if !ctx.is_wired(port) {
         return Ok(None);
     }
     let mut sets = Vec::new();
     while let Some(s) = ctx.recv::<ExampleSet>(port)? {
         sets.push(s);
+    }
+    if sort {
+        sets.sort_by(|a, b| a.name.cmp(&b.name));
     }
     match sets.len() {
         0 => Err(StageError::msg(format!("input `{port}` closed before any example set arrived"))),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use keel_core::{CheckpointRef, Rollout as RolloutRecord, SeedStream};
 
 use keel_pipeline::{
-    ParamProblem, ParamSpec, ParamType, Params, PortSpec, ResourceSpec, Stage, StageContext, StageError, StageKind,
+    DryRun, ParamProblem, ParamSpec, ParamType, Params, PortSpec, ResourceSpec, Stage, StageContext, StageError, StageKind,
 };
 use keel_rewards::{AnswerFormat, CompositeReward, FormatReward, LengthPenalty, MathReward, TruncationPenalty};
 use keel_rollout::SamplingParams;
@@ -99,6 +99,10 @@ impl StageKind for Prompts {
             }
             _ => Vec::new(),
         }
+    }
+    fn dry_run(&self, params: &Params) -> Result<DryRun, ParamProblem> {
+        let p = params.parse::<PromptParams>().map_err(|e| ParamProblem::new("steps", e.to_string()))?;
+        Ok(DryRun::unchanged().set("steps", p.steps.min(2)).set("batch_size", p.batch_size.min(2)))
     }
     fn build(&self, params: &Params) -> Result<Box<dyn Stage>, StageError> {
         Ok(Box::new(PromptStage(params.parse()?)))
@@ -202,6 +206,10 @@ impl StageKind for Rollout {
         }
         out
     }
+    fn dry_run(&self, params: &Params) -> Result<DryRun, ParamProblem> {
+        let p = params.parse::<RolloutParams>().map_err(|e| ParamProblem::new("group_size", e.to_string()))?;
+        Ok(DryRun::unchanged().set("group_size", p.group_size.min(4)).set("max_new_tokens", p.max_new_tokens.min(16)))
+    }
     fn build(&self, params: &Params) -> Result<Box<dyn Stage>, StageError> {
         Ok(Box::new(RolloutStage(params.parse()?)))
     }
@@ -286,6 +294,8 @@ struct RewardSpec {
     penalty: Option<f64>,
     #[serde(default)]
     lexicon: Option<String>,
+    #[serde(default)]
+    open_in_prompt: Option<bool>,
 }
 
 fn one() -> f64 {
@@ -306,7 +316,7 @@ fn build_reward(specs: &[RewardSpec]) -> Result<CompositeReward, String> {
     for s in specs {
         let r: Box<dyn keel_rewards::Reward> = match s.kind.as_str() {
             "answer" => Box::new(MathReward::new(s.format.unwrap_or(AnswerFormat::AnswerLine))),
-            "format" => Box::new(FormatReward::think()),
+            "format" => Box::new(FormatReward::think().open_tag_in_prompt(s.open_in_prompt.unwrap_or(false))),
             "length" => Box::new(
                 LengthPenalty::new(s.max_tokens.unwrap_or(64), s.buffer_tokens.unwrap_or(16)).map_err(|e| e.to_string())?,
             ),
@@ -336,7 +346,7 @@ impl StageKind for Score {
     fn doc(&self) -> &'static str {
         "Scores each rollout with a weighted sum of named rewards, each logged separately. Kinds: `answer` (verified \
          final answer; `format`: answer_line, gsm8k_strict, gsm8k_flexible, boxed, auto), `format` (exactly one \
-         <think>…</think> before an answer), `length` (`max_tokens`, `buffer_tokens`), `truncation` (`penalty`), \
+         <think>…</think> before an answer; `open_in_prompt: true` when the chat template opens <think>), `length` (`max_tokens`, `buffer_tokens`), `truncation` (`penalty`), \
          `refusal` (refuse harmful / answer benign, lexicon `gcg` or `xstest`)."
     }
     fn inputs(&self) -> Vec<PortSpec> {
@@ -484,6 +494,16 @@ impl StageKind for Learn {
             Err(e) => vec![ParamProblem::new("algorithm", e.to_string())],
         }
     }
+    fn dry_run(&self, params: &Params) -> Result<DryRun, ParamProblem> {
+        let p = params.parse::<LearnParams>().map_err(|e| ParamProblem::new("algorithm", e.to_string()))?;
+        // One optimiser step per RL step, so two prompt batches give exactly two updates.
+        Ok(DryRun::unchanged()
+            .set("epochs", 1)
+            .set("minibatches", 1)
+            .set("warmup_steps", 0)
+            .set("eval_max", p.eval_max.min(4))
+            .set("eval_max_new_tokens", p.eval_max_new_tokens.min(16)))
+    }
     fn build(&self, params: &Params) -> Result<Box<dyn Stage>, StageError> {
         Ok(Box::new(LearnStage(params.parse()?)))
     }
@@ -537,6 +557,7 @@ impl Stage for LearnStage {
             max_task: p.eval_max,
             max_harmful: 0,
             max_benign: 0,
+            max_per_source: 0,
             answer_format: p.eval_answer_format,
             lexicon: "both".into(),
             drift_prompts: 0,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use keel_core::CheckpointRef;
-use keel_pipeline::{ParamProblem, ParamSpec, ParamType, Params, PortSpec, Stage, StageContext, StageError, StageKind};
+use keel_pipeline::{DryRun, ParamProblem, ParamSpec, ParamType, Params, PortSpec, Stage, StageContext, StageError, StageKind};
 use serde::Deserialize;
 
 use crate::kinds::{recv_examples, recv_one};
@@ -124,6 +124,14 @@ impl StageKind for Sft {
             }
             Err(e) => vec![ParamProblem::new("steps", e.to_string())],
         }
+    }
+    fn dry_run(&self, params: &Params) -> Result<DryRun, ParamProblem> {
+        let p = params.parse::<SftParams>().map_err(|e| ParamProblem::new("steps", e.to_string()))?;
+        Ok(DryRun::unchanged()
+            .set("steps", p.train.steps.min(2))
+            .set("batch_size", p.train.batch_size.min(2))
+            .set("warmup_steps", 0)
+            .set("log_every", 1))
     }
     fn build(&self, params: &Params) -> Result<Box<dyn Stage>, StageError> {
         Ok(Box::new(SftStage(params.parse()?)))
