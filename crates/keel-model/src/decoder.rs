@@ -638,13 +638,20 @@ impl CausalLm {
             let q = q.transpose(1, 2).and_then(|x| x.contiguous()).ctx(|| step("q layout"))?;
             let k = k.transpose(1, 2).and_then(|x| x.contiguous()).ctx(|| step("k layout"))?;
             let v = v.transpose(1, 2).and_then(|x| x.contiguous()).ctx(|| step("v layout"))?;
+            let decoding = t == 1 && cache.is_some();
             let (k, v) = match cache.as_deref_mut() {
                 Some(c) => c.append(li, k.detach(), v.detach())?,
                 None => (k, v),
             };
             // Grouped-query attention without repeating K/V: the `rep` query heads sharing one
             // K/V head are stacked along the query axis, so one batched matmul serves them all.
+            // A decoding step (one new token per sequence) uses the fused single-query kernel
+            // over the cache buffers instead: see `ops::decode_attention` for why.
             let attn = (|| -> candle_core::Result<Tensor> {
+                if decoding {
+                    return ops::decode_attention(&q.reshape((b, nh, hd))?, &k, &v, &key_mask, scale)?
+                        .reshape((b, nh * hd));
+                }
                 let qg = q.reshape((b, nkv, rep * t, hd))?;
                 let scores = qg.matmul(&k.t()?)?.reshape((b, nh, t, s))?;
                 let probs = ops::masked_softmax(&scores, &key_mask, scale, true)?;
