@@ -9,7 +9,7 @@ fresh processes for each side (`once` mode), since one process holding both woul
 
 Environment: KEEL_BENCH_THREADS (default 2), KEEL_BENCH_ROUNDS (default 7),
 KEEL_BENCH_OUT (JSON results path, relative to the repository root; default
-target/keel-bench/results.json).
+target/keel-bench/results.json), KEEL_BENCH_BIN (directory holding the Keel binary).
 """
 
 import json
@@ -28,7 +28,14 @@ ROOT = os.path.dirname(HERE)
 
 
 def keel_bin():
-    return os.path.join(ROOT, "target", "release", "examples", "bench_figures")
+    """The Keel binary: copied by `bench/compare` into KEEL_BENCH_BIN (default
+    target/keel-bench/bin), else the cargo build output under CARGO_TARGET_DIR (default target/)."""
+    copied = os.path.join(os.environ.get("KEEL_BENCH_BIN", os.path.join(ROOT, "target", "keel-bench", "bin")),
+                          "bench_figures")
+    if os.path.exists(copied):
+        return copied
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    return os.path.join(target, "release", "examples", "bench_figures")
 
 
 def keel_env(threads):

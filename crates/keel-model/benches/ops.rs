@@ -1,6 +1,8 @@
 //! Criterion benchmarks of the fused ops against their composed (`*_slow`) references, forward
 //! and forward+backward, at the shapes of the `tiny-8m` training step (batch 16 × 128 tokens,
-//! d_model 256, 8 heads of 32, SwiGLU 1024, vocabulary 4096), plus one whole train step.
+//! d_model 256, 8 heads of 32, SwiGLU 1024, vocabulary 4096), plus one whole train step, the
+//! single-query decode attention at a decoding step of `bench/compare grpo` (64 sequences, 96
+//! cached positions in a 128-position buffer) and a whole greedy decode of 16 × 64 tokens.
 //!
 //! Why: each fused op exists only because it is faster than the composed version; these numbers
 //! keep that claim checked when kernels change. Run:
@@ -80,6 +82,51 @@ fn bench_ops(c: &mut Criterion) {
     });
 }
 
+/// Decode attention (inference only, so forward only): fused kernel vs the batched-matmul path.
+fn bench_decode_attention(c: &mut Criterion) {
+    let (b, cap, s) = (64usize, 128usize, 96usize);
+    let q = randn(&[b, H, HD]);
+    let kbuf = randn(&[b, H, cap, HD]);
+    let vbuf = randn(&[b, H, cap, HD]);
+    let (k, v) = (kbuf.narrow(2, 0, s).expect("k view"), vbuf.narrow(2, 0, s).expect("v view"));
+    let mask = Tensor::ones((b, s), DType::F32, &Device::Cpu).expect("mask");
+    let scale = 1.0 / (HD as f64).sqrt();
+    let mut g = c.benchmark_group("decode_attention");
+    g.sample_size(20);
+    g.bench_function("fused", |bch| bch.iter(|| ops::decode_attention(&q, &k, &v, &mask, scale).expect("fused")));
+    g.bench_function("composed", |bch| {
+        bch.iter(|| ops::decode_attention_slow(&q, &k, &v, &mask, scale).expect("composed"))
+    });
+    g.finish();
+}
+
+/// Greedy KV-cache generation of 16 prompts × 32 tokens, 64 new tokens each (the generation
+/// workload of `bench/compare`): prefill, then `forward_cached_last` per step.
+fn bench_generate(c: &mut Criterion) {
+    let cfg = ModelConfig::preset("tiny-8m", V).expect("preset");
+    let model = CausalLm::new(&cfg, 0, &Device::Cpu, DType::F32).expect("model").inference_view();
+    let (b, prompt, new) = (16usize, 32usize, 64usize);
+    let ids: Vec<u32> = (0..b * prompt).map(|i| ((i * 7919) % V) as u32).collect();
+    let ids = Tensor::from_vec(ids, (b, prompt), &Device::Cpu).expect("ids");
+    let mut g = c.benchmark_group("tiny8m_generate_16x64");
+    g.sample_size(10);
+    g.bench_function("greedy", |bch| {
+        bch.iter(|| {
+            let mut cache = model.new_cache();
+            let mut mask = Tensor::ones((b, prompt), DType::U8, &Device::Cpu).expect("mask");
+            let one = Tensor::ones((b, 1), DType::U8, &Device::Cpu).expect("ones");
+            let mut logits = model.forward_cached_last(&ids, &mask, &mut cache).expect("prefill");
+            for _ in 1..new {
+                let next = logits.argmax(candle_core::D::Minus1).and_then(|n| n.unsqueeze(1)).expect("argmax");
+                mask = Tensor::cat(&[&mask, &one], 1).expect("mask");
+                logits = model.forward_cached_last(&next, &mask, &mut cache).expect("decode step");
+            }
+            logits
+        })
+    });
+    g.finish();
+}
+
 /// One `tiny-8m` forward + loss + backward (no optimiser), fused kernels on and off.
 fn bench_train_step(c: &mut Criterion) {
     let cfg = ModelConfig::preset("tiny-8m", V).expect("preset");
@@ -108,6 +155,8 @@ fn setup() {
 fn benches(c: &mut Criterion) {
     setup();
     bench_ops(c);
+    bench_decode_attention(c);
+    bench_generate(c);
     bench_train_step(c);
 }
 

@@ -9,8 +9,11 @@
 //! concatenation (the previous design) copied the whole prefix of every layer at every decoding
 //! step, which made the cache cost quadratic in the generated length.
 
+use std::sync::Arc;
+
 use candle_core::Tensor;
 
+use crate::decoder::DecodeWeights;
 use crate::error::{CandleContext, ModelError, ModelResult};
 
 /// Capacity granularity (positions) of the pre-allocated buffers.
@@ -23,6 +26,9 @@ pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
     batch: Option<usize>,
+    /// The model's weights transposed for decoding, built at the prefill (see
+    /// `crate::decoder::DecodeWeights` for why); shared by clones.
+    pub(crate) decode_weights: Option<Arc<DecodeWeights>>,
 }
 
 impl Clone for KvCache {
@@ -43,14 +49,14 @@ impl Clone for KvCache {
                 })
             })
             .collect();
-        KvCache { layers, len, batch: self.batch }
+        KvCache { layers, len, batch: self.batch, decode_weights: self.decode_weights.clone() }
     }
 }
 
 impl KvCache {
     /// An empty cache for a model with `num_layers` layers (see [`crate::CausalLm::new_cache`]).
     pub fn new(num_layers: usize) -> Self {
-        KvCache { layers: vec![None; num_layers], len: 0, batch: None }
+        KvCache { layers: vec![None; num_layers], len: 0, batch: None, decode_weights: None }
     }
 
     /// Number of positions cached (padding included): the `past` length the next call's
@@ -74,6 +80,7 @@ impl KvCache {
         self.layers.iter_mut().for_each(|l| *l = None);
         self.len = 0;
         self.batch = None;
+        self.decode_weights = None;
     }
 
     /// Keeps only the batch rows listed in `rows` (u32 indices), e.g. to drop finished sequences

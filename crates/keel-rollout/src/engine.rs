@@ -308,6 +308,8 @@ impl<M: DecodeModel, C: TextCodec> Engine<M, C> {
             .collect();
         let mut work: Vec<f32> = vec![0.0; vocab];
         let mut scratch = Scratch::default();
+        let mut exps: Vec<f64> = Vec::with_capacity(vocab);
+        let plain_sampling = logits::is_untruncated_unit_temperature(params);
         let mut next_ids: Vec<u32> = vec![pad; b];
 
         for step in 0..max_new {
@@ -326,15 +328,23 @@ impl<M: DecodeModel, C: TextCodec> Engine<M, C> {
                     if !logits::logits_are_valid(row) {
                         return Err(non_finite());
                     }
-                    let token = if params.is_greedy() {
-                        logits::argmax(row)
+                    let (token, lp, h) = if params.is_greedy() {
+                        let token = logits::argmax(row);
+                        let (lp, h) = logits::logprob_and_entropy(row, params.temperature, token);
+                        (token, lp, h)
+                    } else if plain_sampling {
+                        // One exponentiation pass for sample, log-prob and entropy (identical
+                        // results to the general branch, see `sample_with_logprob`).
+                        let u: f64 = st.rng.random();
+                        logits::sample_with_logprob(row, u, &mut exps).ok_or_else(non_finite)?
                     } else {
                         work.copy_from_slice(row);
                         logits::process_logits(&mut work, params, &mut scratch);
                         let u: f64 = st.rng.random();
-                        logits::sample_from_logits(&work, u).ok_or_else(non_finite)?
+                        let token = logits::sample_from_logits(&work, u).ok_or_else(non_finite)?;
+                        let (lp, h) = logits::logprob_and_entropy(row, params.temperature, token);
+                        (token, lp, h)
                     };
-                    let (lp, h) = logits::logprob_and_entropy(row, params.temperature, token);
                     let token = token as u32;
                     st.tokens.push(token);
                     st.logprobs.push(lp);

@@ -274,7 +274,10 @@ impl Learner {
         }
         let old_logp = Tensor::from_vec(old, (b, t1), &device).ctx(|| "building old log-probs".to_string())?;
         let temperature = batch.temperature as f64;
-        let ref_logp = logprobs(&self.reference, &tb.ids, &tb.attention, temperature)?.detach();
+        // Log-probs are needed from the shortest prompt's last position on (the loss mask is zero
+        // before it), so neither model projects earlier positions onto the vocabulary.
+        let start = pairs.iter().map(|p| p.prompt_len).min().unwrap_or(1).saturating_sub(1);
+        let ref_logp = logprobs_from(&self.reference, &tb.ids, &tb.attention, temperature, start)?.detach();
         let mask = &tb.loss_mask;
         let mut rewards: Vec<f64> = batch.scored.iter().map(|s| s.reward).collect();
         let raw_mean = rewards.iter().sum::<f64>() / b as f64;
@@ -366,7 +369,7 @@ impl Learner {
                     let att = sel(&tb.attention)?;
                     let m = sel(mask)?;
                     let hidden = self.policy.model.forward_hidden(&ids, Some(&att)).ctx(|| format!("learn step {step}: forward"))?;
-                    let logp = hidden_logprobs(&self.policy.model, &hidden, &ids, temperature)?;
+                    let logp = hidden_logprobs(&self.policy.model, &hidden, &ids, temperature, start)?;
                     let o = sel(&old_logp)?;
                     let r = sel(&ref_logp)?;
                     let a = sel(&advantages)?;
@@ -498,21 +501,51 @@ fn seq_tensor(a: &[f64], device: &Device) -> Result<Tensor, StageError> {
 
 /// `[B, T-1]` log-probs of `ids` under `model` with logits divided by `temperature`.
 pub fn logprobs(model: &CausalLm, ids: &Tensor, attention: &Tensor, temperature: f64) -> Result<Tensor, StageError> {
-    if temperature == 1.0 {
-        return model.token_logprobs(ids, Some(attention)).ctx(|| "computing token log-probs".to_string());
-    }
-    let hidden = model.forward_hidden(ids, Some(attention)).ctx(|| "forward pass".to_string())?;
-    hidden_logprobs(model, &hidden, ids, temperature)
+    logprobs_from(model, ids, attention, temperature, 0)
 }
 
-/// Log-probs from hidden states (so PPO's value head and the policy share one trunk pass).
-fn hidden_logprobs(model: &CausalLm, hidden: &Tensor, ids: &Tensor, temperature: f64) -> Result<Tensor, StageError> {
-    let t = ids.dim(1).ctx(|| "reading sequence length".to_string())?;
-    let h = hidden.narrow(1, 0, t - 1).ctx(|| "shifting hidden states".to_string())?;
+/// [`logprobs`] computed only from position `start` on; the first `start` columns are zeros.
+///
+/// Why: a learner reads log-probs of completion tokens only, and every row's prompt positions
+/// before `start` (the shortest prompt's length − 1) are masked out of the loss. Projecting them
+/// onto the vocabulary would cost `start · H · V` multiply-adds per row plus a `[B, start, V]`
+/// logits tensor and its gradient, about a quarter of the logits of a GRPO batch with 20-token
+/// prompts and 64-token completions (TRL skips them the same way with `logits_to_keep`).
+pub fn logprobs_from(
+    model: &CausalLm,
+    ids: &Tensor,
+    attention: &Tensor,
+    temperature: f64,
+    start: usize,
+) -> Result<Tensor, StageError> {
+    let hidden = model.forward_hidden(ids, Some(attention)).ctx(|| "forward pass".to_string())?;
+    hidden_logprobs(model, &hidden, ids, temperature, start)
+}
+
+/// Log-probs from hidden states (so PPO's value head and the policy share one trunk pass), from
+/// position `start` on (earlier columns are zeros, see [`logprobs_from`]).
+///
+/// Uses the fused `keel_model::ops::token_logprobs` kernel: it never materialises the `[B, T, V]`
+/// log-softmax (nor its gradient), which the composed `log_softmax` + `gather` did — in a GRPO
+/// update that was several 90 MB tensors per pass. Results differ from the composed version only
+/// in the last float bits.
+fn hidden_logprobs(model: &CausalLm, hidden: &Tensor, ids: &Tensor, temperature: f64, start: usize) -> Result<Tensor, StageError> {
+    let (b, t) = ids.dims2().ctx(|| "reading the id batch shape".to_string())?;
+    if t < 2 {
+        return Err(StageError::msg(format!("log-probs need sequences of at least two tokens, got {t}")));
+    }
+    let start = start.min(t - 2);
+    let n = t - 1 - start;
+    let h = hidden.narrow(1, start, n).ctx(|| "shifting hidden states".to_string())?;
     let mut logits = model.lm_head(&h).ctx(|| "output projection".to_string())?;
     if temperature != 1.0 {
         logits = (logits / temperature).ctx(|| "applying temperature".to_string())?;
     }
-    let targets = ids.narrow(1, 1, t - 1).ctx(|| "shifting targets".to_string())?;
-    keel_optim::token_logprobs(&logits, &targets).ctx(|| "gathering token log-probs".to_string())
+    let targets = ids.narrow(1, start + 1, n).ctx(|| "shifting targets".to_string())?;
+    let lp = keel_model::ops::token_logprobs(&logits, &targets, false).ctx(|| "gathering token log-probs".to_string())?;
+    if start == 0 {
+        return Ok(lp);
+    }
+    let zeros = Tensor::zeros((b, start), lp.dtype(), lp.device()).ctx(|| "padding skipped positions".to_string())?;
+    Tensor::cat(&[&zeros, &lp], 1).ctx(|| "padding skipped positions".to_string())
 }

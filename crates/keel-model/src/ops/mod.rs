@@ -13,12 +13,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::{CpuStorage, DType, Layout, Tensor, WithDType};
 use rayon::prelude::*;
 
+mod attention;
 mod cross_entropy;
 mod rms_norm;
 mod rope;
 mod softmax;
 mod swiglu;
 
+pub use attention::{decode_attention, decode_attention_slow};
 pub use cross_entropy::{entropy, entropy_slow, token_logprobs, token_logprobs_slow};
 pub use rms_norm::{rms_norm, rms_norm_slow};
 pub use rope::{rope, rope_slow};
