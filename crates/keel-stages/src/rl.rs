@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::ctx::Ctx;
 use crate::messages::ScoredBatch;
 use crate::policy::Policy;
-use crate::train::{collate, scalar, LoraSpec, TokenizedPair};
+use crate::train::{accumulate_grads, collate, scalar, LoraSpec, TokenizedPair};
 
 /// File of the PPO value head inside a learner state directory.
 pub const VALUE_HEAD_FILE: &str = "value_head.safetensors";
@@ -401,22 +401,7 @@ impl Learner {
                     }
                     let mut g = loss.backward().ctx(|| format!("learn step {step}: backward"))?;
                     if parts.len() > 1 {
-                        // Keep only the parameters' gradients between micro-batches; the last
-                        // micro-batch's store carries the sums to clipping and the optimiser.
-                        let last = pi + 1 == parts.len();
-                        for (k, (_, var)) in self.params.iter().enumerate() {
-                            if let Some(t) = g.remove(var.as_tensor()) {
-                                accumulated[k] = Some(match accumulated[k].take() {
-                                    Some(acc) => (acc + t).ctx(|| "accumulating gradients".to_string())?,
-                                    None => t,
-                                });
-                            }
-                            if last {
-                                if let Some(sum) = accumulated[k].take() {
-                                    g.insert(var.as_tensor(), sum);
-                                }
-                            }
-                        }
+                        accumulate_grads(&self.params, &mut accumulated, &mut g, pi + 1 == parts.len())?;
                     }
                     grads = Some(g);
                     let st = &out.stats;

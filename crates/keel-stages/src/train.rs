@@ -248,20 +248,7 @@ pub fn run_sft(
             loss = (loss * w).ctx(|| "weighting a micro-batch".to_string())?;
             loss_v += scalar(&loss)?;
             let mut g = loss.backward().ctx(|| format!("sft step {step}: backward pass"))?;
-            let last = pi + 1 == parts.len();
-            for (k, (_, var)) in params.iter().enumerate() {
-                if let Some(t) = g.remove(var.as_tensor()) {
-                    accumulated[k] = Some(match accumulated[k].take() {
-                        Some(acc) => (acc + t).ctx(|| "accumulating gradients".to_string())?,
-                        None => t,
-                    });
-                }
-                if last {
-                    if let Some(sum) = accumulated[k].take() {
-                        g.insert(var.as_tensor(), sum);
-                    }
-                }
-            }
+            accumulate_grads(&params, &mut accumulated, &mut g, pi + 1 == parts.len())?;
             grads = Some(g);
         }
         let mut grads = grads.ok_or_else(|| StageError::msg(format!("sft step {step}: empty batch")))?;
@@ -298,6 +285,32 @@ pub fn run_sft(
         }
     }
     Ok(SftOutcome { ema, final_loss, samples: config.steps * config.batch_size as u64 })
+}
+
+/// One micro-batch's share of gradient accumulation: moves the parameters' gradients out of `g`
+/// into `accumulated` (summing), so the rest of `g` can be freed; on the `last` micro-batch puts
+/// the sums back into `g`, which then carries them to clipping and the optimiser. (candle offers
+/// no empty `GradStore` to accumulate into.)
+pub(crate) fn accumulate_grads(
+    params: &[(String, candle_core::Var)],
+    accumulated: &mut [Option<Tensor>],
+    g: &mut candle_core::backprop::GradStore,
+    last: bool,
+) -> Result<(), StageError> {
+    for (k, (_, var)) in params.iter().enumerate() {
+        if let Some(t) = g.remove(var.as_tensor()) {
+            accumulated[k] = Some(match accumulated[k].take() {
+                Some(acc) => (acc + t).ctx(|| "accumulating gradients".to_string())?,
+                None => t,
+            });
+        }
+        if last {
+            if let Some(sum) = accumulated[k].take() {
+                g.insert(var.as_tensor(), sum);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads a scalar tensor as f64.
