@@ -17,41 +17,16 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
 import torch_ref
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-
-
-def keel_bin():
-    """The Keel binary: copied by `bench/compare` into KEEL_BENCH_BIN (default
-    target/keel-bench/bin), else the cargo build output under CARGO_TARGET_DIR (default target/)."""
-    copied = os.path.join(os.environ.get("KEEL_BENCH_BIN", os.path.join(ROOT, "target", "keel-bench", "bin")),
-                          "bench_figures")
-    if os.path.exists(copied):
-        return copied
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    return os.path.join(target, "release", "examples", "bench_figures")
-
-
-def keel_env(threads):
-    env = dict(os.environ)
-    env["RAYON_NUM_THREADS"] = str(threads)
-    return env
-
-
-def run_json(cmd, env=None):
-    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+from keel_proc import HERE, ROOT, keel_bin, keel_env, run_json
 
 
 class KeelServer:
     def __init__(self, threads):
-        self.p = subprocess.Popen([keel_bin(), "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.p = subprocess.Popen([keel_bin("bench_figures"), "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   text=True, env=keel_env(threads))
         hello = json.loads(self.p.stdout.readline())
         if not hello.get("ready"):
@@ -99,7 +74,7 @@ def main():
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
 
-    exported = run_json([keel_bin(), "export", weights], env=keel_env(threads))
+    exported = run_json([keel_bin("bench_figures"), "export", weights], env=keel_env(threads))
     tb = torch_ref.Bench(weights)
     n_torch = sum(p.numel() for p in tb.model.parameters())
     if n_torch != exported["parameters"]:
@@ -153,7 +128,7 @@ def main():
         print(f"generation {side}: {gen_tokens / table['generate'][key]:.0f} new tokens/s")
 
     # Matmul peaks and MFU of the train step.
-    kpeak = run_json([keel_bin(), "peak"], env=keel_env(threads))["matmul_gflops"]
+    kpeak = run_json([keel_bin("bench_figures"), "peak"], env=keel_env(threads))["matmul_gflops"]
     tpeak = torch_ref.matmul_peak()
     flops = train_flops(tb.model.c, torch_ref.BATCH, torch_ref.SEQ)
     kflops = flops / table["train"]["keel_s"] / 1e9
@@ -167,7 +142,7 @@ def main():
 
     # Peak resident memory of a train step, each side alone in a fresh process.
     del tb
-    km = run_json([keel_bin(), "once", "train", "2"], env=keel_env(threads))["peak_rss_bytes"]
+    km = run_json([keel_bin("bench_figures"), "once", "train", "2"], env=keel_env(threads))["peak_rss_bytes"]
     tm = run_json([sys.executable, os.path.join(HERE, "torch_ref.py"), weights, "once", "train", "2"],
                   env=dict(os.environ, KEEL_BENCH_THREADS=str(threads)))["peak_rss_bytes"]
     results["peak_rss_bytes"] = {"keel": km, "torch": tm}

@@ -41,33 +41,15 @@ import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-
-
-def keel_bin():
-    """The Keel binary: copied by `bench/compare grpo` into KEEL_BENCH_BIN (default
-    target/keel-bench/bin), else the cargo build output under CARGO_TARGET_DIR (default target/)."""
-    copied = os.path.join(os.environ.get("KEEL_BENCH_BIN", os.path.join(ROOT, "target", "keel-bench", "bin")),
-                          "bench_grpo")
-    if os.path.exists(copied):
-        return copied
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    return os.path.join(target, "release", "examples", "bench_grpo")
-
-
-def run_json(cmd, env=None):
-    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+from keel_proc import ROOT, keel_bin, keel_env, run_json
 
 
 class KeelServer:
     """`bench_grpo serve DIR` as a subprocess: one JSON reply per command line."""
 
     def __init__(self, model_dir, threads):
-        env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
-        self.p = subprocess.Popen([keel_bin(), "serve", model_dir], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True, env=env)
+        self.p = subprocess.Popen([keel_bin("bench_grpo"), "serve", model_dir], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, env=keel_env(threads))
         hello = self.ask("")  # the greeting line comes unasked
         if not hello.get("ready"):
             raise RuntimeError(f"Keel server did not start: {hello}")
@@ -197,7 +179,7 @@ def main():
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
 
-    exported = run_json([keel_bin(), "export", model_dir], env=dict(os.environ, RAYON_NUM_THREADS=str(threads)))
+    exported = run_json([keel_bin("bench_grpo"), "export", model_dir], env=keel_env(threads))
     with open(os.path.join(model_dir, "prompts.json")) as f:
         meta = json.load(f)
     keel = KeelServer(model_dir, threads)

@@ -1,0 +1,29 @@
+"""Running Keel's benchmark binaries from the Python drivers (compare.py, compare_grpo.py)."""
+
+import json
+import os
+import subprocess
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def keel_bin(name):
+    """Keel example binary `name`: copied by `bench/compare` into KEEL_BENCH_BIN (default
+    target/keel-bench/bin), else the cargo build output under CARGO_TARGET_DIR (default target/)."""
+    copied = os.path.join(os.environ.get("KEEL_BENCH_BIN", os.path.join(ROOT, "target", "keel-bench", "bin")), name)
+    if os.path.exists(copied):
+        return copied
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    return os.path.join(target, "release", "examples", name)
+
+
+def keel_env(threads):
+    """The environment with Keel's thread count set (the same count PyTorch is given)."""
+    return dict(os.environ, RAYON_NUM_THREADS=str(threads))
+
+
+def run_json(cmd, env=None):
+    """Runs `cmd` and parses the JSON object on the last line of its output."""
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
