@@ -262,4 +262,3 @@ pub fn train_probe_detailed(args: &TrainProbeArgs) -> Result<TrainProbeOutcome, 
         report: r,
     })
 }
-

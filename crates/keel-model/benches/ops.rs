@@ -37,10 +37,21 @@ fn pair(c: &mut Criterion, name: &str, f: &dyn Fn(bool) -> Tensor) {
     g.sample_size(10);
     for fused in [true, false] {
         let label = if fused { "fused" } else { "composed" };
-        g.bench_with_input(BenchmarkId::new("forward", label), &fused, |bch, &fused| bch.iter(|| f(fused)));
-        g.bench_with_input(BenchmarkId::new("forward+backward", label), &fused, |bch, &fused| {
-            bch.iter(|| f(fused).sum_all().and_then(|s| s.backward()).expect("backward"))
+        g.bench_with_input(BenchmarkId::new("forward", label), &fused, |bch, &fused| {
+            bch.iter(|| f(fused))
         });
+        g.bench_with_input(
+            BenchmarkId::new("forward+backward", label),
+            &fused,
+            |bch, &fused| {
+                bch.iter(|| {
+                    f(fused)
+                        .sum_all()
+                        .and_then(|s| s.backward())
+                        .expect("backward")
+                })
+            },
+        );
     }
     g.finish();
 }
@@ -49,36 +60,59 @@ fn bench_ops(c: &mut Criterion) {
     let x = var(&[B * T, D]);
     let w = var(&[D]);
     pair(c, "rms_norm", &|fused| {
-        if fused { ops::rms_norm(&x, &w, 1e-5) } else { ops::rms_norm_slow(&x, &w, 1e-5) }.expect("rms_norm")
+        if fused {
+            ops::rms_norm(&x, &w, 1e-5)
+        } else {
+            ops::rms_norm_slow(&x, &w, 1e-5)
+        }
+        .expect("rms_norm")
     });
 
     let scores = var(&[B, H, T, T]);
     let mask = Tensor::ones((B, T), DType::F32, &Device::Cpu).expect("mask");
     pair(c, "masked_softmax", &|fused| {
         let s = 1.0 / (HD as f64).sqrt();
-        if fused { ops::masked_softmax(&scores, &mask, s, true) } else { ops::masked_softmax_slow(&scores, &mask, s, true) }
-            .expect("softmax")
+        if fused {
+            ops::masked_softmax(&scores, &mask, s, true)
+        } else {
+            ops::masked_softmax_slow(&scores, &mask, s, true)
+        }
+        .expect("softmax")
     });
 
     let q = var(&[B, T, H, HD]);
     let cos = randn(&[B, T, HD / 2]);
     let sin = randn(&[B, T, HD / 2]);
     pair(c, "rope", &|fused| {
-        if fused { ops::rope(&q, &cos, &sin) } else { ops::rope_slow(&q, &cos, &sin) }.expect("rope")
+        if fused {
+            ops::rope(&q, &cos, &sin)
+        } else {
+            ops::rope_slow(&q, &cos, &sin)
+        }
+        .expect("rope")
     });
 
     let gate = var(&[B * T, FF]);
     let up = var(&[B * T, FF]);
     pair(c, "swiglu", &|fused| {
-        if fused { ops::swiglu(&gate, &up) } else { ops::swiglu_slow(&gate, &up) }.expect("swiglu")
+        if fused {
+            ops::swiglu(&gate, &up)
+        } else {
+            ops::swiglu_slow(&gate, &up)
+        }
+        .expect("swiglu")
     });
 
     let logits = var(&[B, T, V]);
     let ids: Vec<u32> = (0..B * T).map(|i| ((i * 7919) % V) as u32).collect();
     let ids = Tensor::from_vec(ids, (B, T), &Device::Cpu).expect("ids");
     pair(c, "token_logprobs", &|fused| {
-        if fused { ops::token_logprobs(&logits, &ids, true) } else { ops::token_logprobs_slow(&logits, &ids, true) }
-            .expect("token_logprobs")
+        if fused {
+            ops::token_logprobs(&logits, &ids, true)
+        } else {
+            ops::token_logprobs_slow(&logits, &ids, true)
+        }
+        .expect("token_logprobs")
     });
 }
 
@@ -88,12 +122,17 @@ fn bench_decode_attention(c: &mut Criterion) {
     let q = randn(&[b, H, HD]);
     let kbuf = randn(&[b, H, cap, HD]);
     let vbuf = randn(&[b, H, cap, HD]);
-    let (k, v) = (kbuf.narrow(2, 0, s).expect("k view"), vbuf.narrow(2, 0, s).expect("v view"));
+    let (k, v) = (
+        kbuf.narrow(2, 0, s).expect("k view"),
+        vbuf.narrow(2, 0, s).expect("v view"),
+    );
     let mask = Tensor::ones((b, s), DType::F32, &Device::Cpu).expect("mask");
     let scale = 1.0 / (HD as f64).sqrt();
     let mut g = c.benchmark_group("decode_attention");
     g.sample_size(20);
-    g.bench_function("fused", |bch| bch.iter(|| ops::decode_attention(&q, &k, &v, &mask, scale).expect("fused")));
+    g.bench_function("fused", |bch| {
+        bch.iter(|| ops::decode_attention(&q, &k, &v, &mask, scale).expect("fused"))
+    });
     g.bench_function("composed", |bch| {
         bch.iter(|| ops::decode_attention_slow(&q, &k, &v, &mask, scale).expect("composed"))
     });
@@ -104,7 +143,9 @@ fn bench_decode_attention(c: &mut Criterion) {
 /// workload of `bench/compare`): prefill, then `forward_cached_last` per step.
 fn bench_generate(c: &mut Criterion) {
     let cfg = ModelConfig::preset("tiny-8m", V).expect("preset");
-    let model = CausalLm::new(&cfg, 0, &Device::Cpu, DType::F32).expect("model").inference_view();
+    let model = CausalLm::new(&cfg, 0, &Device::Cpu, DType::F32)
+        .expect("model")
+        .inference_view();
     let (b, prompt, new) = (16usize, 32usize, 64usize);
     let ids: Vec<u32> = (0..b * prompt).map(|i| ((i * 7919) % V) as u32).collect();
     let ids = Tensor::from_vec(ids, (b, prompt), &Device::Cpu).expect("ids");
@@ -115,11 +156,18 @@ fn bench_generate(c: &mut Criterion) {
             let mut cache = model.new_cache();
             let mut mask = Tensor::ones((b, prompt), DType::U8, &Device::Cpu).expect("mask");
             let one = Tensor::ones((b, 1), DType::U8, &Device::Cpu).expect("ones");
-            let mut logits = model.forward_cached_last(&ids, &mask, &mut cache).expect("prefill");
+            let mut logits = model
+                .forward_cached_last(&ids, &mask, &mut cache)
+                .expect("prefill");
             for _ in 1..new {
-                let next = logits.argmax(candle_core::D::Minus1).and_then(|n| n.unsqueeze(1)).expect("argmax");
+                let next = logits
+                    .argmax(candle_core::D::Minus1)
+                    .and_then(|n| n.unsqueeze(1))
+                    .expect("argmax");
                 mask = Tensor::cat(&[&mask, &one], 1).expect("mask");
-                logits = model.forward_cached_last(&next, &mask, &mut cache).expect("decode step");
+                logits = model
+                    .forward_cached_last(&next, &mask, &mut cache)
+                    .expect("decode step");
             }
             logits
         })
@@ -140,7 +188,10 @@ fn bench_train_step(c: &mut Criterion) {
             bch.iter(|| {
                 ops::set_fused_enabled(fused);
                 let lp = model.token_logprobs(&ids, None).expect("log-probs");
-                lp.mean_all().and_then(|m| m.neg()).and_then(|l| l.backward()).expect("backward")
+                lp.mean_all()
+                    .and_then(|m| m.neg())
+                    .and_then(|l| l.backward())
+                    .expect("backward")
             })
         });
     }

@@ -16,7 +16,7 @@ pub mod ops;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig, RopeScaling, PRESETS};
-pub use decoder::CausalLm;
+pub use decoder::{CausalLm, SharedPrefixBatch};
 pub use error::{ModelError, ModelResult};
 pub use kv_cache::KvCache;
 pub use lora::{LoraConfig, LORA_TARGETS};
@@ -31,4 +31,6 @@ pub mod tokenizer;
 pub use chat::{prompt_messages, ChatError, ChatTemplate, REASONING_INSTRUCTION};
 pub use gguf::{import_gguf, read_gguf, read_gguf_tokenizer, GgufError, GgufModel, ImportReport};
 pub use source::{LoadError, ModelFiles, ModelSource, ResolvedModel, SourceError};
-pub use tokenizer::{train_bpe, SpecialTokens, TokenOffsets, Tokenizer, TokenizerError, CHATML_TEMPLATE};
+pub use tokenizer::{
+    train_bpe, SpecialTokens, TokenOffsets, Tokenizer, TokenizerError, CHATML_TEMPLATE,
+};

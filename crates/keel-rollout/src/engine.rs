@@ -1,9 +1,12 @@
 //! The local sampling engine: batched, KV-cached generation with groups and per-token log-probs.
 
+use std::collections::HashMap;
+
 use candle_core::{DType, Storage, Tensor};
 use keel_core::{Completion, FinishReason};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 use crate::backend::{GenerationGroup, RolloutBackend};
 use crate::error::{Result, RolloutError};
@@ -62,12 +65,13 @@ pub struct KeyedPrompt<'a> {
 /// # How a batch is generated
 ///
 /// Every (prompt, sample) pair becomes one row; a group of `n` completions repeats the prompt row
-/// `n` times (the prefill is recomputed per row: the cache type is opaque, so rows cannot be
-/// duplicated after a shared prefill). Rows are left-padded to the longest prompt with an attention
-/// mask, the whole batch is prefilled once, then decoded one token per step. A row that finishes
+/// `n` times. Rows are left-padded to the longest prompt with an attention mask and the batch is
+/// prefilled once, each distinct prompt only once when the model can copy KV-cache rows
+/// ([`DecodeModel::select_cache_rows`]; otherwise every row is prefilled), then decoded one token
+/// per step. A row that finishes
 /// (stop token, stop string or token budget) stays in the batch, fed the pad token with mask 0, so
 /// the cache never has to be re-indexed; the batch stops as soon as every row has finished.
-/// Generation runs on the calling thread; candle parallelises the matmuls itself.
+/// candle parallelises the matmuls; the engine samples the rows of a step in parallel (rayon).
 #[derive(Debug, Clone)]
 pub struct Engine<M, C> {
     model: M,
@@ -262,38 +266,72 @@ impl<M: DecodeModel, C: TextCodec> Engine<M, C> {
         let pad = self.codec.pad_id();
         let vocab = self.model.vocab_size();
 
-        // Left-padded prompt ids and the mask history of every row (capacity for the whole run).
-        let mut ids: Vec<u32> = Vec::with_capacity(b * prompt_len);
+        // The mask history of every row (capacity for the whole run), left-padded prompts first.
         let mut mask_rows: Vec<Vec<u8>> = Vec::with_capacity(b);
         for r in rows {
-            let p = prompts[r.prompt].ids;
+            let n = prompts[r.prompt].ids.len();
+            let mut m = Vec::with_capacity(prompt_len + max_new);
+            m.extend(std::iter::repeat_n(0u8, prompt_len - n));
+            m.extend(std::iter::repeat_n(1u8, n));
+            mask_rows.push(m);
+        }
+        // The samples of one prompt share its prefill when the model can copy cache rows: each
+        // distinct prompt is prefilled once, then row `i` takes the cache row and logits of
+        // prompt `source[i]`.
+        let mut distinct: Vec<usize> = Vec::new();
+        let mut position: HashMap<usize, u32> = HashMap::new();
+        let source: Vec<u32> = rows
+            .iter()
+            .map(|r| {
+                *position.entry(r.prompt).or_insert_with(|| {
+                    distinct.push(r.prompt);
+                    (distinct.len() - 1) as u32
+                })
+            })
+            .collect();
+        let share = distinct.len() < b && self.model.can_select_cache_rows();
+        let prefill: Vec<usize> = if share {
+            distinct
+        } else {
+            rows.iter().map(|r| r.prompt).collect()
+        };
+        let mut ids: Vec<u32> = Vec::with_capacity(prefill.len() * prompt_len);
+        let mut mask_flat: Vec<u8> = Vec::with_capacity(b * (prompt_len + max_new));
+        for &pi in &prefill {
+            let p = prompts[pi].ids;
             let n_pad = prompt_len - p.len();
             ids.extend(std::iter::repeat_n(pad, n_pad));
             ids.extend_from_slice(p);
-            let mut m = Vec::with_capacity(prompt_len + max_new);
-            m.extend(std::iter::repeat_n(0u8, n_pad));
-            m.extend(std::iter::repeat_n(1u8, p.len()));
-            mask_rows.push(m);
+            mask_flat.extend(std::iter::repeat_n(0u8, n_pad));
+            mask_flat.extend(std::iter::repeat_n(1u8, p.len()));
         }
-        let mut mask_flat: Vec<u8> = Vec::with_capacity(b * (prompt_len + max_new));
-        mask_rows
-            .iter()
-            .for_each(|m| mask_flat.extend_from_slice(m));
 
-        let mut cache = self
-            .model
-            .new_cache(b)
-            .map_err(|source| RolloutError::Model {
-                during: "creating the KV cache".into(),
-                source,
-            })?;
+        let mut cache =
+            self.model
+                .new_cache(prefill.len())
+                .map_err(|source| RolloutError::Model {
+                    during: "creating the KV cache".into(),
+                    source,
+                })?;
         let mut logits = self.forward(
             &ids,
             &mask_flat,
-            (b, prompt_len, prompt_len),
+            (prefill.len(), prompt_len, prompt_len),
             &mut cache,
             &|| "prefill".to_string(),
         )?;
+        if share {
+            let model_err = |source| RolloutError::Model {
+                during: "sharing the prefill among samples".into(),
+                source,
+            };
+            self.model
+                .select_cache_rows(&mut cache, &source)
+                .map_err(model_err)?;
+            logits = Tensor::from_slice(&source, b, self.model.device())
+                .and_then(|idx| logits.index_select(&idx, 0))
+                .map_err(model_err)?;
+        }
 
         let mut states: Vec<RowState> = rows
             .iter()
@@ -306,45 +344,65 @@ impl<M: DecodeModel, C: TextCodec> Engine<M, C> {
                 rng: sample_rng(params.seed, prompts[r.prompt].index, r.sample as u64),
             })
             .collect();
-        let mut work: Vec<f32> = vec![0.0; vocab];
-        let mut scratch = Scratch::default();
-        let mut exps: Vec<f64> = Vec::with_capacity(vocab);
         let plain_sampling = logits::is_untruncated_unit_temperature(params);
         let mut next_ids: Vec<u32> = vec![pad; b];
 
         for step in 0..max_new {
             with_f32_data(&logits, |data| -> Result<()> {
-                for (i, st) in states.iter_mut().enumerate() {
-                    if st.finish.is_some() {
-                        continue;
-                    }
+                // Every active row's next token, log-prob and entropy, rows in parallel (each has
+                // its own generator, so the draws do not depend on scheduling); `Some(None)`
+                // marks a row whose logits are not finite.
+                let picks: Vec<Option<Option<(usize, f32, f32)>>> = states
+                    .par_iter_mut()
+                    .enumerate()
+                    .map_init(
+                        || {
+                            (
+                                vec![0f32; vocab],
+                                Scratch::default(),
+                                Vec::<f64>::with_capacity(vocab),
+                            )
+                        },
+                        |(work, scratch, exps), (i, st)| {
+                            if st.finish.is_some() {
+                                return None;
+                            }
+                            let row = &data[i * vocab..(i + 1) * vocab];
+                            if !logits::logits_are_valid(row) {
+                                return Some(None);
+                            }
+                            Some(if params.is_greedy() {
+                                let token = logits::argmax(row);
+                                let (lp, h) =
+                                    logits::logprob_and_entropy(row, params.temperature, token);
+                                Some((token, lp, h))
+                            } else if plain_sampling {
+                                // One exponentiation pass for sample, log-prob and entropy
+                                // (identical results to the general branch, see
+                                // `sample_with_logprob`).
+                                let u: f64 = st.rng.random();
+                                logits::sample_with_logprob(row, u, exps)
+                            } else {
+                                work.copy_from_slice(row);
+                                logits::process_logits(work, params, scratch);
+                                let u: f64 = st.rng.random();
+                                logits::sample_from_logits(work, u).map(|token| {
+                                    let (lp, h) =
+                                        logits::logprob_and_entropy(row, params.temperature, token);
+                                    (token, lp, h)
+                                })
+                            })
+                        },
+                    )
+                    .collect();
+                for (i, (st, pick)) in states.iter_mut().zip(picks).enumerate() {
+                    let Some(pick) = pick else { continue };
                     let job = rows[i];
-                    let row = &data[i * vocab..(i + 1) * vocab];
-                    let non_finite = || RolloutError::NonFiniteLogits {
+                    let (token, lp, h) = pick.ok_or(RolloutError::NonFiniteLogits {
                         prompt_index: prompts[job.prompt].index,
                         sample_index: job.sample as u64,
                         step,
-                    };
-                    if !logits::logits_are_valid(row) {
-                        return Err(non_finite());
-                    }
-                    let (token, lp, h) = if params.is_greedy() {
-                        let token = logits::argmax(row);
-                        let (lp, h) = logits::logprob_and_entropy(row, params.temperature, token);
-                        (token, lp, h)
-                    } else if plain_sampling {
-                        // One exponentiation pass for sample, log-prob and entropy (identical
-                        // results to the general branch, see `sample_with_logprob`).
-                        let u: f64 = st.rng.random();
-                        logits::sample_with_logprob(row, u, &mut exps).ok_or_else(non_finite)?
-                    } else {
-                        work.copy_from_slice(row);
-                        logits::process_logits(&mut work, params, &mut scratch);
-                        let u: f64 = st.rng.random();
-                        let token = logits::sample_from_logits(&work, u).ok_or_else(non_finite)?;
-                        let (lp, h) = logits::logprob_and_entropy(row, params.temperature, token);
-                        (token, lp, h)
-                    };
+                    })?;
                     let token = token as u32;
                     st.tokens.push(token);
                     st.logprobs.push(lp);

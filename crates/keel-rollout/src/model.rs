@@ -54,6 +54,21 @@ pub trait DecodeModel: Send + Sync {
         logits.narrow(1, t - 1, 1)?.squeeze(1)
     }
 
+    /// Whether [`DecodeModel::select_cache_rows`] works, so the engine can prefill each distinct
+    /// prompt once and copy its cache rows to all of its samples.
+    fn can_select_cache_rows(&self) -> bool {
+        false
+    }
+
+    /// Rebuilds `cache` so that its row `i` is the old row `rows[i]` (rows may repeat): the `n`
+    /// samples of a prompt then start from one prefill of it. Why: a GRPO batch prefills every
+    /// prompt `n` times otherwise, all identical work. Only called when
+    /// [`DecodeModel::can_select_cache_rows`] is true.
+    fn select_cache_rows(&self, cache: &mut Self::Cache, rows: &[u32]) -> candle_core::Result<()> {
+        let _ = (cache, rows);
+        candle_core::bail!("this model cannot select KV-cache rows")
+    }
+
     /// Vocabulary size `V` (the last dimension of the logits).
     fn vocab_size(&self) -> usize;
 
@@ -102,6 +117,12 @@ impl<T: DecodeModel + ?Sized> DecodeModel for Arc<T> {
         cache: &mut Self::Cache,
     ) -> candle_core::Result<Tensor> {
         (**self).forward_cached_last(input_ids, attention_mask, cache)
+    }
+    fn can_select_cache_rows(&self) -> bool {
+        (**self).can_select_cache_rows()
+    }
+    fn select_cache_rows(&self, cache: &mut Self::Cache, rows: &[u32]) -> candle_core::Result<()> {
+        (**self).select_cache_rows(cache, rows)
     }
     fn vocab_size(&self) -> usize {
         (**self).vocab_size()
