@@ -2,7 +2,9 @@
 //! and forward+backward, at the shapes of the `tiny-8m` training step (batch 16 × 128 tokens,
 //! d_model 256, 8 heads of 32, SwiGLU 1024, vocabulary 4096), plus one whole train step, the
 //! single-query decode attention at a decoding step of `bench/compare grpo` (64 sequences, 96
-//! cached positions in a 128-position buffer) and a whole greedy decode of 16 × 64 tokens.
+//! cached positions in a 128-position buffer; also with 8-row groups sharing 22 prompt positions),
+//! a whole greedy decode of 16 × 64 tokens, and the learner's forward + backward on a GRPO batch
+//! with and without the shared-prefix layout.
 //!
 //! Why: each fused op exists only because it is faster than the composed version; these numbers
 //! keep that claim checked when kernels change. Run:
@@ -136,6 +138,17 @@ fn bench_decode_attention(c: &mut Criterion) {
     g.bench_function("composed", |bch| {
         bch.iter(|| ops::decode_attention_slow(&q, &k, &v, &mask, scale).expect("composed"))
     });
+    // Groups of 8 rows sharing their first 22 positions (a GRPO rollout after a shared prefill).
+    let shared = ops::SharedKeys {
+        source: (0..b as u32).map(|r| r - r % 8).collect(),
+        len: 22,
+    };
+    g.bench_function("fused_shared_prompt_keys", |bch| {
+        bch.iter(|| {
+            ops::decode_attention_shared(&q, &k, &v, &mask, scale, Some(&shared))
+                .expect("fused shared")
+        })
+    });
     g.finish();
 }
 
@@ -175,6 +188,73 @@ fn bench_generate(c: &mut Criterion) {
     g.finish();
 }
 
+/// The learner's trunk forward + backward on a GRPO batch of `bench/compare grpo` (8 prompts of
+/// 22 tokens × 8 completions of 64): every prompt ⧺ completion as its own row, against each
+/// prompt once with its completions attending to it (`forward_hidden_shared`, the learner's path).
+fn bench_shared_prefix(c: &mut Criterion) {
+    let cfg = ModelConfig::preset("tiny-8m", V).expect("preset");
+    let model = CausalLm::new(&cfg, 0, &Device::Cpu, DType::F32).expect("model");
+    let (groups, n, prompt, completion) = (8usize, 8usize, 22usize, 64usize);
+    let prompts: Vec<Vec<u32>> = (0..groups)
+        .map(|g| {
+            (0..prompt)
+                .map(|i| ((g * 131 + i * 7919) % V) as u32)
+                .collect()
+        })
+        .collect();
+    let conts: Vec<(usize, Vec<u32>)> = (0..groups * n)
+        .map(|r| {
+            (
+                r / n,
+                (0..completion)
+                    .map(|i| ((r * 17 + i * 104_729) % V) as u32)
+                    .collect(),
+            )
+        })
+        .collect();
+    let full: Vec<u32> = conts
+        .iter()
+        .flat_map(|(g, c)| prompts[*g].iter().chain(c).copied())
+        .collect();
+    let full =
+        Tensor::from_vec(full, (groups * n, prompt + completion), &Device::Cpu).expect("ids");
+    // The shared layout: prompts minus their last token, completions led by it.
+    let heads: Vec<&[u32]> = prompts.iter().map(|p| &p[..prompt - 1]).collect();
+    let led: Vec<Vec<u32>> = conts
+        .iter()
+        .map(|(g, c)| {
+            std::iter::once(prompts[*g][prompt - 1])
+                .chain(c.iter().copied())
+                .collect()
+        })
+        .collect();
+    let cont_refs: Vec<(usize, &[u32])> = conts
+        .iter()
+        .zip(&led)
+        .map(|((g, _), l)| (*g, l.as_slice()))
+        .collect();
+    let batch =
+        keel_model::SharedPrefixBatch::new(&heads, &cont_refs, 0, &Device::Cpu).expect("batch");
+    let mut g = c.benchmark_group("grpo_batch_fwd_bwd_64x86");
+    g.sample_size(10);
+    g.bench_function("separate_sequences", |bch| {
+        bch.iter(|| {
+            let h = model.forward_hidden(&full, None).expect("forward");
+            h.narrow(1, prompt - 1, completion + 1)
+                .and_then(|h| h.sum_all())
+                .and_then(|l| l.backward())
+                .expect("backward")
+        })
+    });
+    g.bench_function("shared_prefix", |bch| {
+        bch.iter(|| {
+            let h = model.forward_hidden_shared(&batch).expect("forward");
+            h.sum_all().and_then(|l| l.backward()).expect("backward")
+        })
+    });
+    g.finish();
+}
+
 /// One `tiny-8m` forward + loss + backward (no optimiser), fused kernels on and off.
 fn bench_train_step(c: &mut Criterion) {
     let cfg = ModelConfig::preset("tiny-8m", V).expect("preset");
@@ -207,6 +287,7 @@ fn benches(c: &mut Criterion) {
     setup();
     bench_ops(c);
     bench_decode_attention(c);
+    bench_shared_prefix(c);
     bench_generate(c);
     bench_train_step(c);
 }
