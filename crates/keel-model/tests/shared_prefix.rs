@@ -5,9 +5,12 @@
 use candle_core::{DType, Device, Tensor, Var};
 use keel_model::{CausalLm, ModelConfig, SharedPrefixBatch};
 
+/// A completion: the index of its prompt and its tokens.
+type Continuation = (usize, Vec<u32>);
+
 /// Prompts of different lengths (so the prefix batch is left-padded), each continued 1–3 times
 /// with completions of different lengths (right-padded), groups not in order.
-fn case() -> (Vec<Vec<u32>>, Vec<(usize, Vec<u32>)>) {
+fn case() -> (Vec<Vec<u32>>, Vec<Continuation>) {
     let prompts = vec![
         vec![5, 9, 13, 2, 7],
         vec![33, 1],
