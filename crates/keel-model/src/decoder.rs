@@ -1219,12 +1219,34 @@ enum Geometry<'c> {
 /// `prefix_ids` `[G, P]` holds each distinct prompt once, left-padded (`prefix_mask` 0 on the
 /// padding); `suffix_ids` `[B, C]` holds the continuations, right-padded (`suffix_mask`), and
 /// continuation `i` follows prompt `group[i]`. `P` may be 0 (no shared part).
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use keel_model::{CausalLm, ModelConfig, SharedPrefixBatch};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let model = CausalLm::new(&ModelConfig::preset("tiny-300k", 64)?, 0, &Device::Cpu, DType::F32)?;
+/// // One prompt [5, 9, 13] continued twice: [7, 8] and [2].
+/// let batch = SharedPrefixBatch::new(&[&[5, 9, 13]], &[(0, &[7, 8]), (0, &[2])], 0, &Device::Cpu)?;
+/// let shared = model.forward_hidden_shared(&batch)?; // [2, 2, hidden]
+/// // The same hidden states as the whole first sequence, at its continuation positions.
+/// let alone = model.forward_hidden(&Tensor::new(&[[5u32, 9, 13, 7, 8]], &Device::Cpu)?, None)?;
+/// let diff = (shared.get(0)? - alone.get(0)?.narrow(0, 3, 2)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+/// assert!(diff < 1e-4);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct SharedPrefixBatch {
+    /// `[G, P]` u32: each distinct prompt once, left-padded.
     pub prefix_ids: Tensor,
+    /// `[G, P]`: 1 on prompt tokens, 0 on padding.
     pub prefix_mask: Tensor,
+    /// `[B, C]` u32: the continuations, right-padded.
     pub suffix_ids: Tensor,
+    /// `[B, C]`: 1 on continuation tokens, 0 on padding.
     pub suffix_mask: Tensor,
+    /// Per continuation, the row of `prefix_ids` it follows.
     pub group: Vec<u32>,
 }
 
