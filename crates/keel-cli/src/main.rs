@@ -180,11 +180,7 @@ enum Command {
         model: String,
         /// Catalogued sets; each is split by its items' safety labels: harmful items measure
         /// refusal (safety), benign ones over-refusal (XSTest holds both).
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "advbench,jbb-harmful,jbb-benign,xstest"
-        )]
+        #[arg(long, value_delimiter = ',', default_value = "advbench,jbb-harmful,jbb-benign,xstest")]
         sets: Vec<String>,
         /// Capability set with verifiable answers (e.g. gsm8k-test); empty to skip.
         #[arg(long, default_value = "")]
@@ -243,18 +239,10 @@ enum SafetyCommand {
         #[arg(long)]
         out: PathBuf,
         /// Harmful (unsafe-class) datasets.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "advbench,jbb-harmful,xstest"
-        )]
+        #[arg(long, value_delimiter = ',', default_value = "advbench,jbb-harmful,xstest")]
         harmful: Vec<String>,
         /// Benign (safe-class) datasets.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "alpaca-5000,jbb-benign,xstest"
-        )]
+        #[arg(long, value_delimiter = ',', default_value = "alpaca-5000,jbb-benign,xstest")]
         benign: Vec<String>,
         /// At most this many prompts per dataset (seeded sample); 0 = all.
         #[arg(long, default_value_t = 400)]
@@ -295,16 +283,10 @@ struct Failure {
 
 impl Failure {
     fn input(message: impl Into<String>) -> Self {
-        Failure {
-            code: 2,
-            message: message.into(),
-        }
+        Failure { code: 2, message: message.into() }
     }
     fn runtime(message: impl Into<String>) -> Self {
-        Failure {
-            code: 1,
-            message: message.into(),
-        }
+        Failure { code: 1, message: message.into() }
     }
 }
 
@@ -312,10 +294,7 @@ impl From<RunError> for Failure {
     fn from(e: RunError) -> Self {
         match &e {
             RunError::Invalid(_) => Failure::input(e.to_string()),
-            RunError::Cancelled { .. } => Failure {
-                code: 130,
-                message: e.to_string(),
-            },
+            RunError::Cancelled { .. } => Failure { code: 130, message: e.to_string() },
             _ => Failure::runtime(e.to_string()),
         }
     }
@@ -326,8 +305,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -360,12 +338,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             let mut invalid = Vec::new();
             for file in &files {
                 match keel_pipeline::load(file, &sets, &registry) {
-                    Ok(p) => outln!(
-                        "{}: valid ({} stages, config hash {})",
-                        file.display(),
-                        p.stages.len(),
-                        &p.config_hash()[..12]
-                    ),
+                    Ok(p) => outln!("{}: valid ({} stages, config hash {})", file.display(), p.stages.len(), &p.config_hash()[..12]),
                     Err(d) => {
                         eprintln!("{d}");
                         invalid.push(file.display().to_string());
@@ -374,11 +347,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
             match invalid.len() {
                 0 => Ok(()),
-                n => Err(Failure::input(format!(
-                    "{n} of {} pipelines invalid: {}",
-                    files.len(),
-                    invalid.join(", ")
-                ))),
+                n => Err(Failure::input(format!("{n} of {} pipelines invalid: {}", files.len(), invalid.join(", ")))),
             }
         }
         Command::List { markdown } => {
@@ -389,25 +358,12 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Run {
-            file,
-            sets,
-            runs_dir,
-            run_id,
-            sweep_cell,
-            resume,
-            dry_run,
-        } => {
-            let mut p = keel_pipeline::load(&file, &sets, &registry)
-                .map_err(|d| Failure::input(d.to_string()))?;
+        Command::Run { file, sets, runs_dir, run_id, sweep_cell, resume, dry_run } => {
+            let mut p = keel_pipeline::load(&file, &sets, &registry).map_err(|d| Failure::input(d.to_string()))?;
             if dry_run {
-                p = keel_pipeline::dry_run(&p, &registry)
-                    .map_err(|d| Failure::input(d.to_string()))?;
+                p = keel_pipeline::dry_run(&p, &registry).map_err(|d| Failure::input(d.to_string()))?;
                 let info = p.dry_run.clone().unwrap_or_default();
-                eprintln!(
-                    "dry run: {} changes (recorded in manifest.json under `dry_run`)",
-                    info.changes.len()
-                );
+                eprintln!("dry run: {} changes (recorded in manifest.json under `dry_run`)", info.changes.len());
                 for n in &info.notes {
                     eprintln!("  note: {n}");
                 }
@@ -415,62 +371,28 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             let cancel = cancel_on_ctrl_c();
             let progress = Arc::new(progress::Bars::new(quiet));
             if let Some(index) = sweep_cell {
-                let cells = keel_pipeline::expand_sweep(&p, &registry)
-                    .map_err(|d| Failure::input(d.to_string()))?;
+                let cells = keel_pipeline::expand_sweep(&p, &registry).map_err(|d| Failure::input(d.to_string()))?;
                 let cell = cells.get(index).ok_or_else(|| {
-                    Failure::input(format!(
-                        "--sweep-cell {index} is out of range: the sweep has {} cells (0..{})",
-                        cells.len(),
-                        cells.len()
-                    ))
+                    Failure::input(format!("--sweep-cell {index} is out of range: the sweep has {} cells (0..{})", cells.len(), cells.len()))
                 })?;
-                let opts = SweepOptions {
-                    runs_root: runs_dir,
-                    progress,
-                    cancel,
-                    ..SweepOptions::default()
-                };
+                let opts = SweepOptions { runs_root: runs_dir, progress, cancel, ..SweepOptions::default() };
                 let outcome = keel_pipeline::run_cell(cell, &opts)?;
                 outln!("cell {} ({}): {:?}", index, cell.info.id, outcome);
                 return Ok(());
             }
-            let opts = RunOptions {
-                runs_root: runs_dir,
-                run_id,
-                progress,
-                cancel,
-                resume,
-                ..RunOptions::default()
-            };
+            let opts = RunOptions { runs_root: runs_dir, run_id, progress, cancel, resume, ..RunOptions::default() };
             let report = keel_pipeline::run(&p, &opts)?;
-            let what = if p.dry_run.is_some() {
-                "dry run (tiny stand-ins, not results)"
-            } else {
-                "run"
-            };
-            outln!(
-                "{what} complete in {:.1}s: {}",
-                report.wall_time_s,
-                report.run_dir.display()
-            );
+            let what = if p.dry_run.is_some() { "dry run (tiny stand-ins, not results)" } else { "run" };
+            outln!("{what} complete in {:.1}s: {}", report.wall_time_s, report.run_dir.display());
             let md = report.run_dir.join("report.md");
             if md.exists() {
                 outln!("report: {}", md.display());
             }
             Ok(())
         }
-        Command::Sweep {
-            file,
-            sets,
-            jobs,
-            runs_dir,
-            emit,
-            dry_run,
-        } => {
-            let p = keel_pipeline::load(&file, &sets, &registry)
-                .map_err(|d| Failure::input(d.to_string()))?;
-            let cells = keel_pipeline::expand_sweep(&p, &registry)
-                .map_err(|d| Failure::input(d.to_string()))?;
+        Command::Sweep { file, sets, jobs, runs_dir, emit, dry_run } => {
+            let p = keel_pipeline::load(&file, &sets, &registry).map_err(|d| Failure::input(d.to_string()))?;
+            let cells = keel_pipeline::expand_sweep(&p, &registry).map_err(|d| Failure::input(d.to_string()))?;
             if dry_run {
                 for c in &cells {
                     outln!("{:>4}  {}", c.info.index, c.info.id);
@@ -479,10 +401,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
             if let Some(emit) = emit {
                 if emit[0] != "slurm" {
-                    return Err(Failure::input(format!(
-                        "--emit supports `slurm`, not `{}`",
-                        emit[0]
-                    )));
+                    return Err(Failure::input(format!("--emit supports `slurm`, not `{}`", emit[0])));
                 }
                 let dir = PathBuf::from(&emit[1]);
                 let mut extra = vec!["--runs-dir".to_string(), runs_dir.display().to_string()];
@@ -490,21 +409,12 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                     extra.push("--set".into());
                     extra.push(s.clone());
                 }
-                let binary = std::env::current_exe()
-                    .map_err(|e| Failure::runtime(format!("locating the keel binary: {e}")))?;
-                let mut opts = keel_pipeline::SlurmOptions::new(
-                    std::fs::canonicalize(&file).unwrap_or(file.clone()),
-                );
+                let binary = std::env::current_exe().map_err(|e| Failure::runtime(format!("locating the keel binary: {e}")))?;
+                let mut opts = keel_pipeline::SlurmOptions::new(std::fs::canonicalize(&file).unwrap_or(file.clone()));
                 opts.binary = binary;
                 opts.extra_args = extra;
                 let (script, list) = keel_pipeline::emit_slurm(&dir, &cells, &opts)?;
-                outln!(
-                    "wrote {} ({} cells; submit with `sbatch {}`) and {}",
-                    script.display(),
-                    cells.len(),
-                    script.display(),
-                    list.display()
-                );
+                outln!("wrote {} ({} cells; submit with `sbatch {}`) and {}", script.display(), cells.len(), script.display(), list.display());
                 return Ok(());
             }
             let opts = SweepOptions {
@@ -516,26 +426,13 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             };
             let runs_root = opts.runs_root.clone();
             let report = keel_pipeline::run_sweep(&cells, &opts)?;
-            let cell_dirs: Vec<(String, PathBuf)> = cells
-                .iter()
-                .map(|c| (c.info.group.clone(), keel_pipeline::cell_dir(&runs_root, c)))
-                .collect();
-            let points = keel_stages::report::write_sweep_report(
-                &report.dir,
-                &format!("Sweep: {}", p.name),
-                &cell_dirs,
-            )
-            .map_err(|e| Failure::runtime(e.full_message()))?;
-            outln!(
-                "sweep done: {}\nsummary: {}",
-                report.dir.display(),
-                report.summary_md.display()
-            );
+            let cell_dirs: Vec<(String, PathBuf)> =
+                cells.iter().map(|c| (c.info.group.clone(), keel_pipeline::cell_dir(&runs_root, c))).collect();
+            let points = keel_stages::report::write_sweep_report(&report.dir, &format!("Sweep: {}", p.name), &cell_dirs)
+                .map_err(|e| Failure::runtime(e.full_message()))?;
+            outln!("sweep done: {}\nsummary: {}", report.dir.display(), report.summary_md.display());
             if points > 0 {
-                outln!(
-                    "report: {} ({points} branch points)",
-                    report.dir.join("report.md").display()
-                );
+                outln!("report: {} ({points} branch points)", report.dir.join("report.md").display());
             }
             if let Some(failure) = report.failure() {
                 return Err(failure.into());
@@ -544,58 +441,26 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Report { run_dir } => {
             let path = run_dir.join("results.json");
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                Failure::input(format!(
-                    "reading {}: {e} (is this a run directory with a `report` stage?)",
-                    path.display()
-                ))
-            })?;
-            let results: Vec<keel_stages::messages::EvalResult> = serde_json::from_str(&text)
-                .map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
-            let title = run_dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            keel_stages::report::write_run_report(
-                &run_dir,
-                &format!("Keel report: {title}"),
-                &results,
-            )
-            .map_err(|e| Failure::runtime(e.full_message()))?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| Failure::input(format!("reading {}: {e} (is this a run directory with a `report` stage?)", path.display())))?;
+            let results: Vec<keel_stages::messages::EvalResult> =
+                serde_json::from_str(&text).map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
+            let title = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            keel_stages::report::write_run_report(&run_dir, &format!("Keel report: {title}"), &results)
+                .map_err(|e| Failure::runtime(e.full_message()))?;
             outln!("{}", run_dir.join("report.md").display());
             Ok(())
         }
         Command::Data { command } => data(command),
         Command::Model { command } => model(command),
-        Command::Chat {
-            model,
-            prompt,
-            max_new_tokens,
-            temperature,
-            system,
-            seed,
-        } => chat(&model, prompt, max_new_tokens, temperature, system, seed),
-        Command::Eval {
-            model,
-            sets,
-            task,
-            max,
-            max_new_tokens,
-            out,
-        } => eval(&model, &sets, &task, max, max_new_tokens, &out),
+        Command::Chat { model, prompt, max_new_tokens, temperature, system, seed } => {
+            chat(&model, prompt, max_new_tokens, temperature, system, seed)
+        }
+        Command::Eval { model, sets, task, max, max_new_tokens, out } => {
+            eval(&model, &sets, &task, max, max_new_tokens, &out)
+        }
         Command::Serve { model, port } => serve(&model, port),
-        Command::Safety {
-            command:
-                SafetyCommand::TrainProbe {
-                    encoder,
-                    out,
-                    harmful,
-                    benign,
-                    max_per_set,
-                    test_fraction,
-                    seed,
-                },
-        } => {
+        Command::Safety { command: SafetyCommand::TrainProbe { encoder, out, harmful, benign, max_per_set, test_fraction, seed } } => {
             let mut args = safety_cmd::TrainProbeArgs::default_recipe(encoder, out);
             args.harmful = harmful;
             args.benign = benign;
@@ -611,8 +476,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 "n_train": outcome.trained.n_train,
             });
             let path = args.out_dir.join("training_set.json");
-            std::fs::write(&path, provenance.to_string())
-                .map_err(|e| Failure::runtime(format!("writing {}: {e}", path.display())))?;
+            std::fs::write(&path, provenance.to_string()).map_err(|e| Failure::runtime(format!("writing {}: {e}", path.display())))?;
             outln!("{}", outcome.report);
             Ok(())
         }
@@ -635,9 +499,7 @@ fn data(command: DataCommand) -> Result<(), Failure> {
             Ok(())
         }
         DataCommand::Show { name } => {
-            let m = catalog
-                .get(&name)
-                .map_err(|e| Failure::input(e.to_string()))?;
+            let m = catalog.get(&name).map_err(|e| Failure::input(e.to_string()))?;
             outln!("{}", m.describe());
             outln!("cache path: {}", cache.path_for(m).display());
             Ok(())
@@ -649,9 +511,7 @@ fn data(command: DataCommand) -> Result<(), Failure> {
                 names
             };
             if names.is_empty() {
-                return Err(Failure::input(
-                    "name at least one dataset (or `all`); `keel data list` shows them",
-                ));
+                return Err(Failure::input("name at least one dataset (or `all`); `keel data list` shows them"));
             }
             let mut failed = Vec::new();
             for n in &names {
@@ -666,10 +526,7 @@ fn data(command: DataCommand) -> Result<(), Failure> {
             if failed.is_empty() {
                 Ok(())
             } else {
-                Err(Failure::runtime(format!(
-                    "could not fetch: {}",
-                    failed.join(", ")
-                )))
+                Err(Failure::runtime(format!("could not fetch: {}", failed.join(", "))))
             }
         }
     }
@@ -681,15 +538,8 @@ fn model(command: ModelCommand) -> Result<(), Failure> {
             if !file.is_file() {
                 return Err(Failure::input(format!("{} is not a file", file.display())));
             }
-            let r = keel_model::import_gguf(&file, &out)
-                .map_err(|e| Failure::runtime(e.to_string()))?;
-            outln!(
-                "imported {} ({}, {} tensors) into {}",
-                r.gguf.display(),
-                r.architecture,
-                r.n_tensors,
-                r.out_dir.display()
-            );
+            let r = keel_model::import_gguf(&file, &out).map_err(|e| Failure::runtime(e.to_string()))?;
+            outln!("imported {} ({}, {} tensors) into {}", r.gguf.display(), r.architecture, r.n_tensors, r.out_dir.display());
             Ok(())
         }
         ModelCommand::Presets => {
@@ -710,64 +560,30 @@ fn model(command: ModelCommand) -> Result<(), Failure> {
             Ok(())
         }
         ModelCommand::Info { model } => {
-            let p = keel_stages::policy::Policy::open(&model)
-                .map_err(|e| Failure::input(e.full_message()))?;
+            let p = keel_stages::policy::Policy::open(&model).map_err(|e| Failure::input(e.full_message()))?;
             outln!("{}", p.model.config().to_json_string());
             outln!("parameters: {}", p.model.num_parameters());
-            outln!(
-                "tokenizer: {} tokens, eos {:?}",
-                p.tokenizer.vocab_size(),
-                p.tokenizer.eos_id()
-            );
+            outln!("tokenizer: {} tokens, eos {:?}", p.tokenizer.vocab_size(), p.tokenizer.eos_id());
             Ok(())
         }
     }
 }
 
-fn chat(
-    model: &str,
-    prompt: Option<String>,
-    max_new_tokens: usize,
-    temperature: f32,
-    system: Option<String>,
-    seed: u64,
-) -> Result<(), Failure> {
-    let policy =
-        keel_stages::policy::Policy::open(model).map_err(|e| Failure::input(e.full_message()))?;
+fn chat(model: &str, prompt: Option<String>, max_new_tokens: usize, temperature: f32, system: Option<String>, seed: u64) -> Result<(), Failure> {
+    let policy = keel_stages::policy::Policy::open(model).map_err(|e| Failure::input(e.full_message()))?;
     let engine = policy.engine();
-    let params = keel_rollout::SamplingParams {
-        temperature,
-        max_new_tokens,
-        n: 1,
-        seed,
-        ..keel_rollout::SamplingParams::default()
-    };
+    let params = keel_rollout::SamplingParams { temperature, max_new_tokens, n: 1, seed, ..keel_rollout::SamplingParams::default() };
     let mut history: Vec<keel_core::Message> = Vec::new();
     if let Some(s) = &system {
         history.push(keel_core::Message::new(keel_core::Role::System, s.clone()));
     }
     let answer = |history: &mut Vec<keel_core::Message>, text: String| -> Result<String, Failure> {
         history.push(keel_core::Message::new(keel_core::Role::User, text));
-        let rendered = policy
-            .template
-            .render(history, true)
-            .map_err(|e| Failure::runtime(e.to_string()))?;
-        let ids = policy
-            .encode(&rendered)
-            .map_err(|e| Failure::runtime(e.full_message()))?;
-        let out = engine
-            .generate(&[ids], &params, 0)
-            .map_err(|e| Failure::runtime(e.to_string()))?;
-        let reply = out
-            .into_iter()
-            .next()
-            .and_then(|g| g.into_iter().next())
-            .map(|c| c.text)
-            .unwrap_or_default();
-        history.push(keel_core::Message::new(
-            keel_core::Role::Assistant,
-            reply.clone(),
-        ));
+        let rendered = policy.template.render(history, true).map_err(|e| Failure::runtime(e.to_string()))?;
+        let ids = policy.encode(&rendered).map_err(|e| Failure::runtime(e.full_message()))?;
+        let out = engine.generate(&[ids], &params, 0).map_err(|e| Failure::runtime(e.to_string()))?;
+        let reply = out.into_iter().next().and_then(|g| g.into_iter().next()).map(|c| c.text).unwrap_or_default();
+        history.push(keel_core::Message::new(keel_core::Role::Assistant, reply.clone()));
         Ok(reply)
     };
     if let Some(p) = prompt {
@@ -780,53 +596,28 @@ fn chat(
         eprint!("> ");
         let _ = std::io::stderr().flush();
         let mut line = String::new();
-        if stdin
-            .lock()
-            .read_line(&mut line)
-            .map_err(|e| Failure::runtime(e.to_string()))?
-            == 0
-            || line.trim().is_empty()
-        {
+        if stdin.lock().read_line(&mut line).map_err(|e| Failure::runtime(e.to_string()))? == 0 || line.trim().is_empty() {
             return Ok(());
         }
         outln!("{}", answer(&mut history, line.trim().to_string())?.trim());
     }
 }
 
-fn load_set(
-    catalog: &keel_data::Catalog,
-    cache: &keel_data::Cache,
-    name: &str,
-) -> Result<Vec<keel_core::Example>, Failure> {
-    Ok(catalog
-        .load(name, cache)
-        .map_err(|e| Failure::input(e.to_string()))?
-        .examples)
+fn load_set(catalog: &keel_data::Catalog, cache: &keel_data::Cache, name: &str) -> Result<Vec<keel_core::Example>, Failure> {
+    Ok(catalog.load(name, cache).map_err(|e| Failure::input(e.to_string()))?.examples)
 }
 
-fn set_of(
-    name: String,
-    mut examples: Vec<keel_core::Example>,
-    max: usize,
-) -> Arc<keel_stages::messages::ExampleSet> {
+fn set_of(name: String, mut examples: Vec<keel_core::Example>, max: usize) -> Arc<keel_stages::messages::ExampleSet> {
     if max > 0 {
         examples.truncate(max);
     }
     Arc::new(keel_stages::messages::ExampleSet::new(name, examples))
 }
 
-fn eval(
-    model: &str,
-    sets: &[String],
-    task: &str,
-    max: usize,
-    max_new_tokens: usize,
-    out: &Path,
-) -> Result<(), Failure> {
+fn eval(model: &str, sets: &[String], task: &str, max: usize, max_new_tokens: usize, out: &Path) -> Result<(), Failure> {
     use keel_core::SafetyLabel;
     use keel_stages::evaluate::{evaluate, EvalConfig, EvalSets};
-    let policy =
-        keel_stages::policy::Policy::open(model).map_err(|e| Failure::input(e.full_message()))?;
+    let policy = keel_stages::policy::Policy::open(model).map_err(|e| Failure::input(e.full_message()))?;
     let catalog = keel_data::Catalog::embedded().map_err(|e| Failure::runtime(e.to_string()))?;
     let cache = keel_data::Cache::from_env().map_err(|e| Failure::input(e.to_string()))?;
     let config = EvalConfig {
@@ -841,106 +632,51 @@ fn eval(
         drift_samples: 0,
         task_samples: 0,
     };
-    std::fs::create_dir_all(out)
-        .map_err(|e| Failure::runtime(format!("creating {}: {e}", out.display())))?;
-    let log = keel_core::JsonlWriter::append(out.join("completions.jsonl"))
-        .map_err(|e| Failure::runtime(e.to_string()))?;
-    let label = Path::new(model)
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| model.to_string());
+    std::fs::create_dir_all(out).map_err(|e| Failure::runtime(format!("creating {}: {e}", out.display())))?;
+    let log = keel_core::JsonlWriter::append(out.join("completions.jsonl")).map_err(|e| Failure::runtime(e.to_string()))?;
+    let label = Path::new(model).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| model.to_string());
     let started = std::time::Instant::now();
     let mut results = Vec::new();
     // One evaluation per set and label, so the report shows each benchmark separately.
     let mut jobs: Vec<(String, EvalSets)> = Vec::new();
     for name in sets.iter().filter(|s| !s.is_empty()) {
         let examples = load_set(&catalog, &cache, name)?;
-        let (benign, harmful): (Vec<_>, Vec<_>) = examples
-            .into_iter()
-            .partition(|e| e.safety == Some(SafetyLabel::Benign));
+        let (benign, harmful): (Vec<_>, Vec<_>) = examples.into_iter().partition(|e| e.safety == Some(SafetyLabel::Benign));
         if !harmful.is_empty() {
             let set = set_of(format!("{name}"), harmful, max);
-            jobs.push((
-                format!("{name}:harmful"),
-                EvalSets {
-                    harmful: Some(set),
-                    ..EvalSets::default()
-                },
-            ));
+            jobs.push((format!("{name}:harmful"), EvalSets { harmful: Some(set), ..EvalSets::default() }));
         }
         if !benign.is_empty() {
             let set = set_of(format!("{name}"), benign, max);
-            jobs.push((
-                format!("{name}:benign"),
-                EvalSets {
-                    benign: Some(set),
-                    ..EvalSets::default()
-                },
-            ));
+            jobs.push((format!("{name}:benign"), EvalSets { benign: Some(set), ..EvalSets::default() }));
         }
     }
     if !task.is_empty() {
         let set = set_of(task.to_string(), load_set(&catalog, &cache, task)?, max);
-        jobs.push((
-            task.to_string(),
-            EvalSets {
-                task: Some(set),
-                ..EvalSets::default()
-            },
-        ));
+        jobs.push((task.to_string(), EvalSets { task: Some(set), ..EvalSets::default() }));
     }
     for (name, sets) in jobs {
         let t = std::time::Instant::now();
-        let r = evaluate(
-            &format!("{label}:{name}"),
-            PathBuf::from(model),
-            &policy,
-            None,
-            &sets,
-            &config,
-            keel_core::SeedStream::new(0),
-            Some(&log),
-        )
-        .map_err(|e| Failure::runtime(e.full_message()))?;
+        let r = evaluate(&format!("{label}:{name}"), PathBuf::from(model), &policy, None, &sets, &config, keel_core::SeedStream::new(0), Some(&log))
+            .map_err(|e| Failure::runtime(e.full_message()))?;
         for (set, m) in &r.sets {
-            let vals: Vec<String> = m
-                .values
-                .iter()
-                .filter(|(k, _)| !k.contains('/'))
-                .map(|(k, v)| format!("{k} {v:.4}"))
-                .collect();
-            outln!(
-                "{set:<28} n {:<5} {}  ({:.0}s)",
-                m.n,
-                vals.join("  "),
-                t.elapsed().as_secs_f64()
-            );
+            let vals: Vec<String> = m.values.iter().filter(|(k, _)| !k.contains('/')).map(|(k, v)| format!("{k} {v:.4}")).collect();
+            outln!("{set:<28} n {:<5} {}  ({:.0}s)", m.n, vals.join("  "), t.elapsed().as_secs_f64());
         }
         results.push(r);
     }
-    std::fs::create_dir_all(out)
-        .map_err(|e| Failure::runtime(format!("creating {}: {e}", out.display())))?;
-    keel_stages::report::write_run_report(out, &format!("keel eval {model}"), &results)
-        .map_err(|e| Failure::runtime(e.full_message()))?;
-    outln!(
-        "total {:.0}s; wrote {}",
-        started.elapsed().as_secs_f64(),
-        out.join("report.md").display()
-    );
+    std::fs::create_dir_all(out).map_err(|e| Failure::runtime(format!("creating {}: {e}", out.display())))?;
+    keel_stages::report::write_run_report(out, &format!("keel eval {model}"), &results).map_err(|e| Failure::runtime(e.full_message()))?;
+    outln!("total {:.0}s; wrote {}", started.elapsed().as_secs_f64(), out.join("report.md").display());
     Ok(())
 }
 
 fn serve(model: &str, port: u16) -> Result<(), Failure> {
-    let policy =
-        keel_stages::policy::Policy::open(model).map_err(|e| Failure::input(e.full_message()))?;
+    let policy = keel_stages::policy::Policy::open(model).map_err(|e| Failure::input(e.full_message()))?;
     let engine = Arc::new(policy.engine());
-    let opts = keel_rollout::ServeOptions {
-        model_name: model.to_string(),
-        ..keel_rollout::ServeOptions::default()
-    };
+    let opts = keel_rollout::ServeOptions { model_name: model.to_string(), ..keel_rollout::ServeOptions::default() };
     let addr = format!("127.0.0.1:{port}");
-    let handle =
-        keel_rollout::serve(engine, &addr, opts).map_err(|e| Failure::runtime(e.to_string()))?;
+    let handle = keel_rollout::serve(engine, &addr, opts).map_err(|e| Failure::runtime(e.to_string()))?;
     eprintln!("serving {model} on http://{addr}/v1/completions (Ctrl-C stops)");
     let cancel = cancel_on_ctrl_c();
     while !cancel.is_cancelled() {

@@ -11,14 +11,8 @@ pub struct Bars {
 impl Bars {
     /// Bars drawn on standard error (indicatif hides them when it is not a terminal).
     pub fn new(quiet: bool) -> Self {
-        let target = if quiet {
-            ProgressDrawTarget::hidden()
-        } else {
-            ProgressDrawTarget::stderr()
-        };
-        Bars {
-            multi: MultiProgress::with_draw_target(target),
-        }
+        let target = if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
+        Bars { multi: MultiProgress::with_draw_target(target) }
     }
 }
 
@@ -39,20 +33,16 @@ impl ProgressSink for Bars {
             Some(n) => {
                 let b = Bar::new(n);
                 b.set_style(
-                    ProgressStyle::with_template(
-                        "{prefix:>14} {bar:30} {pos}/{len} {msg} [{elapsed_precise} eta {eta}]",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                    ProgressStyle::with_template("{prefix:>14} {bar:30} {pos}/{len} {msg} [{elapsed_precise} eta {eta}]")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
                 );
                 b
             }
             None => {
                 let b = Bar::new_spinner();
                 b.set_style(
-                    ProgressStyle::with_template(
-                        "{prefix:>14} {spinner} {pos} {msg} [{elapsed_precise}]",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    ProgressStyle::with_template("{prefix:>14} {spinner} {pos} {msg} [{elapsed_precise}]")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                 );
                 b
             }

@@ -262,3 +262,4 @@ pub fn train_probe_detailed(args: &TrainProbeArgs) -> Result<TrainProbeOutcome, 
         report: r,
     })
 }
+

@@ -12,11 +12,7 @@ fn learner_metric(run: &Path, name: &str) -> Vec<f64> {
     text.lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
         .filter(|v| v["stage"] == "learn")
-        .map(|v| {
-            v["values"][name]
-                .as_f64()
-                .unwrap_or_else(|| panic!("learner logs `{name}`"))
-        })
+        .map(|v| v["values"][name].as_f64().unwrap_or_else(|| panic!("learner logs `{name}`")))
         .collect()
 }
 
@@ -25,23 +21,12 @@ fn learner_metric(run: &Path, name: &str) -> Vec<f64> {
 fn run_fixture(root: &Path, id: &str, sets: &[String]) -> std::path::PathBuf {
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rl_learns.yaml");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
-    cmd.args([
-        "run",
-        file.to_str().expect("utf-8 path"),
-        "--quiet",
-        "--runs-dir",
-    ])
-    .arg(root)
-    .args(["--run-id", id]);
+    cmd.args(["run", file.to_str().expect("utf-8 path"), "--quiet", "--runs-dir"]).arg(root).args(["--run-id", id]);
     for s in sets {
         cmd.args(["--set", s]);
     }
     let out = cmd.output().expect("the keel binary runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     root.join("rl-learns").join(id)
 }
 
@@ -55,8 +40,7 @@ fn rl_loop_optimises_its_objective_sync_and_stale() {
             &format!("s{staleness}"),
             &[
                 format!("resources.policy.max_staleness={staleness}"),
-                "stages.score.with.rewards=[{kind: length, max_tokens: 8, buffer_tokens: 8}]"
-                    .into(),
+                "stages.score.with.rewards=[{kind: length, max_tokens: 8, buffer_tokens: 8}]".into(),
                 "stages.prompts.with.steps=30".into(),
                 "stages.learn.with.lr=0.0005".into(),
                 "stages.evaluate.with.max_task=20".into(),
@@ -69,21 +53,9 @@ fn rl_loop_optimises_its_objective_sync_and_stale() {
         let late_len = len[25..].iter().sum::<f64>() / 5.0;
         let late_reward = reward[25..].iter().sum::<f64>() / 5.0;
         println!("max_staleness {staleness}: completion length {:.1} -> {late_len:.1}, reward {:.3} -> {late_reward:.3}", len[0], reward[0]);
-        assert!(
-            len[0] > 10.0,
-            "the base starts with long completions (got {})",
-            len[0]
-        );
-        assert!(
-            late_len < len[0] / 3.0,
-            "the learner did not shorten completions: {} -> {late_len}",
-            len[0]
-        );
-        assert!(
-            late_reward > reward[0] + 0.3,
-            "the reward did not rise: {} -> {late_reward}",
-            reward[0]
-        );
+        assert!(len[0] > 10.0, "the base starts with long completions (got {})", len[0]);
+        assert!(late_len < len[0] / 3.0, "the learner did not shorten completions: {} -> {late_len}", len[0]);
+        assert!(late_reward > reward[0] + 0.3, "the reward did not rise: {} -> {late_reward}", reward[0]);
     }
     std::fs::remove_dir_all(&root).ok();
 }
@@ -100,15 +72,8 @@ fn task_scores(run: &Path) -> [(f64, f64); 2] {
             .find(|r| r["label"] == label)
             .unwrap_or_else(|| panic!("no result for `{label}`"));
         let sets = r["sets"].as_object().expect("sets");
-        let task = sets
-            .iter()
-            .find(|(k, _)| k.starts_with("task:"))
-            .expect("a task set")
-            .1;
-        (
-            r["capability"].as_f64().expect("capability"),
-            task["values"]["pass@1"].as_f64().expect("pass@1"),
-        )
+        let task = sets.iter().find(|(k, _)| k.starts_with("task:")).expect("a task set").1;
+        (r["capability"].as_f64().expect("capability"), task["values"]["pass@1"].as_f64().expect("pass@1"))
     };
     [get("base"), get("grpo")]
 }
@@ -120,25 +85,12 @@ fn grpo_learns_a_verifiable_task_from_a_low_start_sync_and_stale() {
     let root = std::env::temp_dir().join(format!("keel-cli-task-learning-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     for staleness in [0, 1] {
-        let run = run_fixture(
-            &root,
-            &format!("s{staleness}"),
-            &[format!("resources.policy.max_staleness={staleness}")],
-        );
+        let run = run_fixture(&root, &format!("s{staleness}"), &[format!("resources.policy.max_staleness={staleness}")]);
         let [(base_acc, base_p1), (acc, p1)] = task_scores(&run);
         println!("max_staleness {staleness}: greedy {base_acc:.3} -> {acc:.3}, pass@1 {base_p1:.3} -> {p1:.3}");
-        assert!(
-            base_p1 < 0.2,
-            "the base should start low (pass@1 {base_p1})"
-        );
-        assert!(
-            acc >= base_acc + 0.10,
-            "greedy accuracy did not rise: {base_acc} -> {acc}"
-        );
-        assert!(
-            p1 >= base_p1 + 0.03,
-            "pass@1 did not rise: {base_p1} -> {p1}"
-        );
+        assert!(base_p1 < 0.2, "the base should start low (pass@1 {base_p1})");
+        assert!(acc >= base_acc + 0.10, "greedy accuracy did not rise: {base_acc} -> {acc}");
+        assert!(p1 >= base_p1 + 0.03, "pass@1 did not rise: {base_p1} -> {p1}");
     }
     std::fs::remove_dir_all(&root).ok();
 }

@@ -15,51 +15,22 @@ fn fixture() -> PathBuf {
 fn run(root: &Path, id: &str, sets: &[&str]) -> PathBuf {
     let file = fixture();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
-    cmd.args([
-        "run",
-        file.to_str().expect("utf-8 path"),
-        "--quiet",
-        "--runs-dir",
-    ])
-    .arg(root)
-    .args(["--run-id", id]);
-    for s in [
-        "stages.base.with.steps=6",
-        "stages.prompts.with.steps=1",
-        "stages.learn.with.ema_alpha=null",
-    ]
-    .iter()
-    .chain(sets)
-    {
+    cmd.args(["run", file.to_str().expect("utf-8 path"), "--quiet", "--runs-dir"]).arg(root).args(["--run-id", id]);
+    for s in ["stages.base.with.steps=6", "stages.prompts.with.steps=1", "stages.learn.with.ema_alpha=null"].iter().chain(sets) {
         cmd.args(["--set", s]);
     }
     let out = cmd.output().expect("the keel binary runs");
-    assert!(
-        out.status.success(),
-        "{id}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{id}: {}", String::from_utf8_lossy(&out.stderr));
     root.join("rl-small").join(id)
 }
 
 /// Largest absolute difference between two checkpoints' weights, and the largest weight change
 /// from `base` (so the comparison is known to be about a real update).
 fn compare(a: &Path, b: &Path, base: &Path) -> (f64, f64) {
-    let load = |d: &Path| {
-        candle_core::safetensors::load(d.join("model.safetensors"), &Device::Cpu).expect("weights")
-    };
+    let load = |d: &Path| candle_core::safetensors::load(d.join("model.safetensors"), &Device::Cpu).expect("weights");
     let (wa, wb, w0) = (load(a), load(b), load(base));
     let diff = |x: &Tensor, y: &Tensor| -> f64 {
-        (x - y)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap() as f64
+        (x - y).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap() as f64
     };
     let (mut d, mut moved) = (0f64, 0f64);
     for (name, t) in &wa {
@@ -79,10 +50,7 @@ fn first_step(run: &Path, stage: &str) -> (f64, f64) {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
         .find(|v| v["stage"] == stage && v["values"].get("grad_norm").is_some())
         .unwrap_or_else(|| panic!("{stage} logs grad_norm"));
-    (
-        v["values"]["loss"].as_f64().expect("loss"),
-        v["values"]["grad_norm"].as_f64().expect("grad_norm"),
-    )
+    (v["values"]["loss"].as_f64().expect("loss"), v["values"]["grad_norm"].as_f64().expect("grad_norm"))
 }
 
 /// Equal within a relative tolerance, with an absolute floor for values near zero (an
@@ -97,39 +65,23 @@ fn micro_batches_give_the_whole_batch_update() {
     let _ = std::fs::remove_dir_all(&root);
     // SFT: the from-scratch base stage, batch 16 in micro-batches of 5 (uneven split).
     let whole = run(&root, "sft-whole", &["stages.base.with.log_every=1"]);
-    let micro = run(
-        &root,
-        "sft-micro",
-        &[
-            "stages.base.with.log_every=1",
-            "stages.base.with.micro_batch_size=5",
-        ],
-    );
+    let micro = run(&root, "sft-micro", &["stages.base.with.log_every=1", "stages.base.with.micro_batch_size=5"]);
     let (lw, gw) = first_step(&whole, "base");
     let (lm, gm) = first_step(&micro, "base");
     println!("sft step 1: loss {lw:.6} vs {lm:.6}, grad norm {gw:.6} vs {gm:.6}");
-    assert!(
-        close(lw, lm, 1e-5) && close(gw, gm, 1e-4),
-        "SFT micro-batches: loss {lw} vs {lm}, grad norm {gw} vs {gm}"
-    );
+    assert!(close(lw, lm, 1e-5) && close(gw, gm, 1e-4), "SFT micro-batches: loss {lw} vs {lm}, grad norm {gw} vs {gm}");
     let init = whole.join("stages/base/checkpoint");
     let (d, _) = compare(&init, &micro.join("stages/base/checkpoint"), &init);
     // 6 Adam steps at lr 0.005 move a weight by up to ~0.03; float rounding of the summed
     // gradients may move a few near-zero components by a sliver of that.
     println!("sft: max |Δw| whole vs micro-batched after 6 steps {d:.2e}");
-    assert!(
-        d < 3e-4,
-        "SFT with micro-batches differs from the whole batch by {d}"
-    );
+    assert!(d < 3e-4, "SFT with micro-batches differs from the whole batch by {d}");
     // RL: 4 prompts × 4 completions = 16 sequences, micro-batches of 3, for each loss variant.
     // A dense reward (length penalty) gives every group non-zero advantages.
     let dense = "stages.score.with.rewards=[{kind: length, max_tokens: 8, buffer_tokens: 6}]";
     for (name, extra) in [
         ("grpo", vec![dense]),
-        (
-            "token-mean",
-            vec![dense, "stages.learn.with.aggregation=token_mean"],
-        ),
+        ("token-mean", vec![dense, "stages.learn.with.aggregation=token_mean"]),
         ("ppo", vec![dense, "stages.learn.with.algorithm=ppo"]),
     ] {
         let whole = run(&root, &format!("{name}-whole"), &extra);
@@ -139,25 +91,12 @@ fn micro_batches_give_the_whole_batch_update() {
         let (lw, gw) = first_step(&whole, "learn");
         let (lm, gm) = first_step(&micro, "learn");
         println!("{name}: loss {lw:.6} vs {lm:.6}, grad norm {gw:.6} vs {gm:.6}");
-        assert!(
-            close(lw, lm, 1e-4) && close(gw, gm, 1e-4),
-            "{name} micro-batches: loss {lw} vs {lm}, grad norm {gw} vs {gm}"
-        );
-        let (d, moved) = compare(
-            &whole.join("stages/learn/checkpoint"),
-            &micro.join("stages/learn/checkpoint"),
-            &whole.join("stages/base/checkpoint"),
-        );
+        assert!(close(lw, lm, 1e-4) && close(gw, gm, 1e-4), "{name} micro-batches: loss {lw} vs {lm}, grad norm {gw} vs {gm}");
+        let (d, moved) = compare(&whole.join("stages/learn/checkpoint"), &micro.join("stages/learn/checkpoint"), &whole.join("stages/base/checkpoint"));
         println!("{name}: max |Δw| whole vs micro-batched {d:.2e} (update moved weights by up to {moved:.2e})");
         assert!(gw > 1e-3, "{name}: no gradient to compare (grad norm {gw})");
-        assert!(
-            moved > 1e-5,
-            "{name}: the update did not move the weights ({moved})"
-        );
-        assert!(
-            d < moved * 1e-2,
-            "{name}: micro-batched update differs by {d} (update size {moved})"
-        );
+        assert!(moved > 1e-5, "{name}: the update did not move the weights ({moved})");
+        assert!(d < moved * 1e-2, "{name}: micro-batched update differs by {d} (update size {moved})");
     }
     std::fs::remove_dir_all(&root).ok();
 }

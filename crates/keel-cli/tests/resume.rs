@@ -20,11 +20,7 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn keel(args: &[&str]) -> std::process::Output {
-    Command::new(KEEL)
-        .args(args)
-        .arg("--quiet")
-        .output()
-        .expect("the keel binary runs")
+    Command::new(KEEL).args(args).arg("--quiet").output().expect("the keel binary runs")
 }
 
 /// The last logged values of each (stage, step) of one stage: a resumed run logs the steps
@@ -35,8 +31,7 @@ fn metrics(run: &Path, stage: &str) -> BTreeMap<u64, BTreeMap<String, f64>> {
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).expect("every metrics line is JSON");
         if v["stage"] == stage {
-            let values: BTreeMap<String, f64> =
-                serde_json::from_value(v["values"].clone()).expect("values map");
+            let values: BTreeMap<String, f64> = serde_json::from_value(v["values"].clone()).expect("values map");
             out.insert(v["step"].as_u64().expect("step"), values);
         }
     }
@@ -52,10 +47,7 @@ fn kill_and_resume_reproduces_the_uninterrupted_run() {
 /// adapters onto the frozen base, and checkpoints hold merged weights plus PEFT adapters.
 #[test]
 fn kill_and_resume_reproduces_the_uninterrupted_run_with_lora() {
-    kill_and_resume(
-        "resume-lora",
-        &["--set", "stages.learn.with.lora={r: 4, alpha: 8}"],
-    );
+    kill_and_resume("resume-lora", &["--set", "stages.learn.with.lora={r: 4, alpha: 8}"]);
 }
 
 /// Runs the fixture uninterrupted and killed-then-resumed with `extra` arguments; asserts equal
@@ -67,66 +59,24 @@ fn kill_and_resume(name: &str, extra: &[&str]) {
     let file = file.to_str().expect("utf-8 path");
     let lora = !extra.is_empty();
 
-    let full = keel(
-        &[
-            &["run", file, "--runs-dir", runs, "--run-id", "full"],
-            extra,
-        ]
-        .concat(),
-    );
-    assert!(
-        full.status.success(),
-        "uninterrupted run failed: {}",
-        String::from_utf8_lossy(&full.stderr)
-    );
+    let full = keel(&[&["run", file, "--runs-dir", runs, "--run-id", "full"], extra].concat());
+    assert!(full.status.success(), "uninterrupted run failed: {}", String::from_utf8_lossy(&full.stderr));
     let expected = metrics(&root.join("rl-small/full"), "learn");
     assert_eq!(expected.len(), 16, "one learner record per RL step");
     if lora {
         let ck = root.join("rl-small/full/stages/learn/checkpoint");
-        assert!(
-            ck.join("adapter/adapter_model.safetensors").is_file()
-                && ck.join("adapter/adapter_config.json").is_file()
-        );
+        assert!(ck.join("adapter/adapter_model.safetensors").is_file() && ck.join("adapter/adapter_config.json").is_file());
         // Only the adapted projections move: the embedding of the learner's checkpoint is the base's.
-        let load = |d: &Path| {
-            candle_core::safetensors::load(d.join("model.safetensors"), &candle_core::Device::Cpu)
-                .expect("weights")
-        };
-        let (base, tuned) = (
-            load(&root.join("rl-small/full/stages/base/checkpoint")),
-            load(&ck),
-        );
-        let same = |n: &str| {
-            base[n].flatten_all().unwrap().to_vec1::<f32>().unwrap()
-                == tuned[n].flatten_all().unwrap().to_vec1::<f32>().unwrap()
-        };
-        assert!(
-            same("model.embed_tokens.weight"),
-            "LoRA training changed the embedding"
-        );
-        assert!(
-            !same("model.layers.0.self_attn.q_proj.weight"),
-            "the merged q_proj equals the base: adapters not trained or not merged"
-        );
+        let load = |d: &Path| candle_core::safetensors::load(d.join("model.safetensors"), &candle_core::Device::Cpu).expect("weights");
+        let (base, tuned) = (load(&root.join("rl-small/full/stages/base/checkpoint")), load(&ck));
+        let same = |n: &str| base[n].flatten_all().unwrap().to_vec1::<f32>().unwrap() == tuned[n].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(same("model.embed_tokens.weight"), "LoRA training changed the embedding");
+        assert!(!same("model.layers.0.self_attn.q_proj.weight"), "the merged q_proj equals the base: adapters not trained or not merged");
     }
 
     // Start the same run, wait until the learner has saved a state past step 6, then SIGKILL it.
     let mut child = Command::new(KEEL)
-        .args(
-            [
-                &[
-                    "run",
-                    file,
-                    "--runs-dir",
-                    runs,
-                    "--run-id",
-                    "killed",
-                    "--quiet",
-                ],
-                extra,
-            ]
-            .concat(),
-        )
+        .args([&["run", file, "--runs-dir", runs, "--run-id", "killed", "--quiet"], extra].concat())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -141,54 +91,22 @@ fn kill_and_resume(name: &str, extra: &[&str]) {
         if step >= 6 {
             break;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "the learner never checkpointed step 6"
-        );
-        assert!(
-            child.try_wait().expect("polling the child").is_none(),
-            "the run finished before it could be killed"
-        );
+        assert!(started.elapsed() < Duration::from_secs(300), "the learner never checkpointed step 6");
+        assert!(child.try_wait().expect("polling the child").is_none(), "the run finished before it could be killed");
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().expect("SIGKILL");
     child.wait().expect("reaping the child");
     let before = metrics(&root.join("rl-small/killed"), "learn").len();
-    assert!(
-        before < 16,
-        "the kill happened mid-run ({before} of 16 steps logged)"
-    );
+    assert!(before < 16, "the kill happened mid-run ({before} of 16 steps logged)");
 
-    let resumed = keel(
-        &[
-            &[
-                "run",
-                file,
-                "--runs-dir",
-                runs,
-                "--run-id",
-                "killed",
-                "--resume",
-            ],
-            extra,
-        ]
-        .concat(),
-    );
-    assert!(
-        resumed.status.success(),
-        "resumed run failed: {}",
-        String::from_utf8_lossy(&resumed.stderr)
-    );
+    let resumed = keel(&[&["run", file, "--runs-dir", runs, "--run-id", "killed", "--resume"], extra].concat());
+    assert!(resumed.status.success(), "resumed run failed: {}", String::from_utf8_lossy(&resumed.stderr));
     let got = metrics(&root.join("rl-small/killed"), "learn");
-    assert_eq!(
-        got, expected,
-        "resumed metrics differ from the uninterrupted run"
-    );
+    assert_eq!(got, expected, "resumed metrics differ from the uninterrupted run");
     // Final weights are identical too.
-    let a = std::fs::read(root.join("rl-small/full/stages/learn/checkpoint/model.safetensors"))
-        .expect("weights");
-    let b = std::fs::read(root.join("rl-small/killed/stages/learn/checkpoint/model.safetensors"))
-        .expect("weights");
+    let a = std::fs::read(root.join("rl-small/full/stages/learn/checkpoint/model.safetensors")).expect("weights");
+    let b = std::fs::read(root.join("rl-small/killed/stages/learn/checkpoint/model.safetensors")).expect("weights");
     assert!(a == b, "final weights differ after resume");
     std::fs::remove_dir_all(&root).ok();
 }
@@ -199,34 +117,12 @@ fn resume_refuses_a_different_configuration() {
     let runs = root.to_str().expect("utf-8 temp path");
     let file = fixture();
     let file = file.to_str().expect("utf-8 path");
-    let a = keel(&[
-        "run",
-        file,
-        "--runs-dir",
-        runs,
-        "--run-id",
-        "r",
-        "--set",
-        "stages.prompts.with.steps=2",
-    ]);
+    let a = keel(&["run", file, "--runs-dir", runs, "--run-id", "r", "--set", "stages.prompts.with.steps=2"]);
     assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
-    let b = keel(&[
-        "run",
-        file,
-        "--runs-dir",
-        runs,
-        "--run-id",
-        "r",
-        "--resume",
-        "--set",
-        "stages.prompts.with.steps=3",
-    ]);
+    let b = keel(&["run", file, "--runs-dir", runs, "--run-id", "r", "--resume", "--set", "stages.prompts.with.steps=3"]);
     assert!(!b.status.success());
     let err = String::from_utf8_lossy(&b.stderr);
-    assert!(
-        err.contains("cannot resume") && err.contains("differs"),
-        "unexpected error: {err}"
-    );
+    assert!(err.contains("cannot resume") && err.contains("differs"), "unexpected error: {err}");
     std::fs::remove_dir_all(&root).ok();
 }
 
@@ -242,44 +138,16 @@ fn staleness_runs_are_reproducible() {
         let mut runs_metrics = Vec::new();
         for id in ["a", "b"] {
             let run_id = format!("s{s}{id}");
-            let out = keel(&[
-                "run",
-                file,
-                "--runs-dir",
-                runs,
-                "--run-id",
-                &run_id,
-                "--set",
-                &set,
-                "--set",
-                "stages.prompts.with.steps=8",
-            ]);
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let out = keel(&["run", file, "--runs-dir", runs, "--run-id", &run_id, "--set", &set, "--set", "stages.prompts.with.steps=8"]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             runs_metrics.push(metrics(&root.join("rl-small").join(&run_id), "learn"));
             let staleness = metrics(&root.join("rl-small").join(&run_id), "rollout");
-            let max_seen = staleness
-                .values()
-                .map(|v| v["staleness"])
-                .fold(0.0, f64::max);
-            assert_eq!(
-                max_seen,
-                s.parse::<f64>().expect("number"),
-                "sampler staleness is exactly the declared one after warm-up"
-            );
+            let max_seen = staleness.values().map(|v| v["staleness"]).fold(0.0, f64::max);
+            assert_eq!(max_seen, s.parse::<f64>().expect("number"), "sampler staleness is exactly the declared one after warm-up");
         }
-        assert_eq!(
-            runs_metrics[0], runs_metrics[1],
-            "max_staleness {s}: two runs differ"
-        );
+        assert_eq!(runs_metrics[0], runs_metrics[1], "max_staleness {s}: two runs differ");
         per_staleness.push(runs_metrics.remove(0));
     }
-    assert_ne!(
-        per_staleness[0], per_staleness[1],
-        "staleness 1 samples from older policies, so its metrics differ"
-    );
+    assert_ne!(per_staleness[0], per_staleness[1], "staleness 1 samples from older policies, so its metrics differ");
     std::fs::remove_dir_all(&root).ok();
 }

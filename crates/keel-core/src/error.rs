@@ -28,11 +28,7 @@ pub enum CoreError {
 impl CoreError {
     /// Wraps an I/O error with the action and path, so messages always name the file.
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        CoreError::Io {
-            action,
-            path: path.into(),
-            source,
-        }
+        CoreError::Io { action, path: path.into(), source }
     }
 }
 

@@ -24,10 +24,7 @@ pub struct Message {
 impl Message {
     /// A message with the given role.
     pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Message {
-            role,
-            content: content.into(),
-        }
+        Message { role, content: content.into() }
     }
 }
 
@@ -103,11 +100,7 @@ pub struct Example {
 
 impl Example {
     /// A text-prompt example with no labels; set the optional fields with struct update syntax.
-    pub fn new(
-        id: impl Into<String>,
-        prompt: impl Into<String>,
-        source: impl Into<String>,
-    ) -> Self {
+    pub fn new(id: impl Into<String>, prompt: impl Into<String>, source: impl Into<String>) -> Self {
         Example {
             id: id.into(),
             prompt: Prompt::Text(prompt.into()),

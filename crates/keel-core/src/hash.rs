@@ -16,9 +16,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| CoreError::io("reading", path, e))?;
+        let n = file.read(&mut buf).map_err(|e| CoreError::io("reading", path, e))?;
         if n == 0 {
             break;
         }
@@ -46,10 +44,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("x.bin");
         std::fs::write(&p, vec![7u8; 3_000_000]).unwrap();
-        assert_eq!(
-            sha256_file(&p).unwrap(),
-            sha256_bytes(&vec![7u8; 3_000_000])
-        );
+        assert_eq!(sha256_file(&p).unwrap(), sha256_bytes(&vec![7u8; 3_000_000]));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -18,11 +18,7 @@ pub struct MetricRecord {
 impl MetricRecord {
     /// An empty record for a stage at a step.
     pub fn new(stage: impl Into<String>, step: u64) -> Self {
-        MetricRecord {
-            stage: stage.into(),
-            step,
-            values: BTreeMap::new(),
-        }
+        MetricRecord { stage: stage.into(), step, values: BTreeMap::new() }
     }
 
     /// Adds a value (builder style).

@@ -13,17 +13,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(|e| CoreError::io("creating directory", parent, e))?;
     }
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
     {
         let mut f = File::create(&tmp).map_err(|e| CoreError::io("creating", &tmp, e))?;
-        f.write_all(bytes)
-            .map_err(|e| CoreError::io("writing", &tmp, e))?;
-        f.sync_all()
-            .map_err(|e| CoreError::io("syncing", &tmp, e))?;
+        f.write_all(bytes).map_err(|e| CoreError::io("writing", &tmp, e))?;
+        f.sync_all().map_err(|e| CoreError::io("syncing", &tmp, e))?;
     }
     fs::rename(&tmp, path).map_err(|e| CoreError::io("renaming into place", path, e))
 }
@@ -43,33 +38,25 @@ impl JsonlWriter {
     pub fn append(path: impl Into<PathBuf>) -> Result<Self> {
         let path = path.into();
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent)
-                .map_err(|e| CoreError::io("creating directory", parent, e))?;
+            fs::create_dir_all(parent).map_err(|e| CoreError::io("creating directory", parent, e))?;
         }
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(|e| CoreError::io("opening for append", &path, e))?;
-        Ok(JsonlWriter {
-            path,
-            out: Mutex::new(BufWriter::new(file)),
-        })
+        Ok(JsonlWriter { path, out: Mutex::new(BufWriter::new(file)) })
     }
 
     /// Appends one record as a line and flushes it.
     pub fn write<T: Serialize>(&self, record: &T) -> Result<()> {
-        let mut line = serde_json::to_vec(record).map_err(|e| CoreError::Json {
-            what: self.path.display().to_string(),
-            source: e,
-        })?;
+        let mut line = serde_json::to_vec(record)
+            .map_err(|e| CoreError::Json { what: self.path.display().to_string(), source: e })?;
         line.push(b'\n');
         // A poisoned lock only means another thread panicked mid-write; the file is still usable.
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        out.write_all(&line)
-            .map_err(|e| CoreError::io("writing", &self.path, e))?;
-        out.flush()
-            .map_err(|e| CoreError::io("flushing", &self.path, e))
+        out.write_all(&line).map_err(|e| CoreError::io("writing", &self.path, e))?;
+        out.flush().map_err(|e| CoreError::io("flushing", &self.path, e))
     }
 
     /// The file being written.
@@ -139,15 +126,11 @@ mod tests {
     fn metrics_lines_are_valid_json() {
         let d = tmp("metrics");
         let run = RunDir::create(&d).unwrap();
-        run.log_metrics(&MetricRecord::new("learn", 0).with("loss", 1.5))
-            .unwrap();
-        run.log_metrics(&MetricRecord::new("learn", 1).with("loss", 1.25))
-            .unwrap();
+        run.log_metrics(&MetricRecord::new("learn", 0).with("loss", 1.5)).unwrap();
+        run.log_metrics(&MetricRecord::new("learn", 1).with("loss", 1.25)).unwrap();
         let text = fs::read_to_string(run.metrics_path()).unwrap();
-        let recs: Vec<MetricRecord> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let recs: Vec<MetricRecord> =
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(recs.len(), 2);
         assert_eq!(recs[1].values["loss"], 1.25);
         fs::remove_dir_all(&d).unwrap();

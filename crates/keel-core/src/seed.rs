@@ -47,9 +47,7 @@ impl SeedStream {
 
     /// A child family for a sub-component (e.g. one stage), so its names cannot collide with others'.
     pub fn child(&self, name: &str) -> SeedStream {
-        SeedStream {
-            root: self.seed(name),
-        }
+        SeedStream { root: self.seed(name) }
     }
 
     /// A ChaCha8 generator for a named purpose; portable and identical on every platform.

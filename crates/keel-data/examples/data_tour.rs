@@ -9,8 +9,8 @@
 
 use keel_core::SafetyLabel;
 use keel_data::{
-    generate_tasks, overlap, Cache, CacheStatus, Catalog, DataError, ReasoningFormat, SafetyWorld,
-    SafetyWorldConfig, TaskDomain,
+    generate_tasks, overlap, Cache, CacheStatus, Catalog, DataError, ReasoningFormat, SafetyWorld, SafetyWorldConfig,
+    TaskDomain,
 };
 
 fn main() -> Result<(), DataError> {
@@ -23,11 +23,7 @@ fn main() -> Result<(), DataError> {
         match cache.status(m)? {
             CacheStatus::Verified => {
                 let l = m.load(&cache)?;
-                let harmful = l
-                    .examples
-                    .iter()
-                    .filter(|e| e.safety == Some(SafetyLabel::Harmful))
-                    .count();
+                let harmful = l.examples.iter().filter(|e| e.safety == Some(SafetyLabel::Harmful)).count();
                 println!(
                     "{:<20} rows {:>6}  examples {:>6}  filtered {:>4}  harmful {:>4}",
                     m.name,
@@ -38,10 +34,7 @@ fn main() -> Result<(), DataError> {
                 );
                 loaded.push((m.name.clone(), l.examples));
             }
-            CacheStatus::Missing => println!(
-                "{:<20} not cached: run `keel data fetch {}`",
-                m.name, m.name
-            ),
+            CacheStatus::Missing => println!("{:<20} not cached: run `keel data fetch {}`", m.name, m.name),
             CacheStatus::Mismatch { actual } => println!("{:<20} WRONG HASH {actual}", m.name),
         }
     }
@@ -57,39 +50,21 @@ fn main() -> Result<(), DataError> {
     }
 
     println!("\nsynthetic tasks (seed 0):");
-    for text in [
-        r#"{"kind": "arithmetic", "max_operands": 4}"#,
-        r#"{"kind": "sorting"}"#,
-        r#"{"kind": "counting"}"#,
-    ] {
+    for text in [r#"{"kind": "arithmetic", "max_operands": 4}"#, r#"{"kind": "sorting"}"#, r#"{"kind": "counting"}"#] {
         let domain: TaskDomain = serde_json::from_str(text).map_err(|e| DataError::Invalid {
             what: "task domain",
             message: e.to_string(),
         })?;
         for e in generate_tasks(&domain, 2, 0, ReasoningFormat::Plain)? {
-            println!(
-                "  {:<24} -> {}",
-                e.prompt.user_text(),
-                e.target.unwrap_or_default()
-            );
+            println!("  {:<24} -> {}", e.prompt.user_text(), e.target.unwrap_or_default());
         }
     }
 
-    let world = SafetyWorld::embedded(
-        &SafetyWorldConfig {
-            format: ReasoningFormat::Think,
-            ..Default::default()
-        },
-        0,
-    )?;
+    let world = SafetyWorld::embedded(&SafetyWorldConfig { format: ReasoningFormat::Think, ..Default::default() }, 0)?;
     let (th, tb, eh, eb) = world.counts();
     println!("\nembedded safety world: train {th} harmful + {tb} benign, held out {eh} harmful + {eb} benign");
     for e in world.train.iter().take(4) {
-        println!(
-            "  {:<50} -> {}",
-            e.prompt.user_text(),
-            e.target.as_deref().unwrap_or("")
-        );
+        println!("  {:<50} -> {}", e.prompt.user_text(), e.target.as_deref().unwrap_or(""));
     }
     match SafetyWorld::real(&cache, &SafetyWorldConfig::default(), 0) {
         Ok(w) => {

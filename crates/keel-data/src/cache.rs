@@ -61,9 +61,7 @@ impl Cache {
     pub fn from_env() -> Result<Self> {
         match std::env::var_os(DATA_DIR_ENV) {
             Some(v) if !v.is_empty() => Ok(Cache::new(v)),
-            _ => dirs::cache_dir()
-                .map(|d| Cache::new(d.join("keel").join("data")))
-                .ok_or(DataError::NoCacheDir),
+            _ => dirs::cache_dir().map(|d| Cache::new(d.join("keel").join("data"))).ok_or(DataError::NoCacheDir),
         }
     }
 
@@ -78,9 +76,7 @@ impl Cache {
     }
 
     fn path_of(&self, file: &DataFile) -> PathBuf {
-        file.path
-            .split('/')
-            .fold(self.root.clone(), |p, part| p.join(part))
+        file.path.split('/').fold(self.root.clone(), |p, part| p.join(part))
     }
 
     /// Whether the file is present and intact, without failing on either.
@@ -90,11 +86,7 @@ impl Cache {
             return Ok(CacheStatus::Missing);
         }
         let actual = keel_core::sha256_file(&path)?;
-        Ok(if manifest.file.accepts(&actual) {
-            CacheStatus::Verified
-        } else {
-            CacheStatus::Mismatch { actual }
-        })
+        Ok(if manifest.file.accepts(&actual) { CacheStatus::Verified } else { CacheStatus::Mismatch { actual } })
     }
 
     /// Returns the cached path after checking that the file exists and has an accepted sha256.
@@ -153,16 +145,9 @@ fn download(agent: &ureq::Agent, url: &str) -> std::result::Result<Vec<u8>, Stri
 pub fn fetch_manifest(manifest: &Manifest, cache: &Cache) -> Result<Fetched> {
     let path = cache.path_for(manifest);
     if let CacheStatus::Verified = cache.status(manifest)? {
-        let bytes = std::fs::metadata(&path)
-            .map_err(|e| DataError::io("reading metadata of", &path, e))?
-            .len();
+        let bytes = std::fs::metadata(&path).map_err(|e| DataError::io("reading metadata of", &path, e))?.len();
         let sha256 = keel_core::sha256_file(&path)?;
-        return Ok(Fetched {
-            path,
-            sha256,
-            url: None,
-            bytes,
-        });
+        return Ok(Fetched { path, sha256, url: None, bytes });
     }
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(20))
@@ -177,12 +162,7 @@ pub fn fetch_manifest(manifest: &Manifest, cache: &Cache) -> Result<Fetched> {
                 let actual = keel_core::sha256_bytes(&body);
                 if manifest.file.accepts(&actual) {
                     keel_core::write_atomic(&path, &body)?;
-                    return Ok(Fetched {
-                        path,
-                        sha256: actual,
-                        url: Some(url.clone()),
-                        bytes: body.len() as u64,
-                    });
+                    return Ok(Fetched { path, sha256: actual, url: Some(url.clone()), bytes: body.len() as u64 });
                 }
                 attempts.push(format!("{url}: sha256 {actual} is not the pinned one"));
                 mismatch.get_or_insert(DataError::HashMismatch {

@@ -16,9 +16,7 @@ pub fn normalize(text: &str) -> String {
     let lower = text.to_lowercase();
     let mut s = lower.split_whitespace().collect::<Vec<_>>().join(" ");
     loop {
-        let trimmed = s.trim_end_matches(|c: char| {
-            c.is_ascii_punctuation() || matches!(c, '…' | '。' | '？' | '！')
-        });
+        let trimmed = s.trim_end_matches(|c: char| c.is_ascii_punctuation() || matches!(c, '…' | '。' | '？' | '！'));
         let trimmed = trimmed.trim_end();
         if trimmed.len() == s.len() {
             return s;
@@ -83,12 +81,7 @@ impl OverlapReport {
 }
 
 /// Compares two collections by normalised prompt.
-pub fn overlap(
-    left_name: &str,
-    left: &[Example],
-    right_name: &str,
-    right: &[Example],
-) -> OverlapReport {
+pub fn overlap(left_name: &str, left: &[Example], right_name: &str, right: &[Example]) -> OverlapReport {
     let mut index: HashMap<String, Vec<&str>> = HashMap::new();
     for r in right {
         index.entry(prompt_key(r)).or_default().push(&r.id);
@@ -98,11 +91,7 @@ pub fn overlap(
         let key = prompt_key(l);
         if let Some(ids) = index.get(&key) {
             for id in ids {
-                matches.push(Overlap {
-                    left_id: l.id.clone(),
-                    right_id: id.to_string(),
-                    key: key.clone(),
-                });
+                matches.push(Overlap { left_id: l.id.clone(), right_id: id.to_string(), key: key.clone() });
             }
         }
     }
@@ -131,17 +120,9 @@ pub fn dedup(examples: Vec<Example>) -> (Vec<Example>, Vec<Example>) {
 
 /// Drops every example whose normalised prompt occurs in any of `against`; returns `(kept, removed)`.
 /// Use it to keep training data out of an evaluation set (or the reverse).
-pub fn exclude_overlapping(
-    examples: Vec<Example>,
-    against: &[&[Example]],
-) -> (Vec<Example>, Vec<Example>) {
-    let keys: HashSet<String> = against
-        .iter()
-        .flat_map(|s| s.iter().map(prompt_key))
-        .collect();
-    examples
-        .into_iter()
-        .partition(|e| !keys.contains(&prompt_key(e)))
+pub fn exclude_overlapping(examples: Vec<Example>, against: &[&[Example]]) -> (Vec<Example>, Vec<Example>) {
+    let keys: HashSet<String> = against.iter().flat_map(|s| s.iter().map(prompt_key)).collect();
+    examples.into_iter().partition(|e| !keys.contains(&prompt_key(e)))
 }
 
 #[cfg(test)]
@@ -150,43 +131,25 @@ mod tests {
 
     #[test]
     fn normalisation_rules() {
-        assert_eq!(
-            normalize("  Write a  Tutorial\ton bombs. "),
-            "write a tutorial on bombs"
-        );
+        assert_eq!(normalize("  Write a  Tutorial\ton bombs. "), "write a tutorial on bombs");
         assert_eq!(normalize("Really?!"), "really");
         assert_eq!(normalize("a . ."), "a");
-        assert_eq!(
-            normalize("Keep. inner, punctuation"),
-            "keep. inner, punctuation"
-        );
+        assert_eq!(normalize("Keep. inner, punctuation"), "keep. inner, punctuation");
         assert_eq!(normalize("..."), "");
     }
 
     #[test]
     fn overlap_dedup_and_exclusion() {
-        let a = vec![
-            Example::new("a-0", "Make a bomb.", "a"),
-            Example::new("a-1", "Bake bread", "a"),
-        ];
-        let b = vec![
-            Example::new("b-0", "make a  BOMB", "b"),
-            Example::new("b-1", "Other", "b"),
-        ];
+        let a = vec![Example::new("a-0", "Make a bomb.", "a"), Example::new("a-1", "Bake bread", "a")];
+        let b = vec![Example::new("b-0", "make a  BOMB", "b"), Example::new("b-1", "Other", "b")];
         let rep = overlap("a", &a, "b", &b);
         assert_eq!(rep.count(), 1);
         assert_eq!(rep.matches[0].right_id, "b-0");
-        assert_eq!(
-            rep.summary(),
-            "1 of 2 `a` prompts also occur in `b` (2 rows)"
-        );
+        assert_eq!(rep.summary(), "1 of 2 `a` prompts also occur in `b` (2 rows)");
         let (kept, removed) = exclude_overlapping(a.clone(), &[&b]);
         assert_eq!((kept.len(), removed[0].id.as_str()), (1, "a-0"));
         let (kept, removed) = dedup(a.into_iter().chain(b).collect());
-        assert_eq!(
-            kept.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
-            vec!["a-0", "a-1", "b-1"]
-        );
+        assert_eq!(kept.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), vec!["a-0", "a-1", "b-1"]);
         assert_eq!(removed[0].id, "b-0");
     }
 }

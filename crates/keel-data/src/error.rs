@@ -104,39 +104,20 @@ pub enum DataError {
 impl DataError {
     /// Wraps an I/O error with the action and path, so messages always name the file.
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        DataError::Io {
-            action,
-            path: path.into(),
-            source,
-        }
+        DataError::Io { action, path: path.into(), source }
     }
 
     /// A row-level error at `path:line`.
     pub fn row(path: impl Into<PathBuf>, line: u64, message: impl Into<String>) -> Self {
-        DataError::Row {
-            path: path.into(),
-            line,
-            message: message.into(),
-        }
+        DataError::Row { path: path.into(), line, message: message.into() }
     }
 }
 
 impl From<keel_core::CoreError> for DataError {
     fn from(e: keel_core::CoreError) -> Self {
         match e {
-            keel_core::CoreError::Io {
-                action,
-                path,
-                source,
-            } => DataError::Io {
-                action,
-                path,
-                source,
-            },
-            other => DataError::Manifest {
-                name: "core".into(),
-                message: other.to_string(),
-            },
+            keel_core::CoreError::Io { action, path, source } => DataError::Io { action, path, source },
+            other => DataError::Manifest { name: "core".into(), message: other.to_string() },
         }
     }
 }

@@ -33,19 +33,17 @@ mod split;
 pub mod synthetic;
 
 pub use cache::{fetch, fetch_manifest, Cache, CacheStatus, Fetched, DATA_DIR_ENV};
-pub use dedup::{
-    dedup, exclude_overlapping, normalize, overlap, prompt_key, Overlap, OverlapReport,
-};
+pub use dedup::{dedup, exclude_overlapping, normalize, overlap, prompt_key, Overlap, OverlapReport};
 pub use error::{DataError, Result};
 pub use loader::{
-    extract_after_last_hashes, extract_last_boxed, load_file, read_records, AnswerRule, Extract,
-    FieldMapping, Format, Loaded, OnError, Record, RowFilter, SafetyRule,
+    extract_after_last_hashes, extract_last_boxed, load_file, read_records, AnswerRule, Extract, FieldMapping, Format,
+    Loaded, OnError, Record, RowFilter, SafetyRule,
 };
 pub use manifest::{Catalog, DataFile, Manifest};
 pub use split::{shuffle, shuffled, split, split_n, subset, Split};
 pub use synthetic::safety::{SafetyWorld, SafetyWorldConfig};
 pub use synthetic::tasks::{
-    extract_answer, generate_tasks, task_world, verify_task, ArithConfig, CountConfig, SortConfig,
-    TaskDomain, TaskWorld, ANSWER_PREFIX,
+    extract_answer, generate_tasks, task_world, verify_task, ArithConfig, CountConfig, SortConfig, TaskDomain, TaskWorld,
+    ANSWER_PREFIX,
 };
 pub use synthetic::ReasoningFormat;

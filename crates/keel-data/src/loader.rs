@@ -237,10 +237,7 @@ fn read_text(path: &Path) -> Result<String> {
         }),
         Err(e) => {
             let valid = e.utf8_error().valid_up_to();
-            let line = 1 + e.as_bytes()[..valid]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count() as u64;
+            let line = 1 + e.as_bytes()[..valid].iter().filter(|&&b| b == b'\n').count() as u64;
             Err(DataError::row(path, line, "file is not valid UTF-8"))
         }
     }
@@ -318,10 +315,7 @@ fn check_quotes(path: &Path, text: &str) -> Result<()> {
 
 fn read_csv(path: &Path, text: &str) -> Result<Vec<Result<Record>>> {
     check_quotes(path, text)?;
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(false)
-        .from_reader(text.as_bytes());
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(text.as_bytes());
     let headers: Vec<String> = reader
         .headers()
         .map_err(|e| DataError::row(path, 1, format!("cannot read CSV header: {e}")))?
@@ -333,11 +327,7 @@ fn read_csv(path: &Path, text: &str) -> Result<Vec<Result<Record>>> {
     }
     for (i, h) in headers.iter().enumerate() {
         if !h.is_empty() && headers[..i].contains(h) {
-            return Err(DataError::row(
-                path,
-                1,
-                format!("duplicate column `{h}` (headers are case-insensitive)"),
-            ));
+            return Err(DataError::row(path, 1, format!("duplicate column `{h}` (headers are case-insensitive)")));
         }
     }
     let mut out = Vec::new();
@@ -345,16 +335,8 @@ fn read_csv(path: &Path, text: &str) -> Result<Vec<Result<Record>>> {
         match rec {
             Ok(r) => {
                 let line = r.position().map(|p| p.line()).unwrap_or(0);
-                let fields = headers
-                    .iter()
-                    .cloned()
-                    .zip(r.iter().map(str::to_string))
-                    .collect();
-                out.push(Ok(Record {
-                    line,
-                    index,
-                    fields,
-                }));
+                let fields = headers.iter().cloned().zip(r.iter().map(str::to_string)).collect();
+                out.push(Ok(Record { line, index, fields }));
             }
             Err(e) => {
                 let line = e.position().map(|p| p.line()).unwrap_or(0);
@@ -386,18 +368,10 @@ fn object_to_record(path: &Path, line: u64, index: usize, v: serde_json::Value) 
             for (k, v) in map {
                 let key = k.trim().to_lowercase();
                 if fields.insert(key.clone(), value_to_string(&v)).is_some() {
-                    return Err(DataError::row(
-                        path,
-                        line,
-                        format!("duplicate key `{key}` (keys are case-insensitive)"),
-                    ));
+                    return Err(DataError::row(path, line, format!("duplicate key `{key}` (keys are case-insensitive)")));
                 }
             }
-            Ok(Record {
-                line,
-                index,
-                fields,
-            })
+            Ok(Record { line, index, fields })
         }
         other => Err(DataError::row(
             path,
@@ -480,11 +454,7 @@ fn array_element_lines(text: &str) -> Vec<u64> {
 
 fn read_json_array(path: &Path, text: &str) -> Result<Vec<Result<Record>>> {
     let values: Vec<serde_json::Value> = serde_json::from_str(text).map_err(|e| {
-        DataError::row(
-            path,
-            e.line() as u64,
-            format!("invalid JSON array (truncated file?): {e}"),
-        )
+        DataError::row(path, e.line() as u64, format!("invalid JSON array (truncated file?): {e}"))
     })?;
     let lines = array_element_lines(text);
     let aligned = lines.len() == values.len();
@@ -494,15 +464,9 @@ fn read_json_array(path: &Path, text: &str) -> Result<Vec<Result<Record>>> {
         .map(|(i, v)| {
             let line = if aligned { lines[i] } else { 1 };
             object_to_record(path, line, i, v).map_err(|e| match e {
-                DataError::Row {
-                    path,
-                    line,
-                    message,
-                } => DataError::Row {
-                    path,
-                    line,
-                    message: format!("array element {i}: {message}"),
-                },
+                DataError::Row { path, line, message } => {
+                    DataError::Row { path, line, message: format!("array element {i}: {message}") }
+                }
                 other => other,
             })
         })
@@ -512,11 +476,7 @@ fn read_json_array(path: &Path, text: &str) -> Result<Vec<Result<Record>>> {
 /// The GSM8K rule: text after the last `####`, trimmed, commas removed.
 pub fn extract_after_last_hashes(text: &str) -> Option<String> {
     let pos = text.rfind("####")?;
-    let ans: String = text[pos + 4..]
-        .trim()
-        .chars()
-        .filter(|&c| c != ',')
-        .collect();
+    let ans: String = text[pos + 4..].trim().chars().filter(|&c| c != ',').collect();
     (!ans.is_empty()).then_some(ans)
 }
 
@@ -547,10 +507,7 @@ fn field<'a>(rec: &'a Record, name: &str, path: &Path) -> Result<&'a str> {
         DataError::row(
             path,
             rec.line,
-            format!(
-                "missing field `{name}`; fields present: {}",
-                available.join(", ")
-            ),
+            format!("missing field `{name}`; fields present: {}", available.join(", ")),
         )
     })
 }
@@ -561,12 +518,7 @@ fn non_empty(s: &str) -> Option<String> {
 }
 
 /// Maps one record; `Ok(None)` means a filter removed it.
-fn map_record(
-    rec: &Record,
-    mapping: &FieldMapping,
-    source: &str,
-    path: &Path,
-) -> Result<Option<Example>> {
+fn map_record(rec: &Record, mapping: &FieldMapping, source: &str, path: &Path) -> Result<Option<Example>> {
     for f in &mapping.filters {
         if !f.admits(field(rec, &f.column, path)?) {
             return Ok(None);
@@ -575,13 +527,7 @@ fn map_record(
     let id = match &mapping.id {
         Some(col) => match non_empty(field(rec, col, path)?) {
             Some(v) => format!("{source}-{v}"),
-            None => {
-                return Err(DataError::row(
-                    path,
-                    rec.line,
-                    format!("empty id field `{col}`"),
-                ))
-            }
+            None => return Err(DataError::row(path, rec.line, format!("empty id field `{col}`"))),
         },
         None => format!("{source}-{}", rec.index),
     };
@@ -605,21 +551,11 @@ fn map_record(
             let raw = field(rec, &rule.field, path)?;
             match rule.extract {
                 Extract::Whole => non_empty(raw),
-                Extract::AfterLastHashes => {
-                    Some(extract_after_last_hashes(raw).ok_or_else(|| {
-                        DataError::row(
-                            path,
-                            rec.line,
-                            format!("field `{}` has no `#### answer`", rule.field),
-                        )
-                    })?)
-                }
+                Extract::AfterLastHashes => Some(extract_after_last_hashes(raw).ok_or_else(|| {
+                    DataError::row(path, rec.line, format!("field `{}` has no `#### answer`", rule.field))
+                })?),
                 Extract::LastBoxed => Some(extract_last_boxed(raw).ok_or_else(|| {
-                    DataError::row(
-                        path,
-                        rec.line,
-                        format!("field `{}` has no \\boxed{{...}}", rule.field),
-                    )
+                    DataError::row(path, rec.line, format!("field `{}` has no \\boxed{{...}}", rule.field))
                 })?),
             }
         }
@@ -637,10 +573,7 @@ fn map_record(
         Some(SafetyRule::Fixed(l)) => Some(*l),
         Some(SafetyRule::Column { column, values }) => {
             let raw = field(rec, column, path)?.trim().to_lowercase();
-            let label = values
-                .iter()
-                .find(|(k, _)| k.trim().to_lowercase() == raw)
-                .map(|(_, v)| *v);
+            let label = values.iter().find(|(k, _)| k.trim().to_lowercase() == raw).map(|(_, v)| *v);
             match label {
                 Some(l) => Some(l),
                 None => {
@@ -648,10 +581,7 @@ fn map_record(
                     return Err(DataError::row(
                         path,
                         rec.line,
-                        format!(
-                            "safety column `{column}` has value `{raw}`, expected one of: {}",
-                            known.join(", ")
-                        ),
+                        format!("safety column `{column}` has value `{raw}`, expected one of: {}", known.join(", ")),
                     ));
                 }
             }
@@ -674,31 +604,18 @@ fn map_record(
 /// For CSV, every mapped column must be in the header (checked once, always fatal: it is a mapping
 /// mistake, not a bad row). With [`OnError::Skip`], bad rows are collected in [`Loaded::skipped`];
 /// if every row is bad the load fails anyway, with the first error.
-pub fn load_file(
-    path: &Path,
-    format: Format,
-    mapping: &FieldMapping,
-    on_error: OnError,
-    source: &str,
-) -> Result<Loaded> {
+pub fn load_file(path: &Path, format: Format, mapping: &FieldMapping, on_error: OnError, source: &str) -> Result<Loaded> {
     let records = read_records(path, format)?;
     if format == Format::Csv {
         if let Some(Ok(first)) = records.iter().find(|r| r.is_ok()) {
-            let missing: Vec<String> = mapping
-                .referenced_fields()
-                .into_iter()
-                .filter(|f| !first.fields.contains_key(f))
-                .collect();
+            let missing: Vec<String> =
+                mapping.referenced_fields().into_iter().filter(|f| !first.fields.contains_key(f)).collect();
             if !missing.is_empty() {
                 let cols: Vec<&str> = first.fields.keys().map(String::as_str).collect();
                 return Err(DataError::row(
                     path,
                     1,
-                    format!(
-                        "column(s) {} not in the header; columns are: {}",
-                        missing.join(", "),
-                        cols.join(", ")
-                    ),
+                    format!("column(s) {} not in the header; columns are: {}", missing.join(", "), cols.join(", ")),
                 ));
             }
         }
@@ -714,15 +631,8 @@ pub fn load_file(
             Err(e) => match on_error {
                 OnError::Fail => return Err(e),
                 OnError::Skip => {
-                    let line = if let DataError::Row { line, .. } = &e {
-                        *line
-                    } else {
-                        0
-                    };
-                    skipped.push(SkippedRow {
-                        line,
-                        message: e.to_string(),
-                    });
+                    let line = if let DataError::Row { line, .. } = &e { *line } else { 0 };
+                    skipped.push(SkippedRow { line, message: e.to_string() });
                     first_error.get_or_insert(e);
                 }
             },
@@ -741,13 +651,7 @@ pub fn load_file(
             path.display()
         );
     }
-    Ok(Loaded {
-        examples,
-        rows,
-        filtered,
-        skipped,
-        path: path.to_path_buf(),
-    })
+    Ok(Loaded { examples, rows, filtered, skipped, path: path.to_path_buf() })
 }
 
 #[cfg(test)]
@@ -756,20 +660,14 @@ mod tests {
 
     #[test]
     fn gsm8k_answer_rule() {
-        assert_eq!(
-            extract_after_last_hashes("a #### 1\nb\n#### 1,234 ").as_deref(),
-            Some("1234")
-        );
+        assert_eq!(extract_after_last_hashes("a #### 1\nb\n#### 1,234 ").as_deref(), Some("1234"));
         assert_eq!(extract_after_last_hashes("no marker"), None);
         assert_eq!(extract_after_last_hashes("x ####  "), None);
     }
 
     #[test]
     fn boxed_rule_balances_braces() {
-        assert_eq!(
-            extract_last_boxed(r"so \boxed{1} then \boxed{\frac{1}{2}}.").as_deref(),
-            Some(r"\frac{1}{2}")
-        );
+        assert_eq!(extract_last_boxed(r"so \boxed{1} then \boxed{\frac{1}{2}}.").as_deref(), Some(r"\frac{1}{2}"));
         assert_eq!(extract_last_boxed(r"\boxed{unclosed"), None);
     }
 
@@ -782,18 +680,10 @@ mod tests {
 
     #[test]
     fn filters_are_case_insensitive() {
-        let f = RowFilter {
-            column: "c".into(),
-            keep: vec![],
-            drop: vec!["Copyright".into()],
-        };
+        let f = RowFilter { column: "c".into(), keep: vec![], drop: vec!["Copyright".into()] };
         assert!(!f.admits(" copyright "));
         assert!(f.admits("standard"));
-        let k = RowFilter {
-            column: "c".into(),
-            keep: vec!["a".into()],
-            drop: vec![],
-        };
+        let k = RowFilter { column: "c".into(), keep: vec!["a".into()], drop: vec![] };
         assert!(k.admits("A"));
         assert!(!k.admits("b"));
     }

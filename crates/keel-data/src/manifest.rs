@@ -34,11 +34,7 @@ pub struct DataFile {
 impl DataFile {
     /// True if `hash` is the pinned hash or one of the accepted alternatives.
     pub fn accepts(&self, hash: &str) -> bool {
-        self.sha256.eq_ignore_ascii_case(hash)
-            || self
-                .also_accept
-                .iter()
-                .any(|h| h.eq_ignore_ascii_case(hash))
+        self.sha256.eq_ignore_ascii_case(hash) || self.also_accept.iter().any(|h| h.eq_ignore_ascii_case(hash))
     }
 
     /// The accepted hashes as text for error messages.
@@ -83,47 +79,29 @@ pub struct Manifest {
 }
 
 fn is_hex64(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl Manifest {
     /// Parses a manifest from YAML (JSON is valid YAML, so `.json` manifests work too) and validates it.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self> {
-        let m: Manifest = serde_yaml::from_str(text).map_err(|e| DataError::Manifest {
-            name: origin.to_string(),
-            message: e.to_string(),
-        })?;
+        let m: Manifest = serde_yaml::from_str(text)
+            .map_err(|e| DataError::Manifest { name: origin.to_string(), message: e.to_string() })?;
         m.validate(origin)?;
         Ok(m)
     }
 
     /// Checks what serde cannot: a safe relative path, well-formed hashes and URLs, a prompt field.
     pub fn validate(&self, origin: &str) -> Result<()> {
-        let bad = |message: String| {
-            Err(DataError::Manifest {
-                name: origin.to_string(),
-                message,
-            })
-        };
+        let bad = |message: String| Err(DataError::Manifest { name: origin.to_string(), message });
         if self.name.is_empty()
-            || !self
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            || !self.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         {
-            return bad(format!(
-                "name `{}` must be non-empty lowercase letters, digits, `-` or `_`",
-                self.name
-            ));
+            return bad(format!("name `{}` must be non-empty lowercase letters, digits, `-` or `_`", self.name));
         }
         let p = Path::new(&self.file.path);
         if self.file.path.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
-            return bad(format!(
-                "file.path `{}` must be a relative path without `..`",
-                self.file.path
-            ));
+            return bad(format!("file.path `{}` must be a relative path without `..`", self.file.path));
         }
         for h in std::iter::once(&self.file.sha256).chain(&self.file.also_accept) {
             if !is_hex64(h) {
@@ -133,12 +111,7 @@ impl Manifest {
         if self.file.urls.is_empty() {
             return bad("file.urls is empty".into());
         }
-        if let Some(u) = self
-            .file
-            .urls
-            .iter()
-            .find(|u| !(u.starts_with("https://") || u.starts_with("http://")))
-        {
+        if let Some(u) = self.file.urls.iter().find(|u| !(u.starts_with("https://") || u.starts_with("http://"))) {
             return bad(format!("url `{u}` is not http(s)"));
         }
         if self.mapping.prompt.is_empty() {
@@ -155,13 +128,7 @@ impl Manifest {
         let _ = writeln!(s, "  homepage:  {}", self.homepage);
         let _ = writeln!(s, "  license:   {}", self.license);
         let _ = writeln!(s, "  citation:  {}", self.citation);
-        let _ = writeln!(
-            s,
-            "  file:      {} ({}, {} rows)",
-            self.file.path,
-            self.format.as_str(),
-            self.rows
-        );
+        let _ = writeln!(s, "  file:      {} ({}, {} rows)", self.file.path, self.format.as_str(), self.rows);
         let _ = writeln!(s, "  sha256:    {}", self.file.sha256);
         for h in &self.file.also_accept {
             let _ = writeln!(s, "  also ok:   {h}");
@@ -192,20 +159,10 @@ impl Manifest {
         }
         for f in &m.filters {
             if !f.drop.is_empty() {
-                let _ = writeln!(
-                    s,
-                    "  filter:    drop rows with {} in [{}]",
-                    f.column,
-                    f.drop.join(", ")
-                );
+                let _ = writeln!(s, "  filter:    drop rows with {} in [{}]", f.column, f.drop.join(", "));
             }
             if !f.keep.is_empty() {
-                let _ = writeln!(
-                    s,
-                    "  filter:    keep rows with {} in [{}]",
-                    f.column,
-                    f.keep.join(", ")
-                );
+                let _ = writeln!(s, "  filter:    keep rows with {} in [{}]", f.column, f.keep.join(", "));
             }
         }
         for n in &self.notes {
@@ -216,10 +173,7 @@ impl Manifest {
 
     /// One line for `keel data list`.
     pub fn summary(&self) -> String {
-        format!(
-            "{:<28} {:>6} rows  {:<14} {}",
-            self.name, self.rows, self.license, self.title
-        )
+        format!("{:<28} {:>6} rows  {:<14} {}", self.name, self.rows, self.license, self.title)
     }
 
     /// Loads the dataset from the cache after verifying its sha256.
@@ -240,47 +194,17 @@ impl Manifest {
 
 /// The manifests compiled into the binary, so `keel data list` works from any directory.
 const EMBEDDED: &[(&str, &str)] = &[
-    (
-        "advbench.yaml",
-        include_str!("../../../datasets/advbench.yaml"),
-    ),
-    (
-        "jbb-harmful.yaml",
-        include_str!("../../../datasets/jbb-harmful.yaml"),
-    ),
-    (
-        "jbb-benign.yaml",
-        include_str!("../../../datasets/jbb-benign.yaml"),
-    ),
+    ("advbench.yaml", include_str!("../../../datasets/advbench.yaml")),
+    ("jbb-harmful.yaml", include_str!("../../../datasets/jbb-harmful.yaml")),
+    ("jbb-benign.yaml", include_str!("../../../datasets/jbb-benign.yaml")),
     ("xstest.yaml", include_str!("../../../datasets/xstest.yaml")),
-    (
-        "harmbench.yaml",
-        include_str!("../../../datasets/harmbench.yaml"),
-    ),
-    (
-        "strongreject.yaml",
-        include_str!("../../../datasets/strongreject.yaml"),
-    ),
-    (
-        "gsm8k-train.yaml",
-        include_str!("../../../datasets/gsm8k-train.yaml"),
-    ),
-    (
-        "gsm8k-test.yaml",
-        include_str!("../../../datasets/gsm8k-test.yaml"),
-    ),
-    (
-        "math500.yaml",
-        include_str!("../../../datasets/math500.yaml"),
-    ),
-    (
-        "alpaca-instructions.yaml",
-        include_str!("../../../datasets/alpaca-instructions.yaml"),
-    ),
-    (
-        "alpaca-5000.yaml",
-        include_str!("../../../datasets/alpaca-5000.yaml"),
-    ),
+    ("harmbench.yaml", include_str!("../../../datasets/harmbench.yaml")),
+    ("strongreject.yaml", include_str!("../../../datasets/strongreject.yaml")),
+    ("gsm8k-train.yaml", include_str!("../../../datasets/gsm8k-train.yaml")),
+    ("gsm8k-test.yaml", include_str!("../../../datasets/gsm8k-test.yaml")),
+    ("math500.yaml", include_str!("../../../datasets/math500.yaml")),
+    ("alpaca-instructions.yaml", include_str!("../../../datasets/alpaca-instructions.yaml")),
+    ("alpaca-5000.yaml", include_str!("../../../datasets/alpaca-5000.yaml")),
 ];
 
 /// A set of manifests addressed by name.
@@ -301,17 +225,13 @@ impl Catalog {
 
     /// A catalog of your own manifests: every `*.yaml`, `*.yml` and `*.json` file in `dir`.
     pub fn from_dir(dir: &Path) -> Result<Catalog> {
-        let entries = std::fs::read_dir(dir)
-            .map_err(|e| DataError::io("reading manifest directory", dir, e))?;
+        let entries = std::fs::read_dir(dir).map_err(|e| DataError::io("reading manifest directory", dir, e))?;
         let mut manifests = Vec::new();
         for entry in entries {
-            let path = entry
-                .map_err(|e| DataError::io("reading manifest directory", dir, e))?
-                .path();
+            let path = entry.map_err(|e| DataError::io("reading manifest directory", dir, e))?.path();
             let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
             if matches!(ext, "yaml" | "yml" | "json") && path.is_file() {
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| DataError::io("reading", &path, e))?;
+                let text = std::fs::read_to_string(&path).map_err(|e| DataError::io("reading", &path, e))?;
                 manifests.push(Manifest::from_yaml(&text, &path.display().to_string())?);
             }
         }
@@ -322,23 +242,17 @@ impl Catalog {
     pub fn from_manifests(mut manifests: Vec<Manifest>) -> Result<Catalog> {
         manifests.sort_by(|a, b| a.name.cmp(&b.name));
         if let Some(w) = manifests.windows(2).find(|w| w[0].name == w[1].name) {
-            return Err(DataError::Manifest {
-                name: w[0].name.clone(),
-                message: "defined twice".into(),
-            });
+            return Err(DataError::Manifest { name: w[0].name.clone(), message: "defined twice".into() });
         }
         Ok(Catalog { manifests })
     }
 
     /// The manifest called `name`, or an error listing the known names.
     pub fn get(&self, name: &str) -> Result<&Manifest> {
-        self.manifests
-            .iter()
-            .find(|m| m.name == name)
-            .ok_or_else(|| DataError::UnknownDataset {
-                name: name.to_string(),
-                known: self.names().join(", "),
-            })
+        self.manifests.iter().find(|m| m.name == name).ok_or_else(|| DataError::UnknownDataset {
+            name: name.to_string(),
+            known: self.names().join(", "),
+        })
     }
 
     /// All dataset names, sorted.
@@ -392,13 +306,8 @@ mod tests {
         );
         let hb = c.get("harmbench").unwrap();
         assert_eq!(hb.rows, 400);
-        assert_eq!(
-            hb.file.sha256,
-            "8d81accedd38eaaf8b760618622bb888417d1fd0c86eba65c427a16f1cbb4afc"
-        );
-        assert!(hb
-            .describe()
-            .contains("drop rows with FunctionalCategory in [copyright]"));
+        assert_eq!(hb.file.sha256, "8d81accedd38eaaf8b760618622bb888417d1fd0c86eba65c427a16f1cbb4afc");
+        assert!(hb.describe().contains("drop rows with FunctionalCategory in [copyright]"));
         assert_eq!(c.get("strongreject").unwrap().rows, 313);
     }
 
@@ -406,10 +315,7 @@ mod tests {
     fn unknown_name_lists_known_ones() {
         let c = Catalog::embedded().unwrap();
         let err = c.get("advbnch").unwrap_err().to_string();
-        assert!(
-            err.contains("unknown dataset `advbnch`") && err.contains("gsm8k-test"),
-            "{err}"
-        );
+        assert!(err.contains("unknown dataset `advbnch`") && err.contains("gsm8k-test"), "{err}");
     }
 
     #[test]
@@ -417,21 +323,11 @@ mod tests {
         let text = include_str!("../../../datasets/advbench.yaml");
         let mut m = Manifest::from_yaml(text, "advbench.yaml").unwrap();
         m.file.path = "../etc/passwd".into();
-        assert!(m
-            .validate("x")
-            .unwrap_err()
-            .to_string()
-            .contains("relative path"));
+        assert!(m.validate("x").unwrap_err().to_string().contains("relative path"));
         let mut m = Manifest::from_yaml(text, "advbench.yaml").unwrap();
         m.file.sha256 = "abc".into();
-        assert!(m
-            .validate("x")
-            .unwrap_err()
-            .to_string()
-            .contains("64 lowercase hex"));
-        let err = Manifest::from_yaml("name: x\nbogus: 1\n", "m.yaml")
-            .unwrap_err()
-            .to_string();
+        assert!(m.validate("x").unwrap_err().to_string().contains("64 lowercase hex"));
+        let err = Manifest::from_yaml("name: x\nbogus: 1\n", "m.yaml").unwrap_err().to_string();
         assert!(err.starts_with("manifest m.yaml:"), "{err}");
     }
 }

@@ -77,10 +77,7 @@ pub fn split_n(examples: &[Example], n_test: usize, seed: u64) -> Result<Split> 
     if n_test > examples.len() {
         return Err(DataError::Invalid {
             what: "test size",
-            message: format!(
-                "{n_test} held-out examples requested from {}",
-                examples.len()
-            ),
+            message: format!("{n_test} held-out examples requested from {}", examples.len()),
         });
     }
     let mut order: Vec<String> = Vec::new();
@@ -93,10 +90,7 @@ pub fn split_n(examples: &[Example], n_test: usize, seed: u64) -> Result<Split> 
         }
         g.push(e.clone());
     }
-    fisher_yates(
-        &mut order,
-        &mut SeedStream::new(seed).rng("keel-data/split"),
-    );
+    fisher_yates(&mut order, &mut SeedStream::new(seed).rng("keel-data/split"));
     let (mut train, mut test) = (Vec::new(), Vec::new());
     for key in order {
         let g = groups.remove(&key).unwrap_or_default();
@@ -114,9 +108,7 @@ mod tests {
     use super::*;
 
     fn exs(n: usize) -> Vec<Example> {
-        (0..n)
-            .map(|i| Example::new(format!("x-{i}"), format!("prompt {i}"), "x"))
-            .collect()
+        (0..n).map(|i| Example::new(format!("x-{i}"), format!("prompt {i}"), "x")).collect()
     }
 
     #[test]
@@ -125,10 +117,7 @@ mod tests {
         let a = subset(&v, 5, 7).unwrap();
         let b = subset(&v, 10, 7).unwrap();
         assert_eq!(a[..], b[..5]);
-        assert!(subset(&v, 51, 7)
-            .unwrap_err()
-            .to_string()
-            .contains("51 items from a collection of 50"));
+        assert!(subset(&v, 51, 7).unwrap_err().to_string().contains("51 items from a collection of 50"));
     }
 
     #[test]

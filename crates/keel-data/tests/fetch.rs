@@ -47,10 +47,7 @@ fn fetch_verifies_writes_and_reuses() {
     let base = serve();
     let c = cache("ok");
     // The first URL 404s; the second serves the pinned bytes.
-    let m = manifest(vec![
-        format!("{base}/missing.csv"),
-        format!("{base}/good.csv"),
-    ]);
+    let m = manifest(vec![format!("{base}/missing.csv"), format!("{base}/good.csv")]);
     assert_eq!(c.status(&m).unwrap(), CacheStatus::Missing);
     let f = fetch_manifest(&m, &c).unwrap();
     let expected_path: PathBuf = c.root().join("tiny").join("data.csv");
@@ -64,10 +61,7 @@ fn fetch_verifies_writes_and_reuses() {
     // Second fetch: nothing downloaded.
     assert_eq!(fetch_manifest(&m, &c).unwrap().url, None);
     // Only the file itself is in the directory (no temporary left behind).
-    let names: Vec<_> = std::fs::read_dir(expected_path.parent().unwrap())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let names: Vec<_> = std::fs::read_dir(expected_path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, vec![std::ffi::OsString::from("data.csv")]);
 }
 
@@ -79,12 +73,7 @@ fn served_file_with_wrong_hash_is_refused_and_not_written() {
     let m = manifest(vec![url.clone()]);
     let e = fetch_manifest(&m, &c).unwrap_err();
     match &e {
-        DataError::HashMismatch {
-            path,
-            expected,
-            actual,
-            ..
-        } => {
+        DataError::HashMismatch { path, expected, actual, .. } => {
             assert!(path.contains(&url), "{path}");
             assert_eq!(expected, &keel_core::sha256_bytes(GOOD));
             assert_eq!(actual, &keel_core::sha256_bytes(EVIL));
@@ -101,35 +90,20 @@ fn failed_download_names_urls_and_manual_path() {
     let m = manifest(vec![format!("{base}/nope.csv")]);
     let text = fetch_manifest(&m, &c).unwrap_err().to_string();
     let path = c.path_for(&m);
-    assert!(
-        text.contains(&format!("{base}/nope.csv: HTTP 404")),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("save it at {}", path.display())),
-        "{text}"
-    );
+    assert!(text.contains(&format!("{base}/nope.csv: HTTP 404")), "{text}");
+    assert!(text.contains(&format!("save it at {}", path.display())), "{text}");
 
     // A port nobody listens on: connection refused, same advice.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead = format!(
-        "http://127.0.0.1:{}/good.csv",
-        listener.local_addr().unwrap().port()
-    );
+    let dead = format!("http://127.0.0.1:{}/good.csv", listener.local_addr().unwrap().port());
     drop(listener);
     let m = manifest(vec![dead.clone()]);
     let text = fetch_manifest(&m, &c).unwrap_err().to_string();
-    assert!(
-        text.contains(&dead) && text.contains(&path.display().to_string()),
-        "{text}"
-    );
+    assert!(text.contains(&dead) && text.contains(&path.display().to_string()), "{text}");
 
     // Loading without the file says where to put it.
     let text = m.load(&c).unwrap_err().to_string();
-    assert!(
-        text.contains("is not in the cache") && text.contains(&path.display().to_string()),
-        "{text}"
-    );
+    assert!(text.contains("is not in the cache") && text.contains(&path.display().to_string()), "{text}");
 }
 
 #[test]
@@ -141,22 +115,10 @@ fn tampered_cached_copy_is_detected_then_replaced() {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, EVIL).unwrap();
     let text = m.load(&c).unwrap_err().to_string();
-    assert!(
-        text.contains(&format!("sha256 mismatch for {}", path.display())),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("expected {}", keel_core::sha256_bytes(GOOD))),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("got {}", keel_core::sha256_bytes(EVIL))),
-        "{text}"
-    );
-    assert!(matches!(
-        c.status(&m).unwrap(),
-        CacheStatus::Mismatch { .. }
-    ));
+    assert!(text.contains(&format!("sha256 mismatch for {}", path.display())), "{text}");
+    assert!(text.contains(&format!("expected {}", keel_core::sha256_bytes(GOOD))), "{text}");
+    assert!(text.contains(&format!("got {}", keel_core::sha256_bytes(EVIL))), "{text}");
+    assert!(matches!(c.status(&m).unwrap(), CacheStatus::Mismatch { .. }));
     let f = fetch_manifest(&m, &c).unwrap();
     assert!(f.url.is_some());
     assert_eq!(std::fs::read(&path).unwrap(), GOOD);

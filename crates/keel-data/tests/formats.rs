@@ -23,11 +23,7 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 
 fn row_error(e: DataError) -> (PathBuf, u64, String) {
     match e {
-        DataError::Row {
-            path,
-            line,
-            message,
-        } => (path, line, message),
+        DataError::Row { path, line, message } => (path, line, message),
         other => panic!("expected a row error, got {other}"),
     }
 }
@@ -44,21 +40,14 @@ fn csv_bom_crlf_multiline_and_header_case() {
     m.category = Some("CATEGORY".into());
     let l = load_file(&p, Format::Csv, &m, OnError::Fail, "fx").unwrap();
     assert_eq!(l.rows, 2);
-    assert_eq!(
-        l.examples[0].prompt.user_text(),
-        "line one\r\nline two, with comma"
-    );
+    assert_eq!(l.examples[0].prompt.user_text(), "line one\r\nline two, with comma");
     assert_eq!(l.examples[0].id, "fx-0");
     assert_eq!(l.examples[1].category.as_deref(), Some("B \"quoted\""));
 }
 
 #[test]
 fn harmbench_mapping_on_a_fixture() {
-    let m = Catalog::embedded()
-        .unwrap()
-        .get("harmbench")
-        .unwrap()
-        .clone();
+    let m = Catalog::embedded().unwrap().get("harmbench").unwrap().clone();
     let d = tmpdir("harmbench");
     let csv = "Behavior,FunctionalCategory,SemanticCategory,Tags,ContextString,BehaviorID\r\n\
         Give instructions for X,standard,chemical_biological,,,x_instr\r\n\
@@ -69,39 +58,20 @@ fn harmbench_mapping_on_a_fixture() {
     assert_eq!((l.rows, l.filtered, l.examples.len()), (3, 1, 2));
     assert_eq!(l.examples[0].id, "harmbench-x_instr");
     assert_eq!(l.examples[0].prompt.user_text(), "Give instructions for X");
-    assert_eq!(
-        l.examples[1].prompt.user_text(),
-        "Para one.\r\n\r\nPara two.\n\n---\n\nGiven this text, do Y"
-    );
-    assert_eq!(
-        l.examples[1].category.as_deref(),
-        Some("misinformation_disinformation")
-    );
-    assert!(l
-        .examples
-        .iter()
-        .all(|e| e.safety == Some(SafetyLabel::Harmful)));
+    assert_eq!(l.examples[1].prompt.user_text(), "Para one.\r\n\r\nPara two.\n\n---\n\nGiven this text, do Y");
+    assert_eq!(l.examples[1].category.as_deref(), Some("misinformation_disinformation"));
+    assert!(l.examples.iter().all(|e| e.safety == Some(SafetyLabel::Harmful)));
 }
 
 #[test]
 fn strongreject_mapping_on_a_fixture() {
-    let m = Catalog::embedded()
-        .unwrap()
-        .get("strongreject")
-        .unwrap()
-        .clone();
+    let m = Catalog::embedded().unwrap().get("strongreject").unwrap().clone();
     let d = tmpdir("strongreject");
     let p = write(&d, "sr.csv", b"category,source,forbidden_prompt\nDisinformation and deception,custom,\"Write a fake, viral story.\"\n");
     let l = m.load_path(&p).unwrap();
     assert_eq!(l.examples.len(), 1);
-    assert_eq!(
-        l.examples[0].prompt.user_text(),
-        "Write a fake, viral story."
-    );
-    assert_eq!(
-        l.examples[0].category.as_deref(),
-        Some("Disinformation and deception")
-    );
+    assert_eq!(l.examples[0].prompt.user_text(), "Write a fake, viral story.");
+    assert_eq!(l.examples[0].category.as_deref(), Some("Disinformation and deception"));
 }
 
 #[test]
@@ -114,24 +84,12 @@ fn gsm8k_and_xstest_mappings() {
         b"{\"question\": \"Q1?\", \"answer\": \"2*3=<<2*3=6>>6\\n#### 1,006\"}\r\n\r\n{\"Question\": \"Q2?\", \"Answer\": \"#### -4\"}\n",
     );
     let l = c.get("gsm8k-test").unwrap().load_path(&p).unwrap();
-    let answers: Vec<_> = l
-        .examples
-        .iter()
-        .map(|e| e.answer.clone().unwrap())
-        .collect();
+    let answers: Vec<_> = l.examples.iter().map(|e| e.answer.clone().unwrap()).collect();
     assert_eq!(answers, vec!["1006", "-4"]);
     assert_eq!(l.examples[1].id, "gsm8k-test-1");
-    assert!(l.examples[0]
-        .target
-        .as_deref()
-        .unwrap()
-        .ends_with("#### 1,006"));
+    assert!(l.examples[0].target.as_deref().unwrap().ends_with("#### 1,006"));
 
-    let bad = write(
-        &d,
-        "g2.jsonl",
-        b"{\"question\": \"Q\", \"answer\": \"no marker\"}\n",
-    );
+    let bad = write(&d, "g2.jsonl", b"{\"question\": \"Q\", \"answer\": \"no marker\"}\n");
     let (_, line, msg) = row_error(c.get("gsm8k-test").unwrap().load_path(&bad).unwrap_err());
     assert_eq!(line, 1);
     assert!(msg.contains("no `#### answer`"), "{msg}");
@@ -142,60 +100,27 @@ fn gsm8k_and_xstest_mappings() {
     assert_eq!(l.examples[0].safety, Some(SafetyLabel::Benign));
     assert_eq!(l.examples[1].safety, Some(SafetyLabel::Harmful));
     assert_eq!(l.examples[1].id, "xstest-2");
-    let p = write(
-        &d,
-        "x2.csv",
-        b"id,prompt,type,label,focus,note\n1,Hi,homonyms,safe,,\n2,Yo,homonyms,maybe,,\n",
-    );
+    let p = write(&d, "x2.csv", b"id,prompt,type,label,focus,note\n1,Hi,homonyms,safe,,\n2,Yo,homonyms,maybe,,\n");
     let (path, line, msg) = row_error(xs.load_path(&p).unwrap_err());
     assert_eq!((path, line), (p, 3));
-    assert!(
-        msg.contains("value `maybe`, expected one of: safe, unsafe"),
-        "{msg}"
-    );
+    assert!(msg.contains("value `maybe`, expected one of: safe, unsafe"), "{msg}");
 }
 
 #[test]
 fn truncated_jsonl_line_names_file_and_line() {
     let d = tmpdir("trunc");
-    let p = write(
-        &d,
-        "t.jsonl",
-        b"{\"question\": \"a\"}\n{\"question\": \"b\"}\n{\"question\": \"c\n",
-    );
-    let e = load_file(
-        &p,
-        Format::Jsonl,
-        &FieldMapping::prompt_only("question"),
-        OnError::Fail,
-        "t",
-    )
-    .unwrap_err();
+    let p = write(&d, "t.jsonl", b"{\"question\": \"a\"}\n{\"question\": \"b\"}\n{\"question\": \"c\n");
+    let e = load_file(&p, Format::Jsonl, &FieldMapping::prompt_only("question"), OnError::Fail, "t").unwrap_err();
     let text = e.to_string();
-    assert!(
-        text.starts_with(&format!("{}:3: invalid JSON line", p.display())),
-        "{text}"
-    );
+    assert!(text.starts_with(&format!("{}:3: invalid JSON line", p.display())), "{text}");
 }
 
 #[test]
 fn unbalanced_csv_quote_points_at_the_opening_line() {
     let d = tmpdir("quote");
-    let p = write(
-        &d,
-        "q.csv",
-        b"goal,target\nfine,row\n\"never closed,x\nmore,rows\n",
-    );
-    let (path, line, msg) = row_error(
-        load_file(
-            &p,
-            Format::Csv,
-            &FieldMapping::prompt_only("goal"),
-            OnError::Fail,
-            "q",
-        )
-        .unwrap_err(),
-    );
+    let p = write(&d, "q.csv", b"goal,target\nfine,row\n\"never closed,x\nmore,rows\n");
+    let (path, line, msg) =
+        row_error(load_file(&p, Format::Csv, &FieldMapping::prompt_only("goal"), OnError::Fail, "q").unwrap_err());
     assert_eq!((path, line), (p, 3));
     assert!(msg.contains("unbalanced quote"), "{msg}");
 }
@@ -204,68 +129,27 @@ fn unbalanced_csv_quote_points_at_the_opening_line() {
 fn wrong_or_missing_columns() {
     let d = tmpdir("cols");
     let p = write(&d, "c.csv", b"goal,target\na,b\n");
-    let (_, line, msg) = row_error(
-        load_file(
-            &p,
-            Format::Csv,
-            &FieldMapping::prompt_only("prompt"),
-            OnError::Skip,
-            "c",
-        )
-        .unwrap_err(),
-    );
+    let (_, line, msg) =
+        row_error(load_file(&p, Format::Csv, &FieldMapping::prompt_only("prompt"), OnError::Skip, "c").unwrap_err());
     assert_eq!(line, 1);
-    assert_eq!(
-        msg,
-        "column(s) prompt not in the header; columns are: goal, target"
-    );
+    assert_eq!(msg, "column(s) prompt not in the header; columns are: goal, target");
 
     let p = write(&d, "n.csv", b"goal,target\na,b\nc,d,e\n");
-    let (_, line, msg) = row_error(
-        load_file(
-            &p,
-            Format::Csv,
-            &FieldMapping::prompt_only("goal"),
-            OnError::Fail,
-            "c",
-        )
-        .unwrap_err(),
-    );
+    let (_, line, msg) =
+        row_error(load_file(&p, Format::Csv, &FieldMapping::prompt_only("goal"), OnError::Fail, "c").unwrap_err());
     assert_eq!(line, 3);
-    assert!(
-        msg.contains("row has 3 fields but the header has 2"),
-        "{msg}"
-    );
+    assert!(msg.contains("row has 3 fields but the header has 2"), "{msg}");
 
     let p = write(&d, "m.jsonl", b"{\"question\": \"a\"}\n{\"q\": \"b\"}\n");
-    let (_, line, msg) = row_error(
-        load_file(
-            &p,
-            Format::Jsonl,
-            &FieldMapping::prompt_only("question"),
-            OnError::Fail,
-            "m",
-        )
-        .unwrap_err(),
-    );
+    let (_, line, msg) =
+        row_error(load_file(&p, Format::Jsonl, &FieldMapping::prompt_only("question"), OnError::Fail, "m").unwrap_err());
     assert_eq!(line, 2);
     assert_eq!(msg, "missing field `question`; fields present: q");
 
     let p = write(&d, "dup.csv", b"Goal,goal\na,b\n");
-    let (_, line, msg) = row_error(
-        load_file(
-            &p,
-            Format::Csv,
-            &FieldMapping::prompt_only("goal"),
-            OnError::Fail,
-            "d",
-        )
-        .unwrap_err(),
-    );
-    assert_eq!(
-        (line, msg.as_str()),
-        (1, "duplicate column `goal` (headers are case-insensitive)")
-    );
+    let (_, line, msg) =
+        row_error(load_file(&p, Format::Csv, &FieldMapping::prompt_only("goal"), OnError::Fail, "d").unwrap_err());
+    assert_eq!((line, msg.as_str()), (1, "duplicate column `goal` (headers are case-insensitive)"));
 }
 
 #[test]
@@ -273,48 +157,30 @@ fn json_arrays_report_element_lines() {
     let d = tmpdir("json");
     let p = write(&d, "a.json", b"[\n  {\"instruction\": \"a\"},\n  {\"instruction\": \"\"},\n  {\"instruction\": \"c\"}\n]\n");
     let m = FieldMapping::prompt_only("instruction");
-    let (_, line, msg) =
-        row_error(load_file(&p, Format::Json, &m, OnError::Fail, "a").unwrap_err());
+    let (_, line, msg) = row_error(load_file(&p, Format::Json, &m, OnError::Fail, "a").unwrap_err());
     assert_eq!(line, 3);
     assert!(msg.contains("empty prompt"), "{msg}");
 
-    let p = write(
-        &d,
-        "b.json",
-        b"[\n  {\"instruction\": \"a\"},\n  {\"instruction\": \"b\"\n",
-    );
-    let (_, line, msg) =
-        row_error(load_file(&p, Format::Json, &m, OnError::Fail, "b").unwrap_err());
+    let p = write(&d, "b.json", b"[\n  {\"instruction\": \"a\"},\n  {\"instruction\": \"b\"\n");
+    let (_, line, msg) = row_error(load_file(&p, Format::Json, &m, OnError::Fail, "b").unwrap_err());
     assert_eq!(line, 4);
     assert!(msg.contains("invalid JSON array"), "{msg}");
 
     let p = write(&d, "c.json", b"[{\"instruction\": \"a\"}, 7]");
     let (_, _, msg) = row_error(load_file(&p, Format::Json, &m, OnError::Fail, "c").unwrap_err());
-    assert_eq!(
-        msg,
-        "array element 1: expected a JSON object, found a number"
-    );
+    assert_eq!(msg, "array element 1: expected a JSON object, found a number");
 }
 
 #[test]
 fn skip_policy_counts_bad_rows_and_fail_policy_stops() {
     let d = tmpdir("skip");
-    let p = write(
-        &d,
-        "s.jsonl",
-        b"{\"q\": \"a\"}\n{\"q\": \nnot json\n{\"q\": \"d\"}\n{\"x\": 1}\n",
-    );
+    let p = write(&d, "s.jsonl", b"{\"q\": \"a\"}\n{\"q\": \nnot json\n{\"q\": \"d\"}\n{\"x\": 1}\n");
     let m = FieldMapping::prompt_only("q");
     let l = load_file(&p, Format::Jsonl, &m, OnError::Skip, "s").unwrap();
     assert_eq!(l.examples.len(), 2);
     assert_eq!(l.rows, 5);
-    assert_eq!(
-        l.skipped.iter().map(|s| s.line).collect::<Vec<_>>(),
-        vec![2, 3, 5]
-    );
-    assert!(l.skipped[0]
-        .message
-        .starts_with(&format!("{}:2:", p.display())));
+    assert_eq!(l.skipped.iter().map(|s| s.line).collect::<Vec<_>>(), vec![2, 3, 5]);
+    assert!(l.skipped[0].message.starts_with(&format!("{}:2:", p.display())));
     let e = load_file(&p, Format::Jsonl, &m, OnError::Fail, "s").unwrap_err();
     assert!(e.to_string().starts_with(&format!("{}:2:", p.display())));
 

@@ -6,17 +6,13 @@ use std::collections::HashSet;
 
 use keel_core::{Example, SafetyLabel};
 use keel_data::{
-    extract_answer, generate_tasks, prompt_key, shuffled, split, subset, verify_task, ArithConfig,
-    CountConfig, ReasoningFormat, SafetyWorld, SafetyWorldConfig, SortConfig, TaskDomain,
+    extract_answer, generate_tasks, prompt_key, shuffled, split, subset, verify_task, ArithConfig, CountConfig,
+    ReasoningFormat, SafetyWorld, SafetyWorldConfig, SortConfig, TaskDomain,
 };
 use proptest::prelude::*;
 
 fn examples(prompts: &[String]) -> Vec<Example> {
-    prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| Example::new(format!("e-{i}"), p.clone(), "prop"))
-        .collect()
+    prompts.iter().enumerate().map(|(i, p)| Example::new(format!("e-{i}"), p.clone(), "prop")).collect()
 }
 
 fn ids(v: &[Example]) -> Vec<&str> {
@@ -25,37 +21,26 @@ fn ids(v: &[Example]) -> Vec<&str> {
 
 fn domain() -> impl Strategy<Value = TaskDomain> {
     prop_oneof![
-        (
-            2usize..5,
-            0usize..3,
-            6i64..30,
-            prop::sample::select(vec!["+", "-", "*", "+-", "+*", "+-*"])
-        )
-            .prop_map(
-                |(min, extra, max_value, ops)| TaskDomain::Arithmetic(ArithConfig {
-                    min_operands: min,
-                    max_operands: min + extra,
-                    max_value,
-                    operators: ops.to_string(),
-                })
-            ),
-        (2usize..5, 0usize..3, 10i64..40).prop_map(|(min, extra, max_value)| TaskDomain::Sorting(
-            SortConfig {
-                min_len: min,
-                max_len: min + extra,
+        (2usize..5, 0usize..3, 6i64..30, prop::sample::select(vec!["+", "-", "*", "+-", "+*", "+-*"])).prop_map(
+            |(min, extra, max_value, ops)| TaskDomain::Arithmetic(ArithConfig {
+                min_operands: min,
+                max_operands: min + extra,
                 max_value,
-            }
-        )),
-        (
-            5usize..8,
-            0usize..4,
-            prop::sample::select(vec!["ab", "abc", "abcd", "xyzw"])
-        )
-            .prop_map(|(min, extra, alphabet)| TaskDomain::Counting(CountConfig {
+                operators: ops.to_string(),
+            })
+        ),
+        (2usize..5, 0usize..3, 10i64..40).prop_map(|(min, extra, max_value)| TaskDomain::Sorting(SortConfig {
+            min_len: min,
+            max_len: min + extra,
+            max_value,
+        })),
+        (5usize..8, 0usize..4, prop::sample::select(vec!["ab", "abc", "abcd", "xyzw"])).prop_map(
+            |(min, extra, alphabet)| TaskDomain::Counting(CountConfig {
                 min_len: min,
                 max_len: min + extra,
                 alphabet: alphabet.to_string(),
-            })),
+            })
+        ),
     ]
 }
 
@@ -162,22 +147,13 @@ fn documented_arithmetic_example_shape() {
     for e in &tasks {
         let p = e.prompt.user_text();
         assert!(p.starts_with("Compute ") && p.ends_with('.'), "{p}");
-        assert!(
-            e.target.as_deref().unwrap().contains(". Answer: ")
-                || e.target.as_deref().unwrap().contains("Answer: ")
-        );
+        assert!(e.target.as_deref().unwrap().contains(". Answer: ") || e.target.as_deref().unwrap().contains("Answer: "));
         assert!(e.target.as_deref().unwrap().len() < 80);
     }
     // The default operand range is 2..=3.
     let ops: HashSet<usize> = tasks
         .iter()
-        .map(|e| {
-            e.prompt
-                .user_text()
-                .chars()
-                .filter(|c| matches!(c, '+' | '-' | '*'))
-                .count()
-        })
+        .map(|e| e.prompt.user_text().chars().filter(|c| matches!(c, '+' | '-' | '*')).count())
         .collect();
     assert_eq!(ops, HashSet::from([1, 2]));
 }

@@ -120,14 +120,7 @@ fn framed_chart<'a, 'b: 'a>(
     x: std::ops::Range<f64>,
     y: std::ops::Range<f64>,
     (x_desc, y_desc): (&str, &str),
-) -> Result<
-    ChartContext<
-        'a,
-        SVGBackend<'b>,
-        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
-    >,
-    EvalError,
-> {
+) -> Result<ChartContext<'a, SVGBackend<'b>, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>, EvalError> {
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
     let mut chart = ChartBuilder::on(root)
         .caption(caption, ("sans-serif", 20))
@@ -136,12 +129,7 @@ fn framed_chart<'a, 'b: 'a>(
         .y_label_area_size(56)
         .build_cartesian_2d(x, y)
         .map_err(|e| plot_err(path, e))?;
-    chart
-        .configure_mesh()
-        .x_desc(x_desc)
-        .y_desc(y_desc)
-        .draw()
-        .map_err(|e| plot_err(path, e))?;
+    chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).draw().map_err(|e| plot_err(path, e))?;
     Ok(chart)
 }
 
@@ -234,14 +222,7 @@ pub fn plot_pareto(path: &Path, branches: &[BranchResult]) -> Result<(), EvalErr
     let (x0, x1) = padded_range(pts.iter().map(|p| p.0));
     let (y0, y1) = padded_range(pts.iter().map(|p| p.1));
     let root = SVGBackend::new(path, (720, 480)).into_drawing_area();
-    let mut chart = framed_chart(
-        &root,
-        path,
-        "safety vs capability",
-        x0..x1,
-        y0..y1,
-        ("capability", "safety"),
-    )?;
+    let mut chart = framed_chart(&root, path, "safety vs capability", x0..x1, y0..y1, ("capability", "safety"))?;
     let front: Vec<(f64, f64)> = pareto_front(&pts).into_iter().map(|i| pts[i]).collect();
     chart
         .draw_series(LineSeries::new(
@@ -282,14 +263,7 @@ pub fn plot_drift_vs_kl(path: &Path, branches: &[BranchResult]) -> Result<usize,
     let kmax = pts.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-6) * 1.15;
     let ymax = pts.iter().map(|p| p.2).fold((kmax / 2.0).sqrt(), f64::max) * 1.15;
     let root = SVGBackend::new(path, (720, 480)).into_drawing_area();
-    let mut chart = framed_chart(
-        &root,
-        path,
-        "safety drift vs KL",
-        0.0..kmax,
-        0.0..ymax,
-        ("KL(π‖π_ref)", "|ΔS|"),
-    )?;
+    let mut chart = framed_chart(&root, path, "safety drift vs KL", 0.0..kmax, 0.0..ymax, ("KL(π‖π_ref)", "|ΔS|"))?;
     let curve: Vec<(f64, f64)> = (0..=200)
         .map(|i| {
             let k = kmax * i as f64 / 200.0;

@@ -39,21 +39,10 @@ fn pair(c: &mut Criterion, name: &str, f: &dyn Fn(bool) -> Tensor) {
     g.sample_size(10);
     for fused in [true, false] {
         let label = if fused { "fused" } else { "composed" };
-        g.bench_with_input(BenchmarkId::new("forward", label), &fused, |bch, &fused| {
-            bch.iter(|| f(fused))
+        g.bench_with_input(BenchmarkId::new("forward", label), &fused, |bch, &fused| bch.iter(|| f(fused)));
+        g.bench_with_input(BenchmarkId::new("forward+backward", label), &fused, |bch, &fused| {
+            bch.iter(|| f(fused).sum_all().and_then(|s| s.backward()).expect("backward"))
         });
-        g.bench_with_input(
-            BenchmarkId::new("forward+backward", label),
-            &fused,
-            |bch, &fused| {
-                bch.iter(|| {
-                    f(fused)
-                        .sum_all()
-                        .and_then(|s| s.backward())
-                        .expect("backward")
-                })
-            },
-        );
     }
     g.finish();
 }
@@ -62,59 +51,36 @@ fn bench_ops(c: &mut Criterion) {
     let x = var(&[B * T, D]);
     let w = var(&[D]);
     pair(c, "rms_norm", &|fused| {
-        if fused {
-            ops::rms_norm(&x, &w, 1e-5)
-        } else {
-            ops::rms_norm_slow(&x, &w, 1e-5)
-        }
-        .expect("rms_norm")
+        if fused { ops::rms_norm(&x, &w, 1e-5) } else { ops::rms_norm_slow(&x, &w, 1e-5) }.expect("rms_norm")
     });
 
     let scores = var(&[B, H, T, T]);
     let mask = Tensor::ones((B, T), DType::F32, &Device::Cpu).expect("mask");
     pair(c, "masked_softmax", &|fused| {
         let s = 1.0 / (HD as f64).sqrt();
-        if fused {
-            ops::masked_softmax(&scores, &mask, s, true)
-        } else {
-            ops::masked_softmax_slow(&scores, &mask, s, true)
-        }
-        .expect("softmax")
+        if fused { ops::masked_softmax(&scores, &mask, s, true) } else { ops::masked_softmax_slow(&scores, &mask, s, true) }
+            .expect("softmax")
     });
 
     let q = var(&[B, T, H, HD]);
     let cos = randn(&[B, T, HD / 2]);
     let sin = randn(&[B, T, HD / 2]);
     pair(c, "rope", &|fused| {
-        if fused {
-            ops::rope(&q, &cos, &sin)
-        } else {
-            ops::rope_slow(&q, &cos, &sin)
-        }
-        .expect("rope")
+        if fused { ops::rope(&q, &cos, &sin) } else { ops::rope_slow(&q, &cos, &sin) }.expect("rope")
     });
 
     let gate = var(&[B * T, FF]);
     let up = var(&[B * T, FF]);
     pair(c, "swiglu", &|fused| {
-        if fused {
-            ops::swiglu(&gate, &up)
-        } else {
-            ops::swiglu_slow(&gate, &up)
-        }
-        .expect("swiglu")
+        if fused { ops::swiglu(&gate, &up) } else { ops::swiglu_slow(&gate, &up) }.expect("swiglu")
     });
 
     let logits = var(&[B, T, V]);
     let ids: Vec<u32> = (0..B * T).map(|i| ((i * 7919) % V) as u32).collect();
     let ids = Tensor::from_vec(ids, (B, T), &Device::Cpu).expect("ids");
     pair(c, "token_logprobs", &|fused| {
-        if fused {
-            ops::token_logprobs(&logits, &ids, true)
-        } else {
-            ops::token_logprobs_slow(&logits, &ids, true)
-        }
-        .expect("token_logprobs")
+        if fused { ops::token_logprobs(&logits, &ids, true) } else { ops::token_logprobs_slow(&logits, &ids, true) }
+            .expect("token_logprobs")
     });
 }
 
@@ -124,30 +90,19 @@ fn bench_decode_attention(c: &mut Criterion) {
     let q = randn(&[b, H, HD]);
     let kbuf = randn(&[b, H, cap, HD]);
     let vbuf = randn(&[b, H, cap, HD]);
-    let (k, v) = (
-        kbuf.narrow(2, 0, s).expect("k view"),
-        vbuf.narrow(2, 0, s).expect("v view"),
-    );
+    let (k, v) = (kbuf.narrow(2, 0, s).expect("k view"), vbuf.narrow(2, 0, s).expect("v view"));
     let mask = Tensor::ones((b, s), DType::F32, &Device::Cpu).expect("mask");
     let scale = 1.0 / (HD as f64).sqrt();
     let mut g = c.benchmark_group("decode_attention");
     g.sample_size(20);
-    g.bench_function("fused", |bch| {
-        bch.iter(|| ops::decode_attention(&q, &k, &v, &mask, scale).expect("fused"))
-    });
+    g.bench_function("fused", |bch| bch.iter(|| ops::decode_attention(&q, &k, &v, &mask, scale).expect("fused")));
     g.bench_function("composed", |bch| {
         bch.iter(|| ops::decode_attention_slow(&q, &k, &v, &mask, scale).expect("composed"))
     });
     // Groups of 8 rows sharing their first 22 positions (a GRPO rollout after a shared prefill).
-    let shared = ops::SharedKeys {
-        source: (0..b as u32).map(|r| r - r % 8).collect(),
-        len: 22,
-    };
+    let shared = ops::SharedKeys { source: (0..b as u32).map(|r| r - r % 8).collect(), len: 22 };
     g.bench_function("fused_shared_prompt_keys", |bch| {
-        bch.iter(|| {
-            ops::decode_attention_shared(&q, &k, &v, &mask, scale, Some(&shared))
-                .expect("fused shared")
-        })
+        bch.iter(|| ops::decode_attention_shared(&q, &k, &v, &mask, scale, Some(&shared)).expect("fused shared"))
     });
     g.finish();
 }
@@ -156,9 +111,7 @@ fn bench_decode_attention(c: &mut Criterion) {
 /// workload of `bench/compare`): prefill, then `forward_cached_last` per step.
 fn bench_generate(c: &mut Criterion) {
     let cfg = ModelConfig::preset("tiny-8m", V).expect("preset");
-    let model = CausalLm::new(&cfg, 0, &Device::Cpu, DType::F32)
-        .expect("model")
-        .inference_view();
+    let model = CausalLm::new(&cfg, 0, &Device::Cpu, DType::F32).expect("model").inference_view();
     let (b, prompt, new) = (16usize, 32usize, 64usize);
     let ids: Vec<u32> = (0..b * prompt).map(|i| ((i * 7919) % V) as u32).collect();
     let ids = Tensor::from_vec(ids, (b, prompt), &Device::Cpu).expect("ids");
@@ -169,18 +122,11 @@ fn bench_generate(c: &mut Criterion) {
             let mut cache = model.new_cache();
             let mut mask = Tensor::ones((b, prompt), DType::U8, &Device::Cpu).expect("mask");
             let one = Tensor::ones((b, 1), DType::U8, &Device::Cpu).expect("ones");
-            let mut logits = model
-                .forward_cached_last(&ids, &mask, &mut cache)
-                .expect("prefill");
+            let mut logits = model.forward_cached_last(&ids, &mask, &mut cache).expect("prefill");
             for _ in 1..new {
-                let next = logits
-                    .argmax(candle_core::D::Minus1)
-                    .and_then(|n| n.unsqueeze(1))
-                    .expect("argmax");
+                let next = logits.argmax(candle_core::D::Minus1).and_then(|n| n.unsqueeze(1)).expect("argmax");
                 mask = Tensor::cat(&[&mask, &one], 1).expect("mask");
-                logits = model
-                    .forward_cached_last(&next, &mask, &mut cache)
-                    .expect("decode step");
+                logits = model.forward_cached_last(&next, &mask, &mut cache).expect("decode step");
             }
             logits
         })
@@ -195,46 +141,21 @@ fn bench_shared_prefix(c: &mut Criterion) {
     let cfg = ModelConfig::preset("tiny-8m", V).expect("preset");
     let model = CausalLm::new(&cfg, 0, &Device::Cpu, DType::F32).expect("model");
     let (groups, n, prompt, completion) = (8usize, 8usize, 22usize, 64usize);
-    let prompts: Vec<Vec<u32>> = (0..groups)
-        .map(|g| {
-            (0..prompt)
-                .map(|i| ((g * 131 + i * 7919) % V) as u32)
-                .collect()
-        })
-        .collect();
+    let prompts: Vec<Vec<u32>> =
+        (0..groups).map(|g| (0..prompt).map(|i| ((g * 131 + i * 7919) % V) as u32).collect()).collect();
     let conts: Vec<(usize, Vec<u32>)> = (0..groups * n)
-        .map(|r| {
-            (
-                r / n,
-                (0..completion)
-                    .map(|i| ((r * 17 + i * 104_729) % V) as u32)
-                    .collect(),
-            )
-        })
+        .map(|r| (r / n, (0..completion).map(|i| ((r * 17 + i * 104_729) % V) as u32).collect()))
         .collect();
-    let full: Vec<u32> = conts
-        .iter()
-        .flat_map(|(g, c)| prompts[*g].iter().chain(c).copied())
-        .collect();
-    let full =
-        Tensor::from_vec(full, (groups * n, prompt + completion), &Device::Cpu).expect("ids");
+    let full: Vec<u32> = conts.iter().flat_map(|(g, c)| prompts[*g].iter().chain(c).copied()).collect();
+    let full = Tensor::from_vec(full, (groups * n, prompt + completion), &Device::Cpu).expect("ids");
     // The shared layout: prompts minus their last token, completions led by it.
     let heads: Vec<&[u32]> = prompts.iter().map(|p| &p[..prompt - 1]).collect();
     let led: Vec<Vec<u32>> = conts
         .iter()
-        .map(|(g, c)| {
-            std::iter::once(prompts[*g][prompt - 1])
-                .chain(c.iter().copied())
-                .collect()
-        })
+        .map(|(g, c)| std::iter::once(prompts[*g][prompt - 1]).chain(c.iter().copied()).collect())
         .collect();
-    let cont_refs: Vec<(usize, &[u32])> = conts
-        .iter()
-        .zip(&led)
-        .map(|((g, _), l)| (*g, l.as_slice()))
-        .collect();
-    let batch =
-        keel_model::SharedPrefixBatch::new(&heads, &cont_refs, 0, &Device::Cpu).expect("batch");
+    let cont_refs: Vec<(usize, &[u32])> = conts.iter().zip(&led).map(|((g, _), l)| (*g, l.as_slice())).collect();
+    let batch = keel_model::SharedPrefixBatch::new(&heads, &cont_refs, 0, &Device::Cpu).expect("batch");
     let mut g = c.benchmark_group("grpo_batch_fwd_bwd_64x86");
     g.sample_size(10);
     g.bench_function("separate_sequences", |bch| {
@@ -268,10 +189,7 @@ fn bench_train_step(c: &mut Criterion) {
             bch.iter(|| {
                 ops::set_fused_enabled(fused);
                 let lp = model.token_logprobs(&ids, None).expect("log-probs");
-                lp.mean_all()
-                    .and_then(|m| m.neg())
-                    .and_then(|l| l.backward())
-                    .expect("backward")
+                lp.mean_all().and_then(|m| m.neg()).and_then(|l| l.backward()).expect("backward")
             })
         });
     }

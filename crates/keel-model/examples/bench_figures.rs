@@ -80,31 +80,14 @@ impl Bench {
         let model = CausalLm::new(&cfg, 0, &Device::Cpu, DType::F32)?;
         let infer = model.inference_view();
         // Same hyper-parameters as torch.optim.AdamW's defaults except lr (weight decay 0.01).
-        let params = ParamsAdamW {
-            lr: 1e-4,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-        };
+        let params = ParamsAdamW { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
         let opt = AdamW::new(model.trainable_vars(), params)?;
-        Ok(Bench {
-            model,
-            infer,
-            opt,
-            ids: batch_ids(BATCH, SEQ)?,
-            prompt: batch_ids(BATCH, PROMPT)?,
-            warm: Default::default(),
-        })
+        Ok(Bench { model, infer, opt, ids: batch_ids(BATCH, SEQ)?, prompt: batch_ids(BATCH, PROMPT)?, warm: Default::default() })
     }
 
     /// Forward, mean next-token NLL, backward, AdamW update.
     fn train_step(&mut self) -> Res<f64> {
-        let loss = self
-            .model
-            .token_logprobs(&self.ids, None)?
-            .mean_all()?
-            .neg()?;
+        let loss = self.model.token_logprobs(&self.ids, None)?.mean_all()?.neg()?;
         self.opt.backward_step(&loss)?;
         Ok(loss.to_scalar::<f32>()? as f64)
     }
@@ -120,25 +103,17 @@ impl Bench {
     fn generate(&self) -> Res<f64> {
         let mut cache = self.infer.new_cache();
         let mut mask = Tensor::ones((BATCH, PROMPT), DType::U8, &Device::Cpu)?;
-        let mut logits = self
-            .infer
-            .forward_cached_last(&self.prompt, &mask, &mut cache)?;
+        let mut logits = self.infer.forward_cached_last(&self.prompt, &mask, &mut cache)?;
         let mut checksum = 0u64;
         let one = Tensor::ones((BATCH, 1), DType::U8, &Device::Cpu)?;
         for step in 0..NEW_TOKENS {
             let next = logits.argmax(D::Minus1)?; // [B]
-            checksum += next
-                .to_vec1::<u32>()?
-                .iter()
-                .map(|&x| x as u64)
-                .sum::<u64>();
+            checksum += next.to_vec1::<u32>()?.iter().map(|&x| x as u64).sum::<u64>();
             if step + 1 == NEW_TOKENS {
                 break;
             }
             mask = Tensor::cat(&[&mask, &one], 1)?;
-            logits = self
-                .infer
-                .forward_cached_last(&next.unsqueeze(1)?, &mask, &mut cache)?;
+            logits = self.infer.forward_cached_last(&next.unsqueeze(1)?, &mask, &mut cache)?;
         }
         Ok(checksum as f64)
     }
@@ -147,22 +122,14 @@ impl Bench {
     /// Printed by `bench_figures breakdown`, the op-level profile `docs/performance.md` cites.
     fn breakdown(&mut self) -> Res<[f64; 3]> {
         let t0 = Instant::now();
-        let loss = self
-            .model
-            .token_logprobs(&self.ids, None)?
-            .mean_all()?
-            .neg()?;
+        let loss = self.model.token_logprobs(&self.ids, None)?.mean_all()?.neg()?;
         let _ = loss.to_scalar::<f32>()?;
         let t1 = Instant::now();
         let grads = loss.backward()?;
         let t2 = Instant::now();
         self.opt.step(&grads)?;
         let t3 = Instant::now();
-        Ok([
-            (t1 - t0).as_secs_f64(),
-            (t2 - t1).as_secs_f64(),
-            (t3 - t2).as_secs_f64(),
-        ])
+        Ok([(t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64()])
     }
 
     fn run(&mut self, what: &str) -> Res<f64> {
@@ -189,10 +156,7 @@ impl Bench {
             times.push(t0.elapsed().as_secs_f64());
         }
         let times: Vec<String> = times.iter().map(|t| format!("{t:.6}")).collect();
-        Ok(format!(
-            "{{\"workload\":\"{what}\",\"times\":[{}],\"value\":{value}}}",
-            times.join(",")
-        ))
+        Ok(format!("{{\"workload\":\"{what}\",\"times\":[{}],\"value\":{value}}}", times.join(",")))
     }
 }
 
@@ -252,35 +216,23 @@ fn main() -> Res<()> {
             let mut rows = Vec::new();
             for _ in 0..n {
                 let [f, bw, o] = b.breakdown()?;
-                rows.push(format!(
-                    "{{\"forward\":{f:.4},\"backward\":{bw:.4},\"optimizer\":{o:.4}}}"
-                ));
+                rows.push(format!("{{\"forward\":{f:.4},\"backward\":{bw:.4},\"optimizer\":{o:.4}}}"));
             }
             println!("[{}]", rows.join(","));
         }
         Some("peak") => println!("{{\"matmul_gflops\":{:.2}}}", matmul_peak()?),
         Some("once") => {
-            let what = args
-                .get(1)
-                .ok_or("usage: bench_figures once WORKLOAD [N]")?;
+            let what = args.get(1).ok_or("usage: bench_figures once WORKLOAD [N]")?;
             let n = parse_n(args.get(2), 3)?;
             let mut b = Bench::new()?;
             let json = b.measure(what, n)?;
-            println!(
-                "{},\"peak_rss_bytes\":{}}}",
-                json.trim_end_matches('}'),
-                peak_rss_bytes()
-            );
+            println!("{},\"peak_rss_bytes\":{}}}", json.trim_end_matches('}'), peak_rss_bytes());
         }
         Some("serve") => {
             let mut b = Bench::new()?;
             let stdin = std::io::stdin();
             let mut out = std::io::stdout().lock();
-            writeln!(
-                out,
-                "{{\"ready\":true,\"parameters\":{}}}",
-                b.model.num_parameters()
-            )?;
+            writeln!(out, "{{\"ready\":true,\"parameters\":{}}}", b.model.num_parameters())?;
             out.flush()?;
             for line in stdin.lock().lines() {
                 let line = line?;
@@ -290,9 +242,7 @@ fn main() -> Res<()> {
                     break;
                 }
                 let n = parse_n(parts.next().map(|s| s.to_string()).as_ref(), 1)?;
-                let reply = b
-                    .measure(cmd, n)
-                    .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()));
+                let reply = b.measure(cmd, n).unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()));
                 writeln!(out, "{reply}")?;
                 out.flush()?;
             }

@@ -12,10 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use keel_model::{ops, CausalLm, ModelConfig, ModelError};
 
 fn main() -> Result<(), ModelError> {
-    let steps: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let steps: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(3);
     let cfg = ModelConfig::preset("tiny-8m", 4096)?;
     let model = CausalLm::new(&cfg, 0, &Device::Cpu, DType::F32)?;
     println!("tiny-8m: {} parameters", model.num_parameters());
@@ -34,11 +31,7 @@ fn main() -> Result<(), ModelError> {
         }
         times.remove(0); // warm-up
         times.sort_by(|a, b| a.total_cmp(b));
-        println!(
-            "fused={fused}: median {:.3} s/step (min {:.3})",
-            times[times.len() / 2],
-            times[0]
-        );
+        println!("fused={fused}: median {:.3} s/step (min {:.3})", times[times.len() / 2], times[0]);
     }
     ops::set_fused_enabled(true);
     Ok(())

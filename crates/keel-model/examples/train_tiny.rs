@@ -25,15 +25,8 @@ fn main() -> Result<(), ModelError> {
     let vocab = 64;
     let cfg = ModelConfig::preset("tiny-1m", vocab)?;
     let model = CausalLm::new(&cfg, 42, &Device::Cpu, DType::F32)?;
-    println!(
-        "tiny-1m with vocab {vocab}: {} parameters",
-        model.num_parameters()
-    );
-    let params = ParamsAdamW {
-        lr: 3e-3,
-        weight_decay: 0.0,
-        ..Default::default()
-    };
+    println!("tiny-1m with vocab {vocab}: {} parameters", model.num_parameters());
+    let params = ParamsAdamW { lr: 3e-3, weight_decay: 0.0, ..Default::default() };
     let mut opt = AdamW::new(model.trainable_vars(), params)?;
     let (mut first, mut last) = (None, 0f32);
     for step in 0..40 {
@@ -47,14 +40,9 @@ fn main() -> Result<(), ModelError> {
         }
     }
     let first = first.unwrap_or(last);
-    println!(
-        "loss {first:.4} -> {last:.4} (uniform would be {:.4})",
-        (vocab as f32).ln()
-    );
+    println!("loss {first:.4} -> {last:.4} (uniform would be {:.4})", (vocab as f32).ln());
     if last >= first * 0.5 {
-        return Err(ModelError::Input(format!(
-            "loss did not fall enough: {first} -> {last}"
-        )));
+        return Err(ModelError::Input(format!("loss did not fall enough: {first} -> {last}")));
     }
     Ok(())
 }

@@ -181,9 +181,10 @@ const KNOWN: &[&str] = &[
 fn get_usize(o: &Map<String, Value>, k: &str) -> ModelResult<Option<usize>> {
     match o.get(k) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
-            ModelError::config(k, format!("expected a non-negative integer, got {v}"))
-        }),
+        Some(v) => v
+            .as_u64()
+            .map(|x| Some(x as usize))
+            .ok_or_else(|| ModelError::config(k, format!("expected a non-negative integer, got {v}"))),
     }
 }
 
@@ -234,10 +235,7 @@ fn parse_rope(
         let f = get_f64(o, "factor")?
             .ok_or_else(|| ModelError::config(format!("{field}.factor"), "missing"))?;
         if f <= 0.0 || !f.is_finite() {
-            return Err(ModelError::config(
-                format!("{field}.factor"),
-                format!("must be > 0, got {f}"),
-            ));
+            return Err(ModelError::config(format!("{field}.factor"), format!("must be > 0, got {f}")));
         }
         Ok(f)
     };
@@ -260,10 +258,8 @@ fn parse_rope(
 impl ModelConfig {
     /// Parses a config.json text (transformers 4 or 5 style).
     pub fn from_json_str(text: &str) -> ModelResult<Self> {
-        let v: Value = serde_json::from_str(text).map_err(|source| ModelError::Json {
-            what: "parsing config.json".into(),
-            source,
-        })?;
+        let v: Value = serde_json::from_str(text)
+            .map_err(|source| ModelError::Json { what: "parsing config.json".into(), source })?;
         Self::from_json(&v)
     }
 
@@ -287,10 +283,7 @@ impl ModelConfig {
         if let (None, Some(Value::Object(_))) = (o.get("hidden_size"), o.get("text_config")) {
             return Self::from_json(&o["text_config"]);
         }
-        let arch_from_type = o
-            .get("model_type")
-            .and_then(Value::as_str)
-            .map(|s| (s, Architecture::from_model_type(s)));
+        let arch_from_type = o.get("model_type").and_then(Value::as_str).map(|s| (s, Architecture::from_model_type(s)));
         let arch_from_class = o
             .get("architectures")
             .and_then(Value::as_array)
@@ -308,10 +301,7 @@ impl ModelConfig {
                 return Err(ModelError::Unsupported(format!("architecture `{c}`")))
             }
             (None, None) => {
-                return Err(ModelError::config(
-                    "model_type",
-                    "missing (and no `architectures` list)",
-                ))
+                return Err(ModelError::config("model_type", "missing (and no `architectures` list)"))
             }
         };
 
@@ -320,14 +310,11 @@ impl ModelConfig {
         if num_attention_heads == 0 {
             return Err(ModelError::config("num_attention_heads", "must be > 0"));
         }
-        let num_key_value_heads =
-            get_usize(o, "num_key_value_heads")?.unwrap_or(num_attention_heads);
+        let num_key_value_heads = get_usize(o, "num_key_value_heads")?.unwrap_or(num_attention_heads);
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             return Err(ModelError::config(
                 "num_key_value_heads",
-                format!(
-                    "{num_key_value_heads} must divide num_attention_heads {num_attention_heads}"
-                ),
+                format!("{num_key_value_heads} must divide num_attention_heads {num_attention_heads}"),
             ));
         }
         let head_dim = match get_usize(o, "head_dim")? {
@@ -343,10 +330,7 @@ impl ModelConfig {
             }
         };
         if head_dim % 2 != 0 {
-            return Err(ModelError::config(
-                "head_dim",
-                format!("RoPE needs an even head_dim, got {head_dim}"),
-            ));
+            return Err(ModelError::config("head_dim", format!("RoPE needs an even head_dim, got {head_dim}")));
         }
         let max_position_embeddings = get_usize(o, "max_position_embeddings")?.unwrap_or(2048);
 
@@ -363,10 +347,7 @@ impl ModelConfig {
         }
         let rope_theta = rope_theta.unwrap_or(10_000.0);
 
-        let hidden_act = o
-            .get("hidden_act")
-            .and_then(Value::as_str)
-            .unwrap_or("silu");
+        let hidden_act = o.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
         if hidden_act != "silu" && hidden_act != "swish" {
             return Err(ModelError::Unsupported(format!(
                 "hidden_act `{hidden_act}` (Keel's decoder implements SwiGLU with silu)"
@@ -378,8 +359,7 @@ impl ModelConfig {
             Architecture::Mistral => (false, false),
             Architecture::Llama | Architecture::Qwen3 => (attention_bias, attention_bias),
         };
-        let mlp_bias =
-            architecture == Architecture::Llama && get_bool(o, "mlp_bias")?.unwrap_or(false);
+        let mlp_bias = architecture == Architecture::Llama && get_bool(o, "mlp_bias")?.unwrap_or(false);
 
         let eos_token_ids = match o.get("eos_token_id") {
             None | Some(Value::Null) => vec![],
@@ -394,11 +374,8 @@ impl ModelConfig {
             Some(_) => get_u32(o, "eos_token_id")?.into_iter().collect(),
         };
 
-        let extra: Map<String, Value> = o
-            .iter()
-            .filter(|(k, _)| !KNOWN.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let extra: Map<String, Value> =
+            o.iter().filter(|(k, _)| !KNOWN.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
 
         let cfg = ModelConfig {
             architecture,
@@ -443,12 +420,8 @@ impl ModelConfig {
                 return Err(ModelError::config(f, "must be > 0"));
             }
         }
-        if self.num_key_value_heads == 0 || self.num_attention_heads % self.num_key_value_heads != 0
-        {
-            return Err(ModelError::config(
-                "num_key_value_heads",
-                "must divide num_attention_heads",
-            ));
+        if self.num_key_value_heads == 0 || self.num_attention_heads % self.num_key_value_heads != 0 {
+            return Err(ModelError::config("num_key_value_heads", "must divide num_attention_heads"));
         }
         if self.head_dim % 2 != 0 {
             return Err(ModelError::config("head_dim", "must be even for RoPE"));
@@ -470,10 +443,7 @@ impl ModelConfig {
             o.insert(k.to_string(), v);
         };
         put("model_type", self.architecture.model_type().into());
-        put(
-            "architectures",
-            Value::Array(vec![self.architecture.class_name().into()]),
-        );
+        put("architectures", Value::Array(vec![self.architecture.class_name().into()]));
         put("vocab_size", self.vocab_size.into());
         put("hidden_size", self.hidden_size.into());
         put("intermediate_size", self.intermediate_size.into());
@@ -481,10 +451,7 @@ impl ModelConfig {
         put("num_attention_heads", self.num_attention_heads.into());
         put("num_key_value_heads", self.num_key_value_heads.into());
         put("head_dim", self.head_dim.into());
-        put(
-            "max_position_embeddings",
-            self.max_position_embeddings.into(),
-        );
+        put("max_position_embeddings", self.max_position_embeddings.into());
         put("rms_norm_eps", self.rms_norm_eps.into());
         put("rope_theta", self.rope_theta.into());
         put(
@@ -519,10 +486,7 @@ impl ModelConfig {
         }
         put("hidden_act", "silu".into());
         put("initializer_range", self.initializer_range.into());
-        put(
-            "bos_token_id",
-            self.bos_token_id.map(Value::from).unwrap_or(Value::Null),
-        );
+        put("bos_token_id", self.bos_token_id.map(Value::from).unwrap_or(Value::Null));
         put(
             "eos_token_id",
             match self.eos_token_ids.as_slice() {
@@ -552,9 +516,8 @@ impl ModelConfig {
     /// computed in f64 so that f64 finite-difference checks are not limited by f32 tables.
     pub fn rope_inv_freq(&self) -> Vec<f64> {
         let d = self.head_dim;
-        let base: Vec<f64> = (0..d / 2)
-            .map(|i| 1.0 / self.rope_theta.powf((2 * i) as f64 / d as f64))
-            .collect();
+        let base: Vec<f64> =
+            (0..d / 2).map(|i| 1.0 / self.rope_theta.powf((2 * i) as f64 / d as f64)).collect();
         match &self.rope_scaling {
             None => base,
             Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / factor).collect(),
@@ -575,8 +538,7 @@ impl ModelConfig {
                         } else if wavelen > low_wavelen {
                             f / factor
                         } else {
-                            let smooth = (old / wavelen - low_freq_factor)
-                                / (high_freq_factor - low_freq_factor);
+                            let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * f / factor + smooth * f
                         }
                     })
@@ -587,10 +549,7 @@ impl ModelConfig {
 
     /// Total number of parameters this configuration implies (base model, no adapters).
     pub fn num_parameters(&self) -> usize {
-        crate::weights::tensor_specs(self)
-            .iter()
-            .map(|s| s.shape.iter().product::<usize>())
-            .sum()
+        crate::weights::tensor_specs(self).iter().map(|s| s.shape.iter().product::<usize>()).sum()
     }
 
     /// A tiny Llama-architecture preset for from-scratch training, sized for CPU experiments.
@@ -614,10 +573,7 @@ impl ModelConfig {
             "tiny-8m" => (256, 6, 8, 8, 1024, false),
             "tiny-20m" => (384, 8, 6, 6, 1536, true),
             _ => {
-                return Err(ModelError::UnknownPreset {
-                    name: name.to_string(),
-                    available: PRESETS.join(", "),
-                })
+                return Err(ModelError::UnknownPreset { name: name.to_string(), available: PRESETS.join(", ") })
             }
         };
         if vocab_size == 0 {
@@ -744,18 +700,10 @@ mod tests {
     #[test]
     fn presets_have_documented_sizes() {
         let c = ModelConfig::preset("tiny-8m", 4096).unwrap();
-        assert_eq!(
-            (c.hidden_size, c.num_hidden_layers, c.num_attention_heads),
-            (256, 6, 8)
-        );
+        assert_eq!((c.hidden_size, c.num_hidden_layers, c.num_attention_heads), (256, 6, 8));
         assert_eq!(c.num_parameters(), 8_391_936);
-        let one = ModelConfig::preset("tiny-1m", 4096)
-            .unwrap()
-            .num_parameters();
+        let one = ModelConfig::preset("tiny-1m", 4096).unwrap().num_parameters();
         assert!((1_000_000..1_100_000).contains(&one), "{one}");
-        assert!(ModelConfig::preset("tiny-9000", 10)
-            .unwrap_err()
-            .to_string()
-            .contains("tiny-1m"));
+        assert!(ModelConfig::preset("tiny-9000", 10).unwrap_err().to_string().contains("tiny-1m"));
     }
 }

@@ -16,10 +16,7 @@ use crate::error::{CandleContext, ModelError, ModelResult};
 use crate::kv_cache::KvCache;
 use crate::lora::LoraConfig;
 use crate::ops;
-use crate::weights::{
-    init_tensor, read_checkpoint_tensors, tensor_specs, write_safetensors, write_text_atomic,
-    WeightSnapshot,
-};
+use crate::weights::{init_tensor, read_checkpoint_tensors, tensor_specs, write_safetensors, write_text_atomic, WeightSnapshot};
 
 /// One weight: the variable that owns the storage and whether the optimiser may update it.
 #[derive(Clone, Debug)]
@@ -31,10 +28,7 @@ pub(crate) struct Param {
 impl Param {
     pub(crate) fn new(t: &Tensor, train: bool) -> ModelResult<Self> {
         // Var::from_tensor copies non-variable tensors into fresh, contiguous storage.
-        Ok(Param {
-            var: Var::from_tensor(&t.detach()).ctx(|| "creating a variable".to_string())?,
-            train,
-        })
+        Ok(Param { var: Var::from_tensor(&t.detach()).ctx(|| "creating a variable".to_string())?, train })
     }
 
     /// The tensor to compute with: tracked by autograd only when trainable and not in inference.
@@ -70,11 +64,7 @@ impl Linear {
         let w = self.w.var.as_tensor().detach();
         match &self.lora {
             Some(lp) => {
-                let delta =
-                    lp.b.var
-                        .as_tensor()
-                        .detach()
-                        .matmul(&lp.a.var.as_tensor().detach())?;
+                let delta = lp.b.var.as_tensor().detach().matmul(&lp.a.var.as_tensor().detach())?;
                 w + (delta * lp.scale)?
             }
             None => Ok(w),
@@ -83,12 +73,7 @@ impl Linear {
 
     /// `x`: `[N, in]` contiguous → `[N, out]`. `wt`, when given, is this projection's weight
     /// already transposed to a contiguous `[in, out]` (decoding, see [`DecodeWeights`]).
-    fn forward(
-        &self,
-        x: &Tensor,
-        detach: bool,
-        wt: Option<&Tensor>,
-    ) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, detach: bool, wt: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let mut y = match wt {
             Some(wt) => x.matmul(wt)?,
             None => x.matmul(&self.w.get(detach).t()?)?,
@@ -127,15 +112,7 @@ pub(crate) struct DecodeWeights {
 }
 
 /// The projections of one decoder layer, in a fixed order shared with LoRA target names.
-pub(crate) const PROJECTIONS: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
+pub(crate) const PROJECTIONS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
 #[derive(Clone, Debug)]
 pub(crate) struct Layer {
@@ -178,22 +155,11 @@ fn host_mask(mask: Option<&Tensor>, b: usize, s: usize) -> ModelResult<Vec<Vec<f
         Some(m) => {
             let dims = m.dims();
             if dims != [b, s] {
-                return Err(ModelError::Input(format!(
-                    "attention mask has shape {dims:?}, expected [{b}, {s}]"
-                )));
+                return Err(ModelError::Input(format!("attention mask has shape {dims:?}, expected [{b}, {s}]")));
             }
-            let rows: Vec<Vec<f32>> = m
-                .to_dtype(DType::F32)
-                .and_then(|t| t.to_vec2())
-                .ctx(|| "reading the attention mask".to_string())?;
-            Ok(rows
-                .into_iter()
-                .map(|r| {
-                    r.into_iter()
-                        .map(|x| if x != 0.0 { 1.0 } else { 0.0 })
-                        .collect()
-                })
-                .collect())
+            let rows: Vec<Vec<f32>> =
+                m.to_dtype(DType::F32).and_then(|t| t.to_vec2()).ctx(|| "reading the attention mask".to_string())?;
+            Ok(rows.into_iter().map(|r| r.into_iter().map(|x| if x != 0.0 { 1.0 } else { 0.0 }).collect()).collect())
         }
     }
 }
@@ -201,12 +167,7 @@ fn host_mask(mask: Option<&Tensor>, b: usize, s: usize) -> ModelResult<Vec<Vec<f
 impl CausalLm {
     /// A randomly initialised model (Hugging Face init: normal(0, `initializer_range`) matrices,
     /// zero biases, unit norms). The same `seed` gives bit-identical weights on every machine.
-    pub fn new(
-        config: &ModelConfig,
-        seed: u64,
-        device: &Device,
-        dtype: DType,
-    ) -> ModelResult<Self> {
+    pub fn new(config: &ModelConfig, seed: u64, device: &Device, dtype: DType) -> ModelResult<Self> {
         config.validate()?;
         let mut tensors = HashMap::new();
         for spec in tensor_specs(config) {
@@ -219,17 +180,11 @@ impl CausalLm {
     /// Builds a model from named tensors (e.g. dequantised GGUF weights), keeping the tensors'
     /// device and the embedding's dtype. Missing or mis-shaped tensors are errors naming them;
     /// tensors the config does not use (e.g. `lm_head.weight` of a tied model) are ignored.
-    pub fn from_tensors(
-        config: ModelConfig,
-        tensors: HashMap<String, Tensor>,
-    ) -> ModelResult<Self> {
-        let embed =
-            tensors
-                .get("model.embed_tokens.weight")
-                .ok_or_else(|| ModelError::MissingTensor {
-                    name: "model.embed_tokens.weight".into(),
-                    expected: vec![config.vocab_size, config.hidden_size],
-                })?;
+    pub fn from_tensors(config: ModelConfig, tensors: HashMap<String, Tensor>) -> ModelResult<Self> {
+        let embed = tensors.get("model.embed_tokens.weight").ok_or_else(|| ModelError::MissingTensor {
+            name: "model.embed_tokens.weight".into(),
+            expected: vec![config.vocab_size, config.hidden_size],
+        })?;
         let (device, dtype) = (embed.device().clone(), embed.dtype());
         Self::from_tensors_on(config, tensors, &device, dtype)
     }
@@ -246,10 +201,7 @@ impl CausalLm {
         for spec in tensor_specs(&config) {
             let t = tensors
                 .remove(&spec.name)
-                .ok_or_else(|| ModelError::MissingTensor {
-                    name: spec.name.clone(),
-                    expected: spec.shape.clone(),
-                })?;
+                .ok_or_else(|| ModelError::MissingTensor { name: spec.name.clone(), expected: spec.shape.clone() })?;
             if t.dims() != spec.shape.as_slice() {
                 return Err(ModelError::ShapeMismatch {
                     name: spec.name.clone(),
@@ -263,20 +215,12 @@ impl CausalLm {
                 .ctx(|| format!("moving {} to {device:?} as {dtype:?}", spec.name))?;
             params.insert(spec.name.clone(), Param::new(&t, true)?);
         }
-        let unused: Vec<&String> = tensors
-            .keys()
-            .filter(|k| !k.ends_with("rotary_emb.inv_freq"))
-            .collect();
+        let unused: Vec<&String> = tensors.keys().filter(|k| !k.ends_with("rotary_emb.inv_freq")).collect();
         if !unused.is_empty() {
             tracing::debug!(count = unused.len(), first = ?unused.first(), "ignoring tensors the config does not use");
         }
         let mut take = |name: &str| -> ModelResult<Param> {
-            params
-                .remove(name)
-                .ok_or_else(|| ModelError::MissingTensor {
-                    name: name.to_string(),
-                    expected: vec![],
-                })
+            params.remove(name).ok_or_else(|| ModelError::MissingTensor { name: name.to_string(), expected: vec![] })
         };
         let embed = take("model.embed_tokens.weight")?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
@@ -289,22 +233,10 @@ impl CausalLm {
                     3 => config.o_bias,
                     _ => config.mlp_bias,
                 };
-                let b = if has_bias {
-                    Some(take(&format!("{p}.bias"))?)
-                } else {
-                    None
-                };
+                let b = if has_bias { Some(take(&format!("{p}.bias"))?) } else { None };
                 Ok(Linear { w, b, lora: None })
             };
-            let proj = [
-                lin(0)?,
-                lin(1)?,
-                lin(2)?,
-                lin(3)?,
-                lin(4)?,
-                lin(5)?,
-                lin(6)?,
-            ];
+            let proj = [lin(0)?, lin(1)?, lin(2)?, lin(3)?, lin(4)?, lin(5)?, lin(6)?];
             let p = format!("model.layers.{i}");
             let (q_norm, k_norm) = if config.qk_norm {
                 (
@@ -323,23 +255,9 @@ impl CausalLm {
             });
         }
         let norm = take("model.norm.weight")?;
-        let lm_head = if config.tie_word_embeddings {
-            None
-        } else {
-            Some(take("lm_head.weight")?)
-        };
+        let lm_head = if config.tie_word_embeddings { None } else { Some(take("lm_head.weight")?) };
         let inv_freq = config.rope_inv_freq();
-        Ok(CausalLm {
-            config,
-            device: device.clone(),
-            dtype,
-            embed,
-            layers,
-            norm,
-            lm_head,
-            inv_freq,
-            lora: None,
-        })
+        Ok(CausalLm { config, device: device.clone(), dtype, embed, layers, norm, lm_head, inv_freq, lora: None })
     }
 
     /// Loads `config.json` plus `model.safetensors` (or the shards of
@@ -359,20 +277,13 @@ impl CausalLm {
     /// result with the same dtype gives bit-identical weights.
     pub fn save(&self, dir: &Path) -> ModelResult<()> {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io("creating directory", dir, e))?;
-        let mut tensors: HashMap<String, Tensor> = self
-            .base_params()
-            .into_iter()
-            .map(|(n, p)| (n, p.var.as_tensor().detach()))
-            .collect();
+        let mut tensors: HashMap<String, Tensor> =
+            self.base_params().into_iter().map(|(n, p)| (n, p.var.as_tensor().detach())).collect();
         for (i, layer) in self.layers.iter().enumerate() {
             for (j, lin) in layer.proj.iter().enumerate() {
                 if lin.lora.is_some() {
                     let name = format!("{}.weight", proj_path(i, j));
-                    tensors.insert(
-                        name,
-                        lin.effective_weight()
-                            .ctx(|| format!("merging the adapter of {}", proj_path(i, j)))?,
-                    );
+                    tensors.insert(name, lin.effective_weight().ctx(|| format!("merging the adapter of {}", proj_path(i, j)))?);
                 }
             }
         }
@@ -419,14 +330,8 @@ impl CausalLm {
                 v.push((format!("model.layers.{i}.self_attn.q_norm.weight"), q));
                 v.push((format!("model.layers.{i}.self_attn.k_norm.weight"), k));
             }
-            v.push((
-                format!("model.layers.{i}.input_layernorm.weight"),
-                &l.in_norm,
-            ));
-            v.push((
-                format!("model.layers.{i}.post_attention_layernorm.weight"),
-                &l.post_norm,
-            ));
+            v.push((format!("model.layers.{i}.input_layernorm.weight"), &l.in_norm));
+            v.push((format!("model.layers.{i}.post_attention_layernorm.weight"), &l.post_norm));
         }
         v.push(("model.norm.weight".to_string(), &self.norm));
         if let Some(h) = &self.lm_head {
@@ -457,10 +362,7 @@ impl CausalLm {
         v
     }
 
-    pub(crate) fn for_each_param_mut(
-        &mut self,
-        f: &mut dyn FnMut(&mut Param) -> ModelResult<()>,
-    ) -> ModelResult<()> {
+    pub(crate) fn for_each_param_mut(&mut self, f: &mut dyn FnMut(&mut Param) -> ModelResult<()>) -> ModelResult<()> {
         f(&mut self.embed)?;
         for l in &mut self.layers {
             for lin in &mut l.proj {
@@ -492,12 +394,8 @@ impl CausalLm {
     /// The trainable variables with their names, sorted by name: hand these to the optimiser.
     /// With LoRA attached only the adapters are listed (base weights are frozen).
     pub fn named_vars(&self) -> Vec<(String, Var)> {
-        let mut v: Vec<(String, Var)> = self
-            .all_params()
-            .into_iter()
-            .filter(|(_, p)| p.train)
-            .map(|(n, p)| (n, p.var.clone()))
-            .collect();
+        let mut v: Vec<(String, Var)> =
+            self.all_params().into_iter().filter(|(_, p)| p.train).map(|(n, p)| (n, p.var.clone())).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
@@ -513,9 +411,7 @@ impl CausalLm {
         let vm = VarMap::new();
         {
             let data = vm.data();
-            let mut guard = data
-                .lock()
-                .map_err(|_| ModelError::Input("VarMap lock poisoned".into()))?;
+            let mut guard = data.lock().map_err(|_| ModelError::Input("VarMap lock poisoned".into()))?;
             for (n, v) in self.named_vars() {
                 guard.insert(n, v);
             }
@@ -525,27 +421,17 @@ impl CausalLm {
 
     /// Every weight tensor (base and adapters) by name, detached; shares storage with the model.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        self.all_params()
-            .into_iter()
-            .map(|(n, p)| (n, p.var.as_tensor().detach()))
-            .collect()
+        self.all_params().into_iter().map(|(n, p)| (n, p.var.as_tensor().detach())).collect()
     }
 
     /// Total number of scalar weights (base and adapters).
     pub fn num_parameters(&self) -> usize {
-        self.all_params()
-            .iter()
-            .map(|(_, p)| p.var.as_tensor().elem_count())
-            .sum()
+        self.all_params().iter().map(|(_, p)| p.var.as_tensor().elem_count()).sum()
     }
 
     /// Number of scalar weights the optimiser updates.
     pub fn num_trainable_parameters(&self) -> usize {
-        self.all_params()
-            .iter()
-            .filter(|(_, p)| p.train)
-            .map(|(_, p)| p.var.as_tensor().elem_count())
-            .sum()
+        self.all_params().iter().filter(|(_, p)| p.train).map(|(_, p)| p.var.as_tensor().elem_count()).sum()
     }
 
     /// An independent deep copy whose weights are detached and frozen: the reference policy for
@@ -584,9 +470,7 @@ impl CausalLm {
 
     /// A copy of every weight (base and adapters), for publishing to a policy store.
     pub fn snapshot(&self) -> ModelResult<Arc<WeightSnapshot>> {
-        Ok(Arc::new(WeightSnapshot::from_tensors(
-            self.named_tensors(),
-        )?))
+        Ok(Arc::new(WeightSnapshot::from_tensors(self.named_tensors())?))
     }
 
     /// Overwrites the weights in place from a snapshot with the same names and shapes (every view
@@ -595,12 +479,10 @@ impl CausalLm {
         let params = self.all_params();
         // Validate everything first so a bad snapshot leaves the model untouched.
         for (name, p) in &params {
-            let t = snapshot
-                .get(name)
-                .ok_or_else(|| ModelError::MissingTensor {
-                    name: name.clone(),
-                    expected: p.var.as_tensor().dims().to_vec(),
-                })?;
+            let t = snapshot.get(name).ok_or_else(|| ModelError::MissingTensor {
+                name: name.clone(),
+                expected: p.var.as_tensor().dims().to_vec(),
+            })?;
             if t.dims() != p.var.as_tensor().dims() {
                 return Err(ModelError::ShapeMismatch {
                     name: name.clone(),
@@ -611,13 +493,8 @@ impl CausalLm {
         }
         for (name, p) in &params {
             if let Some(t) = snapshot.get(name) {
-                let t = t
-                    .to_device(&self.device)
-                    .and_then(|t| t.to_dtype(self.dtype))
-                    .ctx(|| format!("casting {name}"))?;
-                p.var
-                    .set(&t)
-                    .ctx(|| format!("loading snapshot tensor {name}"))?;
+                let t = t.to_device(&self.device).and_then(|t| t.to_dtype(self.dtype)).ctx(|| format!("casting {name}"))?;
+                p.var.set(&t).ctx(|| format!("loading snapshot tensor {name}"))?;
             }
         }
         Ok(())
@@ -633,21 +510,13 @@ impl CausalLm {
     /// `attention_mask` `[B, T]` marks real tokens with 1 and padding with 0; left padding is
     /// supported (positions come from the cumulative mask, padded keys are never attended to, and
     /// fully padded query rows yield finite values). Differentiable in every trainable weight.
-    pub fn forward(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-    ) -> ModelResult<Tensor> {
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> ModelResult<Tensor> {
         let h = self.run(input_ids, attention_mask, None, false)?;
         self.head(&h, false, None)
     }
 
     /// Final normalised hidden states `[B, T, hidden]` (input of `lm_head`; value heads read these).
-    pub fn forward_hidden(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-    ) -> ModelResult<Tensor> {
+    pub fn forward_hidden(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> ModelResult<Tensor> {
         self.run(input_ids, attention_mask, None, false)
     }
 
@@ -659,15 +528,9 @@ impl CausalLm {
 
     /// `[B, T-1]` log-probabilities `log p(ids[t+1] | ids[..=t])`, differentiable. Padding
     /// positions are not masked here: multiply by the shifted mask in the loss.
-    pub fn token_logprobs(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-    ) -> ModelResult<Tensor> {
+    pub fn token_logprobs(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> ModelResult<Tensor> {
         let logits = self.forward(input_ids, attention_mask)?;
-        let ids = input_ids
-            .to_dtype(DType::U32)
-            .ctx(|| "casting input ids".to_string())?;
+        let ids = input_ids.to_dtype(DType::U32).ctx(|| "casting input ids".to_string())?;
         ops::token_logprobs(&logits, &ids, true).ctx(|| "computing token log-probs".to_string())
     }
 
@@ -679,11 +542,8 @@ impl CausalLm {
         attention_mask: Option<&Tensor>,
     ) -> ModelResult<(Tensor, Tensor)> {
         let logits = self.forward(input_ids, attention_mask)?;
-        let ids = input_ids
-            .to_dtype(DType::U32)
-            .ctx(|| "casting input ids".to_string())?;
-        let lp = ops::token_logprobs(&logits, &ids, true)
-            .ctx(|| "computing token log-probs".to_string())?;
+        let ids = input_ids.to_dtype(DType::U32).ctx(|| "casting input ids".to_string())?;
+        let lp = ops::token_logprobs(&logits, &ids, true).ctx(|| "computing token log-probs".to_string())?;
         let ent = ops::entropy(&logits, true).ctx(|| "computing entropies".to_string())?;
         Ok((lp, ent))
     }
@@ -692,12 +552,7 @@ impl CausalLm {
     /// `attention_mask` `[B, past + t]` covers everything cached so far plus the new tokens.
     /// Returns logits `[B, t, V]` computed on detached weights (no autograd graph) and appends the
     /// new keys/values to `cache`. A first call with the whole (left-padded) prompt is the prefill.
-    pub fn forward_cached(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        cache: &mut KvCache,
-    ) -> ModelResult<Tensor> {
+    pub fn forward_cached(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: &mut KvCache) -> ModelResult<Tensor> {
         if cache.num_layers() != self.layers.len() {
             return Err(ModelError::Input(format!(
                 "cache has {} layers, model has {}",
@@ -730,10 +585,7 @@ impl CausalLm {
         }
         let h = self.run(input_ids, Some(attention_mask), Some(cache), true)?;
         let t = h.dim(1).ctx(|| "reading hidden states".to_string())?;
-        let last = h
-            .narrow(1, t - 1, 1)
-            .and_then(|x| x.squeeze(1))
-            .ctx(|| "selecting the last position".to_string())?;
+        let last = h.narrow(1, t - 1, 1).and_then(|x| x.squeeze(1)).ctx(|| "selecting the last position".to_string())?;
         let wt = cache.decode_weights.clone();
         self.head(&last, true, wt.as_ref().map(|w| &w.head))
     }
@@ -744,9 +596,7 @@ impl CausalLm {
             None => self.embed.get(detach),
         };
         let dims = hidden.dims().to_vec();
-        let hsz = *dims
-            .last()
-            .ok_or_else(|| ModelError::Input("hidden states must have rank >= 1".into()))?;
+        let hsz = *dims.last().ok_or_else(|| ModelError::Input("hidden states must have rank >= 1".into()))?;
         let n = hidden.elem_count() / hsz.max(1);
         let mut out_dims = dims.clone();
         if let Some(l) = out_dims.last_mut() {
@@ -772,21 +622,14 @@ impl CausalLm {
         if let Some(w) = &cache.decode_weights {
             return Ok(Some(w.clone()));
         }
-        let t = |p: &Param, name: &str| {
-            p.get(true)
-                .t()
-                .and_then(|x| x.contiguous())
-                .ctx(|| format!("transposing {name} for decoding"))
-        };
+        let t = |p: &Param, name: &str| p.get(true).t().and_then(|x| x.contiguous()).ctx(|| format!("transposing {name} for decoding"));
         let mut layers = Vec::with_capacity(self.layers.len());
         for (i, l) in self.layers.iter().enumerate() {
             let mut ws: Vec<Tensor> = Vec::with_capacity(7);
             for (j, lin) in l.proj.iter().enumerate() {
                 ws.push(t(&lin.w, &proj_path(i, j))?);
             }
-            let arr: [Tensor; 7] = ws
-                .try_into()
-                .map_err(|_| ModelError::Input("a layer has 7 projections".into()))?;
+            let arr: [Tensor; 7] = ws.try_into().map_err(|_| ModelError::Input("a layer has 7 projections".into()))?;
             layers.push(arr);
         }
         let head = match &self.lm_head {
@@ -842,12 +685,9 @@ impl CausalLm {
         mut cache: Option<&mut KvCache>,
         detach: bool,
     ) -> ModelResult<Tensor> {
-        let (b, t) = input_ids.dims2().map_err(|_| {
-            ModelError::Input(format!(
-                "input_ids must be [B, T], got {:?}",
-                input_ids.dims()
-            ))
-        })?;
+        let (b, t) = input_ids
+            .dims2()
+            .map_err(|_| ModelError::Input(format!("input_ids must be [B, T], got {:?}", input_ids.dims())))?;
         if t == 0 {
             return Err(ModelError::Input("input_ids has no positions".into()));
         }
@@ -861,17 +701,7 @@ impl CausalLm {
         };
         let (cos, sin, key_mask) = self.positions(b, t, past, mask)?;
         let x = self.embed_rows(input_ids, detach)?;
-        let mut geometry = Geometry::Dense {
-            rows: Rows {
-                b,
-                t,
-                s: past + t,
-                cos,
-                sin,
-                key_mask,
-            },
-            cache,
-        };
+        let mut geometry = Geometry::Dense { rows: Rows { b, t, s: past + t, cos, sin, key_mask }, cache };
         let x = self.layers_forward(x, &mut geometry, detach, wt.as_deref())?;
         if let Geometry::Dense { cache: Some(c), .. } = geometry {
             c.advance(t);
@@ -883,24 +713,12 @@ impl CausalLm {
 
     /// Embeddings `[N, H]` of `ids` (any shape, flattened), after checking every id fits the vocabulary.
     fn embed_rows(&self, input_ids: &Tensor, detach: bool) -> ModelResult<Tensor> {
-        let ids = input_ids
-            .to_dtype(DType::U32)
-            .and_then(|x| x.flatten_all())
-            .ctx(|| "reading input ids".into())?;
-        let max_id = ids
-            .max(0)
-            .and_then(|m| m.to_scalar::<u32>())
-            .ctx(|| "reading input ids".into())?;
+        let ids = input_ids.to_dtype(DType::U32).and_then(|x| x.flatten_all()).ctx(|| "reading input ids".into())?;
+        let max_id = ids.max(0).and_then(|m| m.to_scalar::<u32>()).ctx(|| "reading input ids".into())?;
         if max_id as usize >= self.config.vocab_size {
-            return Err(ModelError::Input(format!(
-                "token id {max_id} >= vocab_size {}",
-                self.config.vocab_size
-            )));
+            return Err(ModelError::Input(format!("token id {max_id} >= vocab_size {}", self.config.vocab_size)));
         }
-        self.embed
-            .get(detach)
-            .index_select(&ids, 0)
-            .ctx(|| "embedding lookup".into())
+        self.embed.get(detach).index_select(&ids, 0).ctx(|| "embedding lookup".into())
     }
 
     /// The decoder layers over token rows `x` `[N, H]` laid out as `geometry` says; returns the
@@ -919,23 +737,14 @@ impl CausalLm {
         let wt_of = |li: usize, j: usize| wt.map(|w| &w.layers[li][j]);
         for (li, layer) in self.layers.iter().enumerate() {
             let step = |what: &str| format!("layer {li}: {what}");
-            let hcur = ops::rms_norm(&x, &layer.in_norm.get(detach), eps)
-                .ctx(|| step("input_layernorm"))?;
+            let hcur = ops::rms_norm(&x, &layer.in_norm.get(detach), eps).ctx(|| step("input_layernorm"))?;
             let p = &layer.proj;
-            let q = p[0]
-                .forward(&hcur, detach, wt_of(li, 0))
-                .ctx(|| step("q_proj"))?;
-            let k = p[1]
-                .forward(&hcur, detach, wt_of(li, 1))
-                .ctx(|| step("k_proj"))?;
-            let v = p[2]
-                .forward(&hcur, detach, wt_of(li, 2))
-                .ctx(|| step("v_proj"))?;
+            let q = p[0].forward(&hcur, detach, wt_of(li, 0)).ctx(|| step("q_proj"))?;
+            let k = p[1].forward(&hcur, detach, wt_of(li, 1)).ctx(|| step("k_proj"))?;
+            let v = p[2].forward(&hcur, detach, wt_of(li, 2)).ctx(|| step("v_proj"))?;
             let attn = match geometry {
                 Geometry::Dense { rows, cache } => {
-                    let (q, k, v) = self
-                        .heads(layer, &q, &k, &v, rows, detach)
-                        .ctx(|| step("attention heads"))?;
+                    let (q, k, v) = self.heads(layer, &q, &k, &v, rows, detach).ctx(|| step("attention heads"))?;
                     let decoding = rows.t == 1 && cache.is_some();
                     let shared = cache.as_deref().and_then(|c| c.shared.clone());
                     let (k, v) = match cache.as_deref_mut() {
@@ -951,14 +760,7 @@ impl CausalLm {
                         let scale = self.attention_scale();
                         q.reshape((b, nh, hd))
                             .and_then(|q| {
-                                ops::decode_attention_shared(
-                                    &q,
-                                    &k,
-                                    &v,
-                                    &rows.key_mask,
-                                    scale,
-                                    shared.as_deref(),
-                                )
+                                ops::decode_attention_shared(&q, &k, &v, &rows.key_mask, scale, shared.as_deref())
                             })
                             .and_then(|a| a.reshape((b, nh * hd)))
                     } else {
@@ -966,29 +768,19 @@ impl CausalLm {
                     }
                     .ctx(|| step("attention"))?
                 }
-                Geometry::Shared {
-                    prefix,
-                    suffix,
-                    group,
-                } => {
+                Geometry::Shared { prefix, suffix, group } => {
                     let n_prefix = prefix.b * prefix.t;
                     let split = |t: &Tensor| -> candle_core::Result<(Tensor, Tensor)> {
-                        Ok((
-                            t.narrow(0, 0, n_prefix)?,
-                            t.narrow(0, n_prefix, t.dim(0)? - n_prefix)?,
-                        ))
+                        Ok((t.narrow(0, 0, n_prefix)?, t.narrow(0, n_prefix, t.dim(0)? - n_prefix)?))
                     };
                     let ((qp, qs), (kp, ks), (vp, vs)) = (
                         split(&q).ctx(|| step("split"))?,
                         split(&k).ctx(|| step("split"))?,
                         split(&v).ctx(|| step("split"))?,
                     );
-                    let (qp, kp, vp) = self
-                        .heads(layer, &qp, &kp, &vp, prefix, detach)
-                        .ctx(|| step("prefix heads"))?;
-                    let (qs, ks, vs) = self
-                        .heads(layer, &qs, &ks, &vs, suffix, detach)
-                        .ctx(|| step("continuation heads"))?;
+                    let (qp, kp, vp) = self.heads(layer, &qp, &kp, &vp, prefix, detach).ctx(|| step("prefix heads"))?;
+                    let (qs, ks, vs) =
+                        self.heads(layer, &qs, &ks, &vs, suffix, detach).ctx(|| step("continuation heads"))?;
                     // Each continuation sees its prompt's keys and values (gathered, so their
                     // gradients sum over the group in backward) followed by its own.
                     let (kfull, vfull) = (|| -> candle_core::Result<(Tensor, Tensor)> {
@@ -998,21 +790,14 @@ impl CausalLm {
                         ))
                     })()
                     .ctx(|| step("gathering prompt keys"))?;
-                    let ap = self
-                        .attend(&qp, &kp, &vp, prefix)
-                        .ctx(|| step("prefix attention"))?;
-                    let as_ = self
-                        .attend(&qs, &kfull, &vfull, suffix)
-                        .ctx(|| step("continuation attention"))?;
+                    let ap = self.attend(&qp, &kp, &vp, prefix).ctx(|| step("prefix attention"))?;
+                    let as_ = self.attend(&qs, &kfull, &vfull, suffix).ctx(|| step("continuation attention"))?;
                     Tensor::cat(&[&ap, &as_], 0).ctx(|| step("joining attention rows"))?
                 }
             };
-            let o = p[3]
-                .forward(&attn, detach, wt_of(li, 3))
-                .ctx(|| step("o_proj"))?;
+            let o = p[3].forward(&attn, detach, wt_of(li, 3)).ctx(|| step("o_proj"))?;
             x = (x + o).ctx(|| step("residual"))?;
-            let h2 = ops::rms_norm(&x, &layer.post_norm.get(detach), eps)
-                .ctx(|| step("post_attention_layernorm"))?;
+            let h2 = ops::rms_norm(&x, &layer.post_norm.get(detach), eps).ctx(|| step("post_attention_layernorm"))?;
             let mlp = (|| -> candle_core::Result<Tensor> {
                 let g = p[4].forward(&h2, detach, wt_of(li, 4))?;
                 let u = p[5].forward(&h2, detach, wt_of(li, 5))?;
@@ -1041,18 +826,8 @@ impl CausalLm {
         detach: bool,
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let cfg = &self.config;
-        let (b, t, nh, nkv, hd) = (
-            rows.b,
-            rows.t,
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            cfg.head_dim,
-        );
-        let (q, k, v) = (
-            q.reshape((b, t, nh, hd))?,
-            k.reshape((b, t, nkv, hd))?,
-            v.reshape((b, t, nkv, hd))?,
-        );
+        let (b, t, nh, nkv, hd) = (rows.b, rows.t, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let (q, k, v) = (q.reshape((b, t, nh, hd))?, k.reshape((b, t, nkv, hd))?, v.reshape((b, t, nkv, hd))?);
         let (q, k) = match (&layer.q_norm, &layer.k_norm) {
             (Some(qn), Some(kn)) => (
                 ops::rms_norm(&q, &qn.get(detach), cfg.rms_norm_eps)?,
@@ -1071,31 +846,16 @@ impl CausalLm {
     ///
     /// Grouped-query attention without repeating K/V: the `rep` query heads sharing one K/V head
     /// are stacked along the query axis, so one batched matmul serves them all.
-    fn attend(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        rows: &Rows,
-    ) -> candle_core::Result<Tensor> {
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, rows: &Rows) -> candle_core::Result<Tensor> {
         let cfg = &self.config;
-        let (b, t, s, nh, nkv, hd) = (
-            rows.b,
-            rows.t,
-            rows.s,
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            cfg.head_dim,
-        );
+        let (b, t, s, nh, nkv, hd) =
+            (rows.b, rows.t, rows.s, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let rep = nh / nkv;
         let qg = q.reshape((b, nkv, rep * t, hd))?;
         let scores = qg.matmul(&k.t()?)?.reshape((b, nh, t, s))?;
         let probs = ops::masked_softmax(&scores, &rows.key_mask, self.attention_scale(), true)?;
         let out = probs.reshape((b, nkv, rep * t, s))?.matmul(v)?;
-        out.reshape((b, nh, t, hd))?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b * t, nh * hd))
+        out.reshape((b, nh, t, hd))?.transpose(1, 2)?.contiguous()?.reshape((b * t, nh * hd))
     }
 
     /// Hidden states `[B, C, H]` of the continuation rows of `batch` (see [`SharedPrefixBatch`]),
@@ -1108,14 +868,9 @@ impl CausalLm {
     /// tokens from every projection, norm and MLP, forward and backward: with 22-token prompts,
     /// 64-token completions and `n = 8`, a fifth of the learner's matmul work.
     pub fn forward_hidden_shared(&self, batch: &SharedPrefixBatch) -> ModelResult<Tensor> {
-        let (g, p) = batch
-            .prefix_ids
-            .dims2()
-            .map_err(|_| ModelError::Input("prefix ids must be [G, P]".into()))?;
-        let (b, c) = batch
-            .suffix_ids
-            .dims2()
-            .map_err(|_| ModelError::Input("continuation ids must be [B, C]".into()))?;
+        let (g, p) = batch.prefix_ids.dims2().map_err(|_| ModelError::Input("prefix ids must be [G, P]".into()))?;
+        let (b, c) =
+            batch.suffix_ids.dims2().map_err(|_| ModelError::Input("continuation ids must be [B, C]".into()))?;
         if c == 0 || batch.group.len() != b || batch.group.iter().any(|&i| i as usize >= g) {
             return Err(ModelError::Input(format!(
                 "shared-prefix batch: {b} continuations of {c} tokens need {b} group indices below {g}, got {:?}",
@@ -1127,59 +882,25 @@ impl CausalLm {
         let (cos_s, sin_s, km_s) = if p == 0 {
             self.positions(b, c, 0, Some(&batch.suffix_mask))?
         } else {
-            let pm = batch
-                .prefix_mask
-                .index_select(&group, 0)
-                .ctx(|| "gathering prefix masks".to_string())?;
-            let full = Tensor::cat(
-                &[
-                    &pm,
-                    &batch
-                        .suffix_mask
-                        .to_dtype(pm.dtype())
-                        .ctx(|| "mask dtype".to_string())?,
-                ],
-                1,
-            )
-            .ctx(|| "joining masks".to_string())?;
+            let pm = batch.prefix_mask.index_select(&group, 0).ctx(|| "gathering prefix masks".to_string())?;
+            let full =
+                Tensor::cat(&[&pm, &batch.suffix_mask.to_dtype(pm.dtype()).ctx(|| "mask dtype".to_string())?], 1)
+                    .ctx(|| "joining masks".to_string())?;
             self.positions(b, c, p, Some(&full))?
         };
-        let suffix = Rows {
-            b,
-            t: c,
-            s: p + c,
-            cos: cos_s,
-            sin: sin_s,
-            key_mask: km_s,
-        };
+        let suffix = Rows { b, t: c, s: p + c, cos: cos_s, sin: sin_s, key_mask: km_s };
         let xs = self.embed_rows(&batch.suffix_ids, false)?;
         let x = if p == 0 {
-            let mut geometry = Geometry::Dense {
-                rows: suffix,
-                cache: None,
-            };
+            let mut geometry = Geometry::Dense { rows: suffix, cache: None };
             self.layers_forward(xs, &mut geometry, false, None)?
         } else {
             let (cos_p, sin_p, km_p) = self.positions(g, p, 0, Some(&batch.prefix_mask))?;
-            let prefix = Rows {
-                b: g,
-                t: p,
-                s: p,
-                cos: cos_p,
-                sin: sin_p,
-                key_mask: km_p,
-            };
+            let prefix = Rows { b: g, t: p, s: p, cos: cos_p, sin: sin_p, key_mask: km_p };
             let xp = self.embed_rows(&batch.prefix_ids, false)?;
-            let x = Tensor::cat(&[&xp, &xs], 0)
-                .ctx(|| "joining prefix and continuation rows".to_string())?;
-            let mut geometry = Geometry::Shared {
-                prefix,
-                suffix,
-                group,
-            };
+            let x = Tensor::cat(&[&xp, &xs], 0).ctx(|| "joining prefix and continuation rows".to_string())?;
+            let mut geometry = Geometry::Shared { prefix, suffix, group };
             let y = self.layers_forward(x, &mut geometry, false, None)?;
-            y.narrow(0, g * p, b * c)
-                .ctx(|| "selecting continuation rows".to_string())?
+            y.narrow(0, g * p, b * c).ctx(|| "selecting continuation rows".to_string())?
         };
         ops::rms_norm(&x, &self.norm.get(false), self.config.rms_norm_eps)
             .and_then(|h| h.reshape((b, c, self.config.hidden_size)))
@@ -1201,17 +922,10 @@ struct Rows {
 /// How the token rows of one forward pass attend to each other.
 enum Geometry<'c> {
     /// Independent sequences, optionally continuing a KV cache.
-    Dense {
-        rows: Rows,
-        cache: Option<&'c mut KvCache>,
-    },
+    Dense { rows: Rows, cache: Option<&'c mut KvCache> },
     /// The rows of `prefix` first, then those of `suffix`; continuation `i` attends to prefix
     /// `group[i]` before its own positions.
-    Shared {
-        prefix: Rows,
-        suffix: Rows,
-        group: Tensor,
-    },
+    Shared { prefix: Rows, suffix: Rows, group: Tensor },
 }
 
 /// Prompts and their continuations, for [`CausalLm::forward_hidden_shared`].
@@ -1253,17 +967,8 @@ pub struct SharedPrefixBatch {
 impl SharedPrefixBatch {
     /// Builds the tensors from host token lists: `prefixes[g]` are the prompts, `continuations`
     /// pairs each continuation with its prompt's index. Padding uses token `pad`, masked out.
-    pub fn new(
-        prefixes: &[&[u32]],
-        continuations: &[(usize, &[u32])],
-        pad: u32,
-        device: &Device,
-    ) -> ModelResult<Self> {
-        let c = continuations
-            .iter()
-            .map(|(_, x)| x.len())
-            .max()
-            .unwrap_or(0);
+    pub fn new(prefixes: &[&[u32]], continuations: &[(usize, &[u32])], pad: u32, device: &Device) -> ModelResult<Self> {
+        let c = continuations.iter().map(|(_, x)| x.len()).max().unwrap_or(0);
         Self::with_width(prefixes, continuations, c, pad, device)
     }
 
@@ -1278,21 +983,12 @@ impl SharedPrefixBatch {
     ) -> ModelResult<Self> {
         let g = prefixes.len();
         if let Some((i, _)) = continuations.iter().find(|(i, _)| *i >= g) {
-            return Err(ModelError::Input(format!(
-                "a continuation follows prompt {i}, but there are {g} prompts"
-            )));
+            return Err(ModelError::Input(format!("a continuation follows prompt {i}, but there are {g} prompts")));
         }
         let p = prefixes.iter().map(|x| x.len()).max().unwrap_or(0);
         let c = width;
-        if let Some((i, (_, x))) = continuations
-            .iter()
-            .enumerate()
-            .find(|(_, (_, x))| x.len() > c)
-        {
-            return Err(ModelError::Input(format!(
-                "continuation {i} has {} tokens, more than the width {c}",
-                x.len()
-            )));
+        if let Some((i, (_, x))) = continuations.iter().enumerate().find(|(_, (_, x))| x.len() > c) {
+            return Err(ModelError::Input(format!("continuation {i} has {} tokens, more than the width {c}", x.len())));
         }
         let (mut pid, mut pm) = (Vec::with_capacity(g * p), Vec::with_capacity(g * p));
         for x in prefixes {
@@ -1325,12 +1021,8 @@ mod tests {
     use super::*;
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b)
-            .and_then(|d| d.abs())
-            .and_then(|d| d.flatten_all())
-            .and_then(|d| d.max(0));
-        d.and_then(|d| d.to_scalar::<f32>())
-            .expect("difference of two same-shaped f32 tensors")
+        let d = (a - b).and_then(|d| d.abs()).and_then(|d| d.flatten_all()).and_then(|d| d.max(0));
+        d.and_then(|d| d.to_scalar::<f32>()).expect("difference of two same-shaped f32 tensors")
     }
 
     /// Decoding past several capacity steps of the pre-allocated cache, with a clone that
@@ -1341,9 +1033,7 @@ mod tests {
         let cfg = ModelConfig::preset("tiny-300k", 64).expect("preset exists");
         let model = CausalLm::new(&cfg, 3, &Device::Cpu, DType::F32).expect("model builds");
         let (b, total, prefill) = (2usize, 150usize, 40usize);
-        let ids: Vec<u32> = (0..b * total)
-            .map(|i| ((i * 37 + 11) % 64) as u32)
-            .collect();
+        let ids: Vec<u32> = (0..b * total).map(|i| ((i * 37 + 11) % 64) as u32).collect();
         let x = Tensor::from_vec(ids, (b, total), &Device::Cpu).expect("ids");
         // Row 0 is left-padded by 3 positions.
         let mut m = vec![1u8; b * total];
@@ -1353,11 +1043,7 @@ mod tests {
 
         let mut cache = model.new_cache();
         let first = model
-            .forward_cached(
-                &x.narrow(1, 0, prefill).unwrap(),
-                &mask.narrow(1, 0, prefill).unwrap(),
-                &mut cache,
-            )
+            .forward_cached(&x.narrow(1, 0, prefill).unwrap(), &mask.narrow(1, 0, prefill).unwrap(), &mut cache)
             .expect("prefill");
         assert!(max_abs_diff(&first, &full.narrow(1, 0, prefill).unwrap()) < 1e-4);
         let mut branch: Option<(KvCache, usize)> = None;
@@ -1365,23 +1051,12 @@ mod tests {
             let step_ids = x.narrow(1, t, 1).unwrap();
             let step_mask = mask.narrow(1, 0, t + 1).unwrap();
             let mut probe = cache.clone();
-            let all = model
-                .forward_cached(&step_ids, &step_mask, &mut probe)
-                .expect("decode step");
-            let last = model
-                .forward_cached_last(&step_ids, &step_mask, &mut cache)
-                .expect("decode step (last)");
+            let all = model.forward_cached(&step_ids, &step_mask, &mut probe).expect("decode step");
+            let last = model.forward_cached_last(&step_ids, &step_mask, &mut cache).expect("decode step (last)");
             assert_eq!(last.dims(), &[b, 64]);
-            assert_eq!(
-                max_abs_diff(&last, &all.squeeze(1).unwrap()),
-                0.0,
-                "position {t}"
-            );
+            assert_eq!(max_abs_diff(&last, &all.squeeze(1).unwrap()), 0.0, "position {t}");
             let want = full.narrow(1, t, 1).unwrap().squeeze(1).unwrap();
-            assert!(
-                max_abs_diff(&last, &want) < 1e-4,
-                "position {t} vs full forward"
-            );
+            assert!(max_abs_diff(&last, &want) < 1e-4, "position {t} vs full forward");
             if t == 70 {
                 branch = Some((cache.clone(), t + 1));
             }
@@ -1391,11 +1066,7 @@ mod tests {
         // writing into its buffers afterwards.
         let (mut br, at) = branch.expect("branch taken");
         let again = model
-            .forward_cached_last(
-                &x.narrow(1, at, 1).unwrap(),
-                &mask.narrow(1, 0, at + 1).unwrap(),
-                &mut br,
-            )
+            .forward_cached_last(&x.narrow(1, at, 1).unwrap(), &mask.narrow(1, 0, at + 1).unwrap(), &mut br)
             .expect("branch step");
         let want = full.narrow(1, at, 1).unwrap().squeeze(1).unwrap();
         assert!(max_abs_diff(&again, &want) < 1e-4);

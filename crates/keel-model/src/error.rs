@@ -83,29 +83,19 @@ pub enum ModelError {
 
 impl From<candle_core::Error> for ModelError {
     fn from(source: candle_core::Error) -> Self {
-        ModelError::Candle {
-            context: "tensor operation".to_string(),
-            source,
-        }
+        ModelError::Candle { context: "tensor operation".to_string(), source }
     }
 }
 
 impl ModelError {
     /// Wraps an I/O error with the action and path.
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        ModelError::Io {
-            action,
-            path: path.into(),
-            source,
-        }
+        ModelError::Io { action, path: path.into(), source }
     }
 
     /// Builds a config-field error.
     pub fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        ModelError::Config {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        ModelError::Config { field: field.into(), reason: reason.into() }
     }
 }
 
@@ -117,10 +107,7 @@ pub trait CandleContext<T> {
 
 impl<T> CandleContext<T> for Result<T, candle_core::Error> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T, ModelError> {
-        self.map_err(|source| ModelError::Candle {
-            context: context(),
-            source,
-        })
+        self.map_err(|source| ModelError::Candle { context: context(), source })
     }
 }
 

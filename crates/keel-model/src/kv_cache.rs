@@ -45,13 +45,12 @@ impl Clone for KvCache {
             .layers
             .iter()
             .map(|l| {
-                l.as_ref()
-                    .map(|(k, v)| match (k.narrow(2, 0, len), v.narrow(2, 0, len)) {
-                        (Ok(k), Ok(v)) => (k, v),
-                        // Unreachable (every buffer holds at least `len` positions); sharing the
-                        // whole buffers is still correct for a clone that is only read.
-                        _ => (k.clone(), v.clone()),
-                    })
+                l.as_ref().map(|(k, v)| match (k.narrow(2, 0, len), v.narrow(2, 0, len)) {
+                    (Ok(k), Ok(v)) => (k, v),
+                    // Unreachable (every buffer holds at least `len` positions); sharing the
+                    // whole buffers is still correct for a clone that is only read.
+                    _ => (k.clone(), v.clone()),
+                })
             })
             .collect();
         KvCache {
@@ -67,13 +66,7 @@ impl Clone for KvCache {
 impl KvCache {
     /// An empty cache for a model with `num_layers` layers (see [`crate::CausalLm::new_cache`]).
     pub fn new(num_layers: usize) -> Self {
-        KvCache {
-            layers: vec![None; num_layers],
-            len: 0,
-            batch: None,
-            decode_weights: None,
-            shared: None,
-        }
+        KvCache { layers: vec![None; num_layers], len: 0, batch: None, decode_weights: None, shared: None }
     }
 
     /// Number of positions cached (padding included): the `past` length the next call's
@@ -104,17 +97,11 @@ impl KvCache {
     /// Keeps only the batch rows listed in `rows` (u32 indices), e.g. to drop finished sequences
     /// or to expand one prompt into a group; the caller must select the same rows of its mask.
     pub fn select_rows(&mut self, rows: &Tensor) -> ModelResult<()> {
-        let n = rows
-            .dims1()
-            .ctx(|| "KvCache::select_rows: rows must be 1-D".to_string())?;
+        let n = rows.dims1().ctx(|| "KvCache::select_rows: rows must be 1-D".to_string())?;
         for (i, l) in self.layers.iter_mut().enumerate() {
             if let Some((k, v)) = l {
-                let k2 = k
-                    .index_select(rows, 0)
-                    .ctx(|| format!("selecting cache rows (layer {i})"))?;
-                let v2 = v
-                    .index_select(rows, 0)
-                    .ctx(|| format!("selecting cache rows (layer {i})"))?;
+                let k2 = k.index_select(rows, 0).ctx(|| format!("selecting cache rows (layer {i})"))?;
+                let v2 = v.index_select(rows, 0).ctx(|| format!("selecting cache rows (layer {i})"))?;
                 *l = Some((k2, v2));
             }
         }
@@ -127,18 +114,9 @@ impl KvCache {
             .and_then(|r| r.to_vec1())
             .ctx(|| "reading selected rows".to_string())?;
         let mut first: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
-        let source: Vec<u32> = picked
-            .iter()
-            .enumerate()
-            .map(|(i, &r)| *first.entry(r).or_insert(i as u32))
-            .collect();
+        let source: Vec<u32> = picked.iter().enumerate().map(|(i, &r)| *first.entry(r).or_insert(i as u32)).collect();
         let repeats = source.iter().enumerate().any(|(i, &s)| s as usize != i);
-        self.shared = (repeats && self.len > 0).then(|| {
-            Arc::new(SharedKeys {
-                source,
-                len: self.len,
-            })
-        });
+        self.shared = (repeats && self.len > 0).then(|| Arc::new(SharedKeys { source, len: self.len }));
         Ok(())
     }
 
@@ -148,9 +126,9 @@ impl KvCache {
 
     pub(crate) fn check_batch(&mut self, b: usize) -> ModelResult<()> {
         match self.batch {
-            Some(x) if x != b => Err(ModelError::Input(format!(
-                "batch size {b} does not match the cache's batch size {x}"
-            ))),
+            Some(x) if x != b => {
+                Err(ModelError::Input(format!("batch size {b} does not match the cache's batch size {x}")))
+            }
             _ => {
                 self.batch = Some(b);
                 Ok(())
@@ -160,12 +138,7 @@ impl KvCache {
 
     /// Appends new keys/values `[B, kv, t, D]` for `layer` and returns the full `[B, kv, S, D]`
     /// (views of the layer's buffers; only positions `< S` are read through them).
-    pub(crate) fn append(
-        &mut self,
-        layer: usize,
-        k: Tensor,
-        v: Tensor,
-    ) -> ModelResult<(Tensor, Tensor)> {
+    pub(crate) fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> ModelResult<(Tensor, Tensor)> {
         let past = self.len;
         let slot = self
             .layers
@@ -174,47 +147,23 @@ impl KvCache {
         let ctx = || format!("appending to cache layer {layer}");
         let (b, kv, t, d) = k.dims4().ctx(ctx)?;
         let need = past + t;
-        let cap = slot
-            .as_ref()
-            .map(|(pk, _)| pk.dim(2))
-            .transpose()
-            .ctx(ctx)?
-            .unwrap_or(0);
+        let cap = slot.as_ref().map(|(pk, _)| pk.dim(2)).transpose().ctx(ctx)?.unwrap_or(0);
         if need > cap {
             let new_cap = need.max(2 * cap).div_ceil(CAPACITY_STEP) * CAPACITY_STEP;
             let nk = Tensor::zeros((b, kv, new_cap, d), k.dtype(), k.device()).ctx(ctx)?;
             let nv = Tensor::zeros((b, kv, new_cap, d), v.dtype(), v.device()).ctx(ctx)?;
             if let Some((pk, pv)) = slot.take() {
                 if past > 0 {
-                    nk.slice_set(
-                        &pk.narrow(2, 0, past)
-                            .and_then(|x| x.contiguous())
-                            .ctx(ctx)?,
-                        2,
-                        0,
-                    )
-                    .ctx(ctx)?;
-                    nv.slice_set(
-                        &pv.narrow(2, 0, past)
-                            .and_then(|x| x.contiguous())
-                            .ctx(ctx)?,
-                        2,
-                        0,
-                    )
-                    .ctx(ctx)?;
+                    nk.slice_set(&pk.narrow(2, 0, past).and_then(|x| x.contiguous()).ctx(ctx)?, 2, 0).ctx(ctx)?;
+                    nv.slice_set(&pv.narrow(2, 0, past).and_then(|x| x.contiguous()).ctx(ctx)?, 2, 0).ctx(ctx)?;
                 }
             }
             *slot = Some((nk, nv));
         }
-        let (bk, bv) = slot
-            .as_ref()
-            .ok_or_else(|| ModelError::Input(format!("cache layer {layer} is empty")))?;
+        let (bk, bv) = slot.as_ref().ok_or_else(|| ModelError::Input(format!("cache layer {layer} is empty")))?;
         bk.slice_set(&k.contiguous().ctx(ctx)?, 2, past).ctx(ctx)?;
         bv.slice_set(&v.contiguous().ctx(ctx)?, 2, past).ctx(ctx)?;
-        Ok((
-            bk.narrow(2, 0, need).ctx(ctx)?,
-            bv.narrow(2, 0, need).ctx(ctx)?,
-        ))
+        Ok((bk.narrow(2, 0, need).ctx(ctx)?, bv.narrow(2, 0, need).ctx(ctx)?))
     }
 
     pub(crate) fn advance(&mut self, t: usize) {

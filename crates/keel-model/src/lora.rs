@@ -32,11 +32,7 @@ pub struct LoraConfig {
 impl Default for LoraConfig {
     /// Rank 8, alpha 16, every attention and MLP projection (the common PEFT recipe for small models).
     fn default() -> Self {
-        LoraConfig {
-            r: 8,
-            alpha: 16.0,
-            target_modules: PROJECTIONS.iter().map(|s| s.to_string()).collect(),
-        }
+        LoraConfig { r: 8, alpha: 16.0, target_modules: PROJECTIONS.iter().map(|s| s.to_string()).collect() }
     }
 }
 
@@ -56,10 +52,7 @@ impl LoraConfig {
         let mut idx = Vec::new();
         for m in &self.target_modules {
             let j = PROJECTIONS.iter().position(|p| p == m).ok_or_else(|| {
-                ModelError::Lora(format!(
-                    "unknown target module `{m}` (valid: {})",
-                    PROJECTIONS.join(", ")
-                ))
+                ModelError::Lora(format!("unknown target module `{m}` (valid: {})", PROJECTIONS.join(", ")))
             })?;
             if !idx.contains(&j) {
                 idx.push(j);
@@ -75,9 +68,7 @@ impl CausalLm {
     /// adapted model's outputs initially equal the base model's.
     pub fn add_lora(&mut self, cfg: &LoraConfig, seed: u64) -> ModelResult<()> {
         if self.lora.is_some() {
-            return Err(ModelError::Lora(
-                "adapters are already attached; merge or rebuild the model first".into(),
-            ));
+            return Err(ModelError::Lora("adapters are already attached; merge or rebuild the model first".into()));
         }
         let targets = cfg.validate()?;
         let scale = cfg.alpha / cfg.r as f64;
@@ -90,27 +81,14 @@ impl CausalLm {
         for (i, layer) in self.layers.iter_mut().enumerate() {
             for &j in &targets {
                 let lin = &mut layer.proj[j];
-                let (out, inp) = lin
-                    .w
-                    .var
-                    .as_tensor()
-                    .dims2()
-                    .ctx(|| format!("{}: weight rank", proj_path(i, j)))?;
+                let (out, inp) = lin.w.var.as_tensor().dims2().ctx(|| format!("{}: weight rank", proj_path(i, j)))?;
                 let name = format!("{}.lora_A.weight", proj_path(i, j));
                 let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(stream.seed(&name));
                 let bound = 1.0 / (inp as f64).sqrt();
-                let a: Vec<f64> = (0..cfg.r * inp)
-                    .map(|_| rng.random_range(-bound..bound))
-                    .collect();
-                let a = Tensor::from_vec(a, (cfg.r, inp), &device)
-                    .and_then(|t| t.to_dtype(dtype))
-                    .ctx(|| name.clone())?;
+                let a: Vec<f64> = (0..cfg.r * inp).map(|_| rng.random_range(-bound..bound)).collect();
+                let a = Tensor::from_vec(a, (cfg.r, inp), &device).and_then(|t| t.to_dtype(dtype)).ctx(|| name.clone())?;
                 let b = Tensor::zeros((out, cfg.r), dtype, &device).ctx(|| name.clone())?;
-                lin.lora = Some(LoraPair {
-                    a: Param::new(&a, true)?,
-                    b: Param::new(&b, true)?,
-                    scale,
-                });
+                lin.lora = Some(LoraPair { a: Param::new(&a, true)?, b: Param::new(&b, true)?, scale });
             }
         }
         self.lora = Some(cfg.clone());
@@ -131,9 +109,7 @@ impl CausalLm {
         for (i, layer) in self.layers.iter_mut().enumerate() {
             for (j, lin) in layer.proj.iter_mut().enumerate() {
                 if lin.lora.is_some() {
-                    let merged = lin
-                        .effective_weight()
-                        .ctx(|| format!("merging adapter into {}", proj_path(i, j)))?;
+                    let merged = lin.effective_weight().ctx(|| format!("merging adapter into {}", proj_path(i, j)))?;
                     lin.lora = None;
                     lin.w = Param::new(&merged, true)?;
                 }
@@ -154,9 +130,7 @@ impl CausalLm {
             for (i, layer) in c.layers.iter_mut().enumerate() {
                 for (j, lin) in layer.proj.iter_mut().enumerate() {
                     if lin.lora.is_some() {
-                        let merged = lin
-                            .effective_weight()
-                            .ctx(|| format!("merging adapter into {}", proj_path(i, j)))?;
+                        let merged = lin.effective_weight().ctx(|| format!("merging adapter into {}", proj_path(i, j)))?;
                         lin.lora = None;
                         lin.w = Param::new(&merged, false)?;
                     }
@@ -168,10 +142,7 @@ impl CausalLm {
 
     /// Writes `adapter_model.safetensors` and `adapter_config.json` (PEFT layout) to `dir`.
     pub fn save_lora(&self, dir: &Path) -> ModelResult<()> {
-        let cfg = self
-            .lora
-            .as_ref()
-            .ok_or_else(|| ModelError::Lora("no adapters to save".into()))?;
+        let cfg = self.lora.as_ref().ok_or_else(|| ModelError::Lora("no adapters to save".into()))?;
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io("creating directory", dir, e))?;
         let tensors: HashMap<String, Tensor> = self
             .lora_params()
@@ -191,48 +162,24 @@ impl CausalLm {
             "use_rslora": false,
             "inference_mode": false,
         });
-        let text = serde_json::to_string_pretty(&config).map_err(|source| ModelError::Json {
-            what: "serialising adapter_config.json".into(),
-            source,
-        })?;
+        let text = serde_json::to_string_pretty(&config)
+            .map_err(|source| ModelError::Json { what: "serialising adapter_config.json".into(), source })?;
         write_text_atomic(&dir.join("adapter_config.json"), &text)
     }
 
     /// Attaches the adapters stored in `dir` (written by [`CausalLm::save_lora`] or PEFT).
     pub fn load_lora(&mut self, dir: &Path) -> ModelResult<()> {
         let cpath = dir.join("adapter_config.json");
-        let text =
-            std::fs::read_to_string(&cpath).map_err(|e| ModelError::io("reading", &cpath, e))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|source| ModelError::Json {
-                what: format!("parsing {}", cpath.display()),
-                source,
-            })?;
-        let r = v
-            .get("r")
-            .and_then(|x| x.as_u64())
-            .ok_or_else(|| ModelError::config("r", "missing in adapter_config.json"))?;
-        let alpha = v
-            .get("lora_alpha")
-            .and_then(|x| x.as_f64())
-            .unwrap_or(r as f64);
+        let text = std::fs::read_to_string(&cpath).map_err(|e| ModelError::io("reading", &cpath, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|source| ModelError::Json { what: format!("parsing {}", cpath.display()), source })?;
+        let r = v.get("r").and_then(|x| x.as_u64()).ok_or_else(|| ModelError::config("r", "missing in adapter_config.json"))?;
+        let alpha = v.get("lora_alpha").and_then(|x| x.as_f64()).unwrap_or(r as f64);
         let targets: Vec<String> = match v.get("target_modules") {
-            Some(serde_json::Value::Array(a)) => a
-                .iter()
-                .filter_map(|s| s.as_str().map(String::from))
-                .collect(),
-            _ => {
-                return Err(ModelError::config(
-                    "target_modules",
-                    "expected a list in adapter_config.json",
-                ))
-            }
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|s| s.as_str().map(String::from)).collect(),
+            _ => return Err(ModelError::config("target_modules", "expected a list in adapter_config.json")),
         };
-        let cfg = LoraConfig {
-            r: r as usize,
-            alpha,
-            target_modules: targets,
-        };
+        let cfg = LoraConfig { r: r as usize, alpha, target_modules: targets };
         self.add_lora(&cfg, 0)?;
         self.load_lora_values(dir)
     }
@@ -241,28 +188,19 @@ impl CausalLm {
     /// e.g. to resume training: the frozen base weights stay as they are.
     pub fn load_lora_values(&self, dir: &Path) -> ModelResult<()> {
         if self.lora.is_none() {
-            return Err(ModelError::Lora(
-                "no adapters attached to load values into".into(),
-            ));
+            return Err(ModelError::Lora("no adapters attached to load values into".into()));
         }
         let wpath = dir.join("adapter_model.safetensors");
-        let mut tensors = candle_core::safetensors::load(&wpath, &self.device)
-            .ctx(|| format!("reading {}", wpath.display()))?;
+        let mut tensors =
+            candle_core::safetensors::load(&wpath, &self.device).ctx(|| format!("reading {}", wpath.display()))?;
         for (name, p) in self.lora_params() {
             let key = format!("{PEFT_PREFIX}{name}");
             let expected = p.var.as_tensor().dims().to_vec();
             let t = tensors
                 .remove(&key)
-                .ok_or_else(|| ModelError::MissingTensor {
-                    name: key.clone(),
-                    expected: expected.clone(),
-                })?;
+                .ok_or_else(|| ModelError::MissingTensor { name: key.clone(), expected: expected.clone() })?;
             if t.dims() != expected.as_slice() {
-                return Err(ModelError::ShapeMismatch {
-                    name: key,
-                    expected,
-                    actual: t.dims().to_vec(),
-                });
+                return Err(ModelError::ShapeMismatch { name: key, expected, actual: t.dims().to_vec() });
             }
             let t = t.to_dtype(self.dtype).ctx(|| format!("casting {key}"))?;
             p.var.set(&t).ctx(|| format!("setting {key}"))?;

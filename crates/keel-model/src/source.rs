@@ -127,14 +127,10 @@ fn expand_vars(s: &str) -> Result<String, String> {
         out.push_str(&rest[..i]);
         let after = &rest[i + 1..];
         let (name, tail) = if let Some(braced) = after.strip_prefix('{') {
-            let end = braced
-                .find('}')
-                .ok_or_else(|| format!("unclosed `${{` in `{s}`"))?;
+            let end = braced.find('}').ok_or_else(|| format!("unclosed `${{` in `{s}`"))?;
             (&braced[..end], &braced[end + 1..])
         } else {
-            let end = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(after.len());
+            let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
             (&after[..end], &after[end..])
         };
         if name.is_empty() {
@@ -166,10 +162,7 @@ impl ModelSource {
     /// - otherwise a bare name made of letters, digits, `-`, `_`, `.`: a preset (`tiny-1m`).
     pub fn parse(s: &str) -> Result<Self, SourceError> {
         let s = s.trim();
-        let expanded = expand_vars(s).map_err(|reason| SourceError::Invalid {
-            reference: s.to_string(),
-            reason,
-        })?;
+        let expanded = expand_vars(s).map_err(|reason| SourceError::Invalid { reference: s.to_string(), reason })?;
         let s = expanded.as_str();
         let invalid = |reason: &str| SourceError::Invalid {
             reference: s.to_string(),

@@ -41,13 +41,8 @@ pub fn tensor_specs(cfg: &ModelConfig) -> Vec<TensorSpec> {
     let (h, hd, ff) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
     let (qd, kvd) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
     let mut v = Vec::new();
-    let mut push =
-        |name: String, shape: Vec<usize>, init: Init| v.push(TensorSpec { name, shape, init });
-    push(
-        "model.embed_tokens.weight".into(),
-        vec![cfg.vocab_size, h],
-        Init::Normal(std),
-    );
+    let mut push = |name: String, shape: Vec<usize>, init: Init| v.push(TensorSpec { name, shape, init });
+    push("model.embed_tokens.weight".into(), vec![cfg.vocab_size, h], Init::Normal(std));
     for i in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{i}");
         for (m, out, inp, bias) in [
@@ -69,19 +64,11 @@ pub fn tensor_specs(cfg: &ModelConfig) -> Vec<TensorSpec> {
             push(format!("{p}.self_attn.k_norm.weight"), vec![hd], Init::Ones);
         }
         push(format!("{p}.input_layernorm.weight"), vec![h], Init::Ones);
-        push(
-            format!("{p}.post_attention_layernorm.weight"),
-            vec![h],
-            Init::Ones,
-        );
+        push(format!("{p}.post_attention_layernorm.weight"), vec![h], Init::Ones);
     }
     push("model.norm.weight".into(), vec![h], Init::Ones);
     if !cfg.tie_word_embeddings {
-        push(
-            "lm_head.weight".into(),
-            vec![cfg.vocab_size, h],
-            Init::Normal(std),
-        );
+        push("lm_head.weight".into(), vec![cfg.vocab_size, h], Init::Normal(std));
     }
     v
 }
@@ -105,12 +92,7 @@ pub(crate) fn normal_vec(seed: u64, n: usize, std: f64) -> Vec<f64> {
 
 /// Initialises one tensor; each tensor draws from its own stream keyed by `(seed, name)`, so adding
 /// a tensor never changes the values of the others.
-pub(crate) fn init_tensor(
-    spec: &TensorSpec,
-    seed: u64,
-    device: &Device,
-    dtype: DType,
-) -> ModelResult<Tensor> {
+pub(crate) fn init_tensor(spec: &TensorSpec, seed: u64, device: &Device, dtype: DType) -> ModelResult<Tensor> {
     let n: usize = spec.shape.iter().product();
     let data = match spec.init {
         Init::Zeros => vec![0f64; n],
@@ -124,14 +106,10 @@ pub(crate) fn init_tensor(
 
 /// Reads every tensor of a checkpoint directory: `model.safetensors`, or the shards listed in
 /// `model.safetensors.index.json`.
-pub fn read_checkpoint_tensors(
-    dir: &Path,
-    device: &Device,
-) -> ModelResult<HashMap<String, Tensor>> {
+pub fn read_checkpoint_tensors(dir: &Path, device: &Device) -> ModelResult<HashMap<String, Tensor>> {
     let single = dir.join("model.safetensors");
     if single.is_file() {
-        return candle_core::safetensors::load(&single, device)
-            .ctx(|| format!("reading {}", single.display()));
+        return candle_core::safetensors::load(&single, device).ctx(|| format!("reading {}", single.display()));
     }
     let index = dir.join("model.safetensors.index.json");
     if !index.is_file() {
@@ -142,24 +120,19 @@ pub fn read_checkpoint_tensors(
         ));
     }
     let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io("reading", &index, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|source| ModelError::Json {
-        what: format!("parsing {}", index.display()),
-        source,
-    })?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|source| ModelError::Json { what: format!("parsing {}", index.display()), source })?;
     let map = v
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .ok_or_else(|| {
-            ModelError::config("weight_map", format!("missing in {}", index.display()))
-        })?;
+        .ok_or_else(|| ModelError::config("weight_map", format!("missing in {}", index.display())))?;
     let mut files: Vec<&str> = map.values().filter_map(|f| f.as_str()).collect();
     files.sort_unstable();
     files.dedup();
     let mut out = HashMap::new();
     for f in files {
         let p = dir.join(f);
-        let part = candle_core::safetensors::load(&p, device)
-            .ctx(|| format!("reading shard {}", p.display()))?;
+        let part = candle_core::safetensors::load(&p, device).ctx(|| format!("reading shard {}", p.display()))?;
         out.extend(part);
     }
     Ok(out)
@@ -168,10 +141,7 @@ pub fn read_checkpoint_tensors(
 /// Writes `tensors` as a safetensors file atomically (temporary file, then rename), so a crash
 /// never leaves a truncated checkpoint behind.
 pub fn write_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> ModelResult<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     candle_core::safetensors::save(tensors, &tmp).ctx(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| ModelError::io("renaming into", path, e))
@@ -179,10 +149,7 @@ pub fn write_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Mode
 
 /// Writes a text file atomically.
 pub(crate) fn write_text_atomic(path: &Path, text: &str) -> ModelResult<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     std::fs::write(&tmp, text).map_err(|e| ModelError::io("writing", &tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| ModelError::io("renaming into", path, e))
@@ -203,10 +170,7 @@ impl WeightSnapshot {
     pub fn from_tensors(tensors: impl IntoIterator<Item = (String, Tensor)>) -> ModelResult<Self> {
         let mut map = BTreeMap::new();
         for (name, t) in tensors {
-            let c = t
-                .detach()
-                .copy()
-                .ctx(|| format!("copying {name} into a snapshot"))?;
+            let c = t.detach().copy().ctx(|| format!("copying {name} into a snapshot"))?;
             map.insert(name, c);
         }
         Ok(WeightSnapshot { tensors: map })
@@ -249,9 +213,6 @@ mod tests {
         assert_ne!(a, normal_vec(8, 10_000, 0.02));
         let mean = a.iter().sum::<f64>() / a.len() as f64;
         let std = (a.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / a.len() as f64).sqrt();
-        assert!(
-            mean.abs() < 0.001 && (std - 0.02).abs() < 0.001,
-            "mean {mean} std {std}"
-        );
+        assert!(mean.abs() < 0.001 && (std - 0.02).abs() < 0.001, "mean {mean} std {std}");
     }
 }

@@ -53,18 +53,15 @@ fn llama_cfg(cfg: &ModelConfig) -> llama::Config {
         bos_token_id: None,
         eos_token_id: None,
         rope_scaling: match &cfg.rope_scaling {
-            Some(RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings,
-            }) => Some(llama::Llama3RopeConfig {
-                factor: *factor as f32,
-                low_freq_factor: *low_freq_factor as f32,
-                high_freq_factor: *high_freq_factor as f32,
-                original_max_position_embeddings: *original_max_position_embeddings,
-                rope_type: llama::Llama3RopeType::Llama3,
-            }),
+            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+                Some(llama::Llama3RopeConfig {
+                    factor: *factor as f32,
+                    low_freq_factor: *low_freq_factor as f32,
+                    high_freq_factor: *high_freq_factor as f32,
+                    original_max_position_embeddings: *original_max_position_embeddings,
+                    rope_type: llama::Llama3RopeType::Llama3,
+                })
+            }
             _ => None,
         },
         max_position_embeddings: cfg.max_position_embeddings,

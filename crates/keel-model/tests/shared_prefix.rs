@@ -11,11 +11,7 @@ type Continuation = (usize, Vec<u32>);
 /// Prompts of different lengths (so the prefix batch is left-padded), each continued 1–3 times
 /// with completions of different lengths (right-padded), groups not in order.
 fn case() -> (Vec<Vec<u32>>, Vec<Continuation>) {
-    let prompts = vec![
-        vec![5, 9, 13, 2, 7],
-        vec![33, 1],
-        vec![60, 61, 62, 3, 4, 8, 21],
-    ];
+    let prompts = vec![vec![5, 9, 13, 2, 7], vec![33, 1], vec![60, 61, 62, 3, 4, 8, 21]];
     let conts = vec![
         (0, vec![11, 12, 40, 3]),
         (1, vec![7]),
@@ -29,10 +25,7 @@ fn case() -> (Vec<Vec<u32>>, Vec<Continuation>) {
 
 fn config(qwen_like: bool) -> ModelConfig {
     let mut cfg = ModelConfig::preset("tiny-300k", 64).expect("preset exists");
-    assert!(
-        cfg.num_key_value_heads < cfg.num_attention_heads,
-        "the case covers grouped-query attention"
-    );
+    assert!(cfg.num_key_value_heads < cfg.num_attention_heads, "the case covers grouped-query attention");
     if qwen_like {
         cfg.qkv_bias = true;
         cfg.qk_norm = true;
@@ -48,25 +41,9 @@ fn probe(hidden: &Tensor, w: &Tensor) -> Tensor {
 }
 
 fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    let m = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
+    let d =
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+    let m = b.abs().unwrap().max_all().unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
     d / m.max(1e-12)
 }
 
@@ -75,10 +52,7 @@ fn check(qwen_like: bool, dtype: DType, tol: f64) {
     let cfg = config(qwen_like);
     let model = CausalLm::new(&cfg, 7, &dev, dtype).expect("model builds");
     let (prompts, conts) = case();
-    let w = Tensor::randn(0f32, 1.0, cfg.hidden_size, &dev)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap();
+    let w = Tensor::randn(0f32, 1.0, cfg.hidden_size, &dev).unwrap().to_dtype(dtype).unwrap();
 
     // Reference: each sequence alone, no padding anywhere.
     let mut ref_hidden = Vec::new();
@@ -107,10 +81,7 @@ fn check(qwen_like: bool, dtype: DType, tol: f64) {
     for (i, (_, c)) in conts.iter().enumerate() {
         let hc = hidden.get(i).unwrap().narrow(0, 0, c.len()).unwrap();
         let e = max_rel(&hc, &ref_hidden[i]);
-        assert!(
-            e < tol,
-            "{dtype:?} qwen_like={qwen_like}: continuation {i} hidden rel err {e}"
-        );
+        assert!(e < tol, "{dtype:?} qwen_like={qwen_like}: continuation {i} hidden rel err {e}");
         let l = probe(&hc, &w);
         loss = Some(match loss {
             None => l,
@@ -125,17 +96,10 @@ fn check(qwen_like: bool, dtype: DType, tol: f64) {
             (Some(a), Some(b)) => (a, b),
             // The output projection is not part of the hidden states.
             (None, None) if name == "lm_head.weight" => continue,
-            (a, b) => panic!(
-                "{name}: gradient present {} / reference {}",
-                a.is_some(),
-                b.is_some()
-            ),
+            (a, b) => panic!("{name}: gradient present {} / reference {}", a.is_some(), b.is_some()),
         };
         let e = max_rel(a, b);
-        assert!(
-            e < tol,
-            "{dtype:?} qwen_like={qwen_like}: gradient of {name} rel err {e}"
-        );
+        assert!(e < tol, "{dtype:?} qwen_like={qwen_like}: gradient of {name} rel err {e}");
     }
 }
 
@@ -159,11 +123,7 @@ fn one_token_prompts_have_an_empty_prefix() {
     let conts: Vec<(usize, &[u32])> = vec![(0, &[4, 5, 6]), (1, &[9, 8])];
     let batch = SharedPrefixBatch::new(&prompts, &conts, 0, &dev).unwrap();
     let h = model.forward_hidden_shared(&batch).unwrap();
-    let solo = model
-        .forward_hidden(&Tensor::new(&[[4u32, 5, 6]], &dev).unwrap(), None)
-        .unwrap()
-        .squeeze(0)
-        .unwrap();
+    let solo = model.forward_hidden(&Tensor::new(&[[4u32, 5, 6]], &dev).unwrap(), None).unwrap().squeeze(0).unwrap();
     assert!(max_rel(&h.get(0).unwrap(), &solo) < 1e-12);
 }
 
@@ -172,11 +132,6 @@ fn bad_group_indices_are_errors() {
     let dev = Device::Cpu;
     let prompts: Vec<&[u32]> = vec![&[1, 2]];
     let conts: Vec<(usize, &[u32])> = vec![(1, &[3])];
-    let err = SharedPrefixBatch::new(&prompts, &conts, 0, &dev)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("prompt 1") && err.contains("1 prompts"),
-        "{err}"
-    );
+    let err = SharedPrefixBatch::new(&prompts, &conts, 0, &dev).unwrap_err().to_string();
+    assert!(err.contains("prompt 1") && err.contains("1 prompts"), "{err}");
 }

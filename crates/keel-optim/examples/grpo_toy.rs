@@ -8,9 +8,8 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use keel_optim::{
-    clip_grad_norm, grpo_advantages, policy_loss, token_logprobs, AdamW, AdamWConfig, DecayRule,
-    Ema, EmaConfig, GroupNormConfig, Groups, KlEstimator, KlPenalty, LossAggregation, LrSchedule,
-    PolicyBatch, PolicyLossConfig,
+    clip_grad_norm, grpo_advantages, policy_loss, token_logprobs, AdamW, AdamWConfig, DecayRule, Ema, EmaConfig,
+    GroupNormConfig, Groups, KlEstimator, KlPenalty, LossAggregation, LrSchedule, PolicyBatch, PolicyLossConfig,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -24,30 +23,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // One prompt, a group of 4 sampled completions (token ids), the last one padded after 2 tokens.
     let tokens = Tensor::new(&[[1u32, 2, 3], [1, 2, 4], [0, 0, 0], [4, 3, 0]], &dev)?;
-    let mask = Tensor::new(
-        &[
-            [1f32, 1.0, 1.0],
-            [1.0, 1.0, 1.0],
-            [1.0, 1.0, 1.0],
-            [1.0, 1.0, 0.0],
-        ],
-        &dev,
-    )?;
+    let mask = Tensor::new(&[[1f32, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 0.0]], &dev)?;
     let rewards = [1.0, 1.0, 0.0, 0.0]; // verifiable reward: the first two are correct
     let b = rewards.len();
 
-    let logits_of = |w: &Tensor| -> candle_core::Result<Tensor> {
-        w.unsqueeze(0)?.broadcast_as((b, t, v))?.contiguous()
-    };
+    let logits_of =
+        |w: &Tensor| -> candle_core::Result<Tensor> { w.unsqueeze(0)?.broadcast_as((b, t, v))?.contiguous() };
     let old_logp = token_logprobs(&logits_of(table.as_tensor())?, &tokens)?.detach();
     let ref_logp = token_logprobs(&logits_of(&reference)?, &tokens)?;
 
     // GRPO advantages within the group (TRL defaults: sample std, eps 1e-4).
-    let adv = grpo_advantages(
-        &rewards,
-        &Groups::contiguous(b, 4)?,
-        &GroupNormConfig::default(),
-    )?;
+    let adv = grpo_advantages(&rewards, &Groups::contiguous(b, 4)?, &GroupNormConfig::default())?;
     println!("advantages: {adv:?}");
     let adv = Tensor::new(adv.as_slice(), &dev)?.to_dtype(DType::F32)?;
 
@@ -55,32 +41,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         eps_low: 0.2,
         eps_high: 0.28, // DAPO clip-higher
         aggregation: LossAggregation::SequenceMean,
-        kl: Some(KlPenalty {
-            beta: 0.04,
-            estimator: KlEstimator::K3,
-        }),
+        kl: Some(KlPenalty { beta: 0.04, estimator: KlEstimator::K3 }),
     };
     let base_lr = 0.1;
-    let schedule = LrSchedule::Cosine {
-        warmup_steps: 1,
-        total_steps: 6,
-        min_lr_ratio: 0.1,
-    };
+    let schedule = LrSchedule::Cosine { warmup_steps: 1, total_steps: 6, min_lr_ratio: 0.1 };
     let mut opt = AdamW::with_decay_rule(
         params.clone(),
-        AdamWConfig {
-            lr: base_lr,
-            ..Default::default()
-        },
+        AdamWConfig { lr: base_lr, ..Default::default() },
         &DecayRule::default(),
     )?;
-    let mut ema = Ema::new(
-        &params,
-        EmaConfig {
-            alpha: 0.9,
-            blend_back: None,
-        },
-    )?;
+    let mut ema = Ema::new(&params, EmaConfig { alpha: 0.9, blend_back: None })?;
 
     // Several inner steps on the same batch (GRPO's num_iterations / PPO epochs).
     for step in 0..6 {
@@ -112,16 +82,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // Probability of the rewarded first token (id 1) under the live and the averaged policy.
-    let p_live = candle_nn::ops::softmax_last_dim(&table.as_tensor().narrow(0, 0, 1)?)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
+    let p_live =
+        candle_nn::ops::softmax_last_dim(&table.as_tensor().narrow(0, 0, 1)?)?.flatten_all()?.to_vec1::<f32>()?;
     let avg = ema.get("policy.logits").ok_or("EMA lost the policy")?;
-    let p_avg = candle_nn::ops::softmax_last_dim(&avg.narrow(0, 0, 1)?)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    println!(
-        "P(token 1 at position 0): start 0.200, live {:.3}, EMA {:.3}",
-        p_live[1], p_avg[1]
-    );
+    let p_avg = candle_nn::ops::softmax_last_dim(&avg.narrow(0, 0, 1)?)?.flatten_all()?.to_vec1::<f32>()?;
+    println!("P(token 1 at position 0): start 0.200, live {:.3}, EMA {:.3}", p_live[1], p_avg[1]);
     Ok(())
 }

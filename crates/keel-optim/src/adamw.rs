@@ -28,13 +28,7 @@ pub struct AdamWConfig {
 impl Default for AdamWConfig {
     /// PyTorch's `torch.optim.AdamW` defaults: lr 1e-3, β = (0.9, 0.999), ε = 1e-8, λ = 0.01.
     fn default() -> Self {
-        AdamWConfig {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-        }
+        AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
     }
 }
 
@@ -45,32 +39,16 @@ impl AdamWConfig {
             return Err(OptimError::config("lr", self.lr, "must be finite and >= 0"));
         }
         if !(0.0..1.0).contains(&self.beta1) {
-            return Err(OptimError::config(
-                "beta1",
-                self.beta1,
-                "must lie in [0, 1)",
-            ));
+            return Err(OptimError::config("beta1", self.beta1, "must lie in [0, 1)"));
         }
         if !(0.0..1.0).contains(&self.beta2) {
-            return Err(OptimError::config(
-                "beta2",
-                self.beta2,
-                "must lie in [0, 1)",
-            ));
+            return Err(OptimError::config("beta2", self.beta2, "must lie in [0, 1)"));
         }
         if !(self.eps > 0.0 && self.eps.is_finite()) {
-            return Err(OptimError::config(
-                "eps",
-                self.eps,
-                "must be finite and > 0",
-            ));
+            return Err(OptimError::config("eps", self.eps, "must be finite and > 0"));
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
-            return Err(OptimError::config(
-                "weight_decay",
-                self.weight_decay,
-                "must be finite and >= 0",
-            ));
+            return Err(OptimError::config("weight_decay", self.weight_decay, "must be finite and >= 0"));
         }
         Ok(())
     }
@@ -92,20 +70,14 @@ pub struct DecayRule {
 impl Default for DecayRule {
     /// No decay for rank < 2 and for names containing `bias`, `norm` or `embed`.
     fn default() -> Self {
-        DecayRule {
-            min_rank: 2,
-            exclude: vec!["bias".into(), "norm".into(), "embed".into()],
-        }
+        DecayRule { min_rank: 2, exclude: vec!["bias".into(), "norm".into(), "embed".into()] }
     }
 }
 
 impl DecayRule {
     /// Every parameter decays.
     pub fn all() -> Self {
-        DecayRule {
-            min_rank: 0,
-            exclude: Vec::new(),
-        }
+        DecayRule { min_rank: 0, exclude: Vec::new() }
     }
 
     /// True if the parameter `name` of the given rank should decay.
@@ -185,37 +157,16 @@ impl AdamW {
     /// One group: every parameter decays with `config.weight_decay`.
     pub fn new(params: Vec<(String, Var)>, config: AdamWConfig) -> Result<Self> {
         let wd = config.weight_decay;
-        Self::with_groups(
-            vec![ParamGroup {
-                weight_decay: wd,
-                lr_scale: 1.0,
-                params,
-            }],
-            config,
-        )
+        Self::with_groups(vec![ParamGroup { weight_decay: wd, lr_scale: 1.0, params }], config)
     }
 
     /// Two groups split by `rule`: decaying parameters get `config.weight_decay`, the rest 0.
-    pub fn with_decay_rule(
-        params: Vec<(String, Var)>,
-        config: AdamWConfig,
-        rule: &DecayRule,
-    ) -> Result<Self> {
-        let (decay, no_decay): (Vec<_>, Vec<_>) = params
-            .into_iter()
-            .partition(|(n, v)| rule.decays(n, v.rank()));
+    pub fn with_decay_rule(params: Vec<(String, Var)>, config: AdamWConfig, rule: &DecayRule) -> Result<Self> {
+        let (decay, no_decay): (Vec<_>, Vec<_>) = params.into_iter().partition(|(n, v)| rule.decays(n, v.rank()));
         Self::with_groups(
             vec![
-                ParamGroup {
-                    weight_decay: config.weight_decay,
-                    lr_scale: 1.0,
-                    params: decay,
-                },
-                ParamGroup {
-                    weight_decay: 0.0,
-                    lr_scale: 1.0,
-                    params: no_decay,
-                },
+                ParamGroup { weight_decay: config.weight_decay, lr_scale: 1.0, params: decay },
+                ParamGroup { weight_decay: 0.0, lr_scale: 1.0, params: no_decay },
             ],
             config,
         )
@@ -235,28 +186,16 @@ impl AdamW {
                 ));
             }
             if !(group.lr_scale >= 0.0 && group.lr_scale.is_finite()) {
-                return Err(OptimError::config(
-                    "lr_scale",
-                    group.lr_scale,
-                    "must be finite and >= 0",
-                ));
+                return Err(OptimError::config("lr_scale", group.lr_scale, "must be finite and >= 0"));
             }
             for (name, var) in group.params {
                 if !seen.insert(name.clone()) {
-                    return Err(OptimError::param(
-                        name,
-                        "appears twice in the optimiser's parameters",
-                    ));
+                    return Err(OptimError::param(name, "appears twice in the optimiser's parameters"));
                 }
                 if !var.dtype().is_float() {
-                    return Err(OptimError::param(
-                        name,
-                        format!("dtype {:?} is not trainable", var.dtype()),
-                    ));
+                    return Err(OptimError::param(name, format!("dtype {:?} is not trainable", var.dtype())));
                 }
-                let m = var
-                    .zeros_like()
-                    .ctx(&format!("AdamW: zeros for `{name}`"))?;
+                let m = var.zeros_like().ctx(&format!("AdamW: zeros for `{name}`"))?;
                 let v = m.clone();
                 params.push(ParamState {
                     name,
@@ -269,11 +208,7 @@ impl AdamW {
                 });
             }
         }
-        Ok(AdamW {
-            config,
-            params,
-            steps: 0,
-        })
+        Ok(AdamW { config, params, steps: 0 })
     }
 
     /// The hyper-parameters (with the current learning rate).
@@ -303,18 +238,12 @@ impl AdamW {
 
     /// The weight decay applied to `name`, if it is one of the optimiser's parameters.
     pub fn weight_decay_of(&self, name: &str) -> Option<f64> {
-        self.params
-            .iter()
-            .find(|p| p.name == name)
-            .map(|p| p.weight_decay)
+        self.params.iter().find(|p| p.name == name).map(|p| p.weight_decay)
     }
 
     /// First and second moments `(m, v)` and the step count of `name` (for inspection and tests).
     pub fn moments(&self, name: &str) -> Option<(&Tensor, &Tensor, u64)> {
-        self.params
-            .iter()
-            .find(|p| p.name == name)
-            .map(|p| (&p.m, &p.v, p.step))
+        self.params.iter().find(|p| p.name == name).map(|p| (&p.m, &p.v, p.step))
     }
 
     /// One AdamW update from `grads`; parameters without a gradient are skipped.
@@ -322,17 +251,11 @@ impl AdamW {
         self.steps += 1;
         let (b1, b2, eps) = (self.config.beta1, self.config.beta2, self.config.eps);
         for p in self.params.iter_mut() {
-            let Some(g) = grads.get(p.var.as_tensor()) else {
-                continue;
-            };
+            let Some(g) = grads.get(p.var.as_tensor()) else { continue };
             if g.dims() != p.var.dims() {
                 return Err(OptimError::param(
                     &p.name,
-                    format!(
-                        "gradient shape {:?} differs from parameter shape {:?}",
-                        g.dims(),
-                        p.var.dims()
-                    ),
+                    format!("gradient shape {:?} differs from parameter shape {:?}", g.dims(), p.var.dims()),
                 ));
             }
             let ctx = |what: &str| format!("AdamW step, `{}`: {what}", p.name);
@@ -341,13 +264,9 @@ impl AdamW {
             let t = p.step as i32;
             let scale_m = 1f64 / (1f64 - b1.powi(t));
             let scale_v = 1f64 / (1f64 - b2.powi(t));
-            let next_m = ((&p.m * b1).ctx(&ctx("β1 m"))?
-                + (g * (1.0 - b1)).ctx(&ctx("(1-β1) g"))?)
-            .ctx(&ctx("m"))?;
+            let next_m = ((&p.m * b1).ctx(&ctx("β1 m"))? + (g * (1.0 - b1)).ctx(&ctx("(1-β1) g"))?).ctx(&ctx("m"))?;
             let g2 = g.sqr().ctx(&ctx("g²"))?;
-            let next_v = ((&p.v * b2).ctx(&ctx("β2 v"))?
-                + (g2 * (1.0 - b2)).ctx(&ctx("(1-β2) g²"))?)
-            .ctx(&ctx("v"))?;
+            let next_v = ((&p.v * b2).ctx(&ctx("β2 v"))? + (g2 * (1.0 - b2)).ctx(&ctx("(1-β2) g²"))?).ctx(&ctx("v"))?;
             let m_hat = (&next_m * scale_m).ctx(&ctx("m̂"))?;
             let v_hat = (&next_v * scale_v).ctx(&ctx("v̂"))?;
             let decayed = (p.var.as_tensor() * (1f64 - lr * p.weight_decay)).ctx(&ctx("decay"))?;
@@ -383,12 +302,7 @@ impl AdamW {
             });
         }
         save_tensors(&dir.join(ADAMW_TENSORS_FILE), &tensors)?;
-        let meta = AdamWMeta {
-            format: ADAMW_FORMAT.into(),
-            config: self.config,
-            steps: self.steps,
-            params: metas,
-        };
+        let meta = AdamWMeta { format: ADAMW_FORMAT.into(), config: self.config, steps: self.steps, params: metas };
         save_json(&dir.join(ADAMW_META_FILE), &meta)
     }
 
@@ -400,10 +314,7 @@ impl AdamW {
         let tensors_path = dir.join(ADAMW_TENSORS_FILE);
         let meta: AdamWMeta = load_json(&meta_path)?;
         if meta.format != ADAMW_FORMAT {
-            return Err(OptimError::state(
-                &meta_path,
-                format!("format `{}`, expected `{ADAMW_FORMAT}`", meta.format),
-            ));
+            return Err(OptimError::state(&meta_path, format!("format `{}`, expected `{ADAMW_FORMAT}`", meta.format)));
         }
         let saved: BTreeSet<&str> = meta.params.iter().map(|p| p.name.as_str()).collect();
         let live: BTreeSet<&str> = self.params.iter().map(|p| p.name.as_str()).collect();
@@ -412,9 +323,7 @@ impl AdamW {
             let extra: Vec<_> = saved.difference(&live).collect();
             return Err(OptimError::state(
                 &meta_path,
-                format!(
-                    "parameter names differ: not in file {missing:?}, not in optimiser {extra:?}"
-                ),
+                format!("parameter names differ: not in file {missing:?}, not in optimiser {extra:?}"),
             ));
         }
         let device = match self.params.first() {
@@ -425,15 +334,12 @@ impl AdamW {
         let mut updates = Vec::with_capacity(self.params.len());
         for p in &self.params {
             let Some(pm) = meta.params.iter().find(|m| m.name == p.name) else {
-                return Err(OptimError::state(
-                    &meta_path,
-                    format!("no entry for `{}`", p.name),
-                ));
+                return Err(OptimError::state(&meta_path, format!("no entry for `{}`", p.name)));
             };
             let mut take = |key: String| -> Result<Tensor> {
-                let t = tensors.remove(&key).ok_or_else(|| {
-                    OptimError::state(&tensors_path, format!("missing tensor `{key}`"))
-                })?;
+                let t = tensors
+                    .remove(&key)
+                    .ok_or_else(|| OptimError::state(&tensors_path, format!("missing tensor `{key}`")))?;
                 if t.dims() != p.var.dims() || t.dtype() != p.var.dtype() {
                     return Err(OptimError::state(
                         &tensors_path,

@@ -26,11 +26,7 @@ impl Groups {
     /// layout TRL and verl produce (`repeat_interleave` of prompts).
     pub fn contiguous(batch: usize, group_size: usize) -> Result<Self> {
         if group_size == 0 {
-            return Err(OptimError::config(
-                "group_size",
-                group_size,
-                "must be at least 1",
-            ));
+            return Err(OptimError::config("group_size", group_size, "must be at least 1"));
         }
         // `%` rather than `is_multiple_of`: the workspace's MSRV (1.85) predates it.
         #[allow(clippy::manual_is_multiple_of)]
@@ -42,13 +38,8 @@ impl Groups {
                 format!("batch of {batch} rollouts is not a whole number of groups"),
             ));
         }
-        let members = (0..batch / group_size)
-            .map(|g| (g * group_size..(g + 1) * group_size).collect())
-            .collect();
-        Ok(Groups {
-            members,
-            len: batch,
-        })
+        let members = (0..batch / group_size).map(|g| (g * group_size..(g + 1) * group_size).collect()).collect();
+        Ok(Groups { members, len: batch })
     }
 
     /// Groups from one id per rollout (e.g. `keel_core::Rollout::group`), in order of first
@@ -65,10 +56,7 @@ impl Groups {
                 }
             }
         }
-        Groups {
-            members,
-            len: ids.len(),
-        }
+        Groups { members, len: ids.len() }
     }
 
     /// The rows of each group.
@@ -154,11 +142,7 @@ pub struct GroupNormConfig {
 impl Default for GroupNormConfig {
     /// TRL's GRPO: group std, sample std, ε = 1e-4.
     fn default() -> Self {
-        GroupNormConfig {
-            scaling: RewardScaling::Group,
-            std_kind: StdKind::Sample,
-            eps: 1e-4,
-        }
+        GroupNormConfig { scaling: RewardScaling::Group, std_kind: StdKind::Sample, eps: 1e-4 }
     }
 }
 
@@ -167,18 +151,10 @@ impl Default for GroupNormConfig {
 ///
 /// One advantage per sequence; broadcast it over the sequence's tokens in the loss. A group of one
 /// rollout gets advantage 0 (it has nothing to be compared with).
-pub fn grpo_advantages(
-    rewards: &[f64],
-    groups: &Groups,
-    config: &GroupNormConfig,
-) -> Result<Vec<f64>> {
+pub fn grpo_advantages(rewards: &[f64], groups: &Groups, config: &GroupNormConfig) -> Result<Vec<f64>> {
     groups.check(rewards)?;
     if !(config.eps >= 0.0 && config.eps.is_finite()) {
-        return Err(OptimError::config(
-            "eps",
-            config.eps,
-            "must be finite and >= 0",
-        ));
+        return Err(OptimError::config("eps", config.eps, "must be finite and >= 0"));
     }
     let batch_std = std_dev(rewards, config.std_kind);
     let mut out = vec![0.0; rewards.len()];
@@ -213,10 +189,7 @@ pub fn rloo_advantages(rewards: &[f64], groups: &Groups) -> Result<Vec<f64>> {
             return Err(OptimError::config(
                 "group_size",
                 rows.len(),
-                format!(
-                    "RLOO needs at least 2 rollouts per group; group {g} has {}",
-                    rows.len()
-                ),
+                format!("RLOO needs at least 2 rollouts per group; group {g} has {}", rows.len()),
             ));
         }
         let total: f64 = rows.iter().map(|&i| rewards[i]).sum();
@@ -234,24 +207,13 @@ pub fn rloo_advantages(rewards: &[f64], groups: &Groups) -> Result<Vec<f64>> {
 ///
 /// TRL's `masked_whiten` uses the sample variance and ε = 1e-8; OpenRLHF's REINFORCE++ the
 /// population variance. Keeping the mean (`shift_mean = false`) is how TRL whitens rewards.
-pub fn whiten(
-    x: &Tensor,
-    mask: &Tensor,
-    std_kind: StdKind,
-    shift_mean: bool,
-    eps: f64,
-) -> Result<Tensor> {
+pub fn whiten(x: &Tensor, mask: &Tensor, std_kind: StdKind, shift_mean: bool, eps: f64) -> Result<Tensor> {
     let (b, t) = dims_bt(x, "x")?;
     expect_shape(mask, "mask", &[b, t])?;
     let xs = rows_f64(x, "x")?;
     let m = rows_f64(mask, "mask")?;
-    let valid: Vec<f64> = xs
-        .iter()
-        .flatten()
-        .zip(m.iter().flatten())
-        .filter(|(_, &mm)| mm != 0.0)
-        .map(|(v, _)| *v)
-        .collect();
+    let valid: Vec<f64> =
+        xs.iter().flatten().zip(m.iter().flatten()).filter(|(_, &mm)| mm != 0.0).map(|(v, _)| *v).collect();
     let n = valid.len();
     let out: Vec<Vec<f64>> = if n == 0 {
         vec![vec![0.0; t]; b]
@@ -318,11 +280,7 @@ pub fn sequence_rewards_to_tokens(rewards: &[f64], mask: &Tensor) -> Result<Tens
             row
         })
         .collect();
-    let dtype = if mask.dtype().is_float() {
-        mask.dtype()
-    } else {
-        candle_core::DType::F32
-    };
+    let dtype = if mask.dtype().is_float() { mask.dtype() } else { candle_core::DType::F32 };
     tensor_from_rows(&rows, dtype, mask.device(), "sequence_rewards_to_tokens")
 }
 
@@ -349,12 +307,7 @@ pub fn returns_to_go(token_rewards: &Tensor, mask: &Tensor, gamma: f64) -> Resul
             row
         })
         .collect();
-    tensor_from_rows(
-        &out,
-        token_rewards.dtype(),
-        token_rewards.device(),
-        "returns_to_go",
-    )
+    tensor_from_rows(&out, token_rewards.dtype(), token_rewards.device(), "returns_to_go")
 }
 
 /// REINFORCE++ advantages (Hu 2025, OpenRLHF): returns-to-go of the (KL-shaped) per-token rewards,
@@ -365,12 +318,7 @@ pub fn returns_to_go(token_rewards: &Tensor, mask: &Tensor, gamma: f64) -> Resul
 /// and a global scale that is stable across prompts. For "REINFORCE++-baseline", subtract the
 /// group mean from the outcome rewards first ([`grpo_advantages`] with [`RewardScaling::None`]),
 /// then place them with [`sequence_rewards_to_tokens`].
-pub fn reinforce_pp_advantages(
-    token_rewards: &Tensor,
-    mask: &Tensor,
-    gamma: f64,
-    eps: f64,
-) -> Result<Tensor> {
+pub fn reinforce_pp_advantages(token_rewards: &Tensor, mask: &Tensor, gamma: f64, eps: f64) -> Result<Tensor> {
     let g = returns_to_go(token_rewards, mask, gamma)?;
     whiten(&g, mask, StdKind::Population, true, eps)
 }
@@ -391,13 +339,7 @@ pub struct GaeOutput {
 /// Padding is skipped rather than treated as a terminal state, matching verl's masked GAE; on
 /// right-padded batches this is the usual computation with zero rewards and values after the end
 /// (TRL's PPO). Inputs are read as data (detached).
-pub fn gae(
-    rewards: &Tensor,
-    values: &Tensor,
-    mask: &Tensor,
-    gamma: f64,
-    lambda: f64,
-) -> Result<GaeOutput> {
+pub fn gae(rewards: &Tensor, values: &Tensor, mask: &Tensor, gamma: f64, lambda: f64) -> Result<GaeOutput> {
     let (b, t) = dims_bt(rewards, "rewards")?;
     expect_shape(values, "values", &[b, t])?;
     expect_shape(mask, "mask", &[b, t])?;

@@ -42,11 +42,7 @@ impl Default for LossAggregation {
 /// Exposed because it makes the aggregation inspectable (and testable) on its own: each variant is
 /// just a different weighting of the masked tokens. The result is detached and has `mask`'s shape,
 /// in `dtype`.
-pub fn aggregation_weights(
-    mask: &Tensor,
-    agg: LossAggregation,
-    dtype: candle_core::DType,
-) -> Result<Tensor> {
+pub fn aggregation_weights(mask: &Tensor, agg: LossAggregation, dtype: candle_core::DType) -> Result<Tensor> {
     let (b, _t) = dims_bt(mask, "mask")?;
     let m = rows_f64(mask, "mask")?;
     let weights: Vec<Vec<f64>> = match agg {
@@ -61,22 +57,14 @@ pub fn aggregation_weights(
         LossAggregation::TokenMean => {
             let count: f64 = m.iter().flatten().sum();
             let denom = count.max(1.0);
-            m.iter()
-                .map(|row| row.iter().map(|&x| x / denom).collect())
-                .collect()
+            m.iter().map(|row| row.iter().map(|&x| x / denom).collect()).collect()
         }
         LossAggregation::Constant { max_len } => {
             if max_len == 0 {
-                return Err(OptimError::config(
-                    "max_len",
-                    max_len,
-                    "Dr. GRPO's constant normaliser must be positive",
-                ));
+                return Err(OptimError::config("max_len", max_len, "Dr. GRPO's constant normaliser must be positive"));
             }
             let denom = (b.max(1) * max_len) as f64;
-            m.iter()
-                .map(|row| row.iter().map(|&x| x / denom).collect())
-                .collect()
+            m.iter().map(|row| row.iter().map(|&x| x / denom).collect()).collect()
         }
     };
     tensor_from_rows(&weights, dtype, mask.device(), "aggregation weights")
@@ -93,11 +81,6 @@ pub fn aggregate(per_token: &Tensor, mask: &Tensor, agg: LossAggregation) -> Res
     let m = mask_as(mask, per_token.dtype(), "mask")?;
     let zero = per_token.zeros_like().ctx("aggregate: zeros")?;
     let keep = m.ne(0.0).ctx("aggregate: mask != 0")?;
-    let clean = keep
-        .where_cond(per_token, &zero)
-        .ctx("aggregate: drop padding")?;
-    clean
-        .mul(&w)
-        .and_then(|x| x.sum_all())
-        .ctx("aggregate: weighted sum")
+    let clean = keep.where_cond(per_token, &zero).ctx("aggregate: drop padding")?;
+    clean.mul(&w).and_then(|x| x.sum_all()).ctx("aggregate: weighted sum")
 }

@@ -33,26 +33,14 @@ impl EmaConfig {
     /// Range checks.
     pub fn validate(&self) -> Result<()> {
         if !(0.0..=1.0).contains(&self.alpha) {
-            return Err(OptimError::config(
-                "alpha",
-                self.alpha,
-                "the EMA decay must lie in [0, 1]",
-            ));
+            return Err(OptimError::config("alpha", self.alpha, "the EMA decay must lie in [0, 1]"));
         }
         if let Some(bb) = self.blend_back {
             if bb.every == 0 {
-                return Err(OptimError::config(
-                    "every",
-                    bb.every,
-                    "blend-back period must be at least 1",
-                ));
+                return Err(OptimError::config("every", bb.every, "blend-back period must be at least 1"));
             }
             if !(0.0..=1.0).contains(&bb.mix) {
-                return Err(OptimError::config(
-                    "mix",
-                    bb.mix,
-                    "blend-back mixing rate must lie in [0, 1]",
-                ));
+                return Err(OptimError::config("mix", bb.mix, "blend-back mixing rate must lie in [0, 1]"));
             }
         }
         Ok(())
@@ -99,16 +87,10 @@ impl Ema {
         let mut shadow = Vec::with_capacity(params.len());
         for (name, var) in params {
             if !seen.insert(name.as_str()) {
-                return Err(OptimError::param(
-                    name,
-                    "appears twice in the EMA's parameters",
-                ));
+                return Err(OptimError::param(name, "appears twice in the EMA's parameters"));
             }
             if !var.dtype().is_float() {
-                return Err(OptimError::param(
-                    name,
-                    format!("dtype {:?} cannot be averaged", var.dtype()),
-                ));
+                return Err(OptimError::param(name, format!("dtype {:?} cannot be averaged", var.dtype())));
             }
             let copy = var
                 .as_detached_tensor()
@@ -117,11 +99,7 @@ impl Ema {
                 .ctx(&format!("Ema::new: copying `{name}`"))?;
             shadow.push((name.clone(), copy));
         }
-        Ok(Ema {
-            config,
-            shadow,
-            updates: 0,
-        })
+        Ok(Ema { config, shadow, updates: 0 })
     }
 
     /// The configuration.
@@ -149,12 +127,7 @@ impl Ema {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v)
-            .ok_or_else(|| {
-                OptimError::param(
-                    name,
-                    "tracked by the EMA but missing from the given parameters",
-                )
-            })
+            .ok_or_else(|| OptimError::param(name, "tracked by the EMA but missing from the given parameters"))
     }
 
     /// `θ̄ ← α θ̄ + (1 − α) θ` for every tracked parameter (call after each optimiser step), then the
@@ -167,17 +140,10 @@ impl Ema {
             if var.dims() != avg.dims() {
                 return Err(OptimError::param(
                     name,
-                    format!(
-                        "shape {:?} differs from the average's {:?}",
-                        var.dims(),
-                        avg.dims()
-                    ),
+                    format!("shape {:?} differs from the average's {:?}", var.dims(), avg.dims()),
                 ));
             }
-            let live = var
-                .as_detached_tensor()
-                .to_dtype(avg.dtype())
-                .ctx(&format!("Ema::update: `{name}` dtype"))?;
+            let live = var.as_detached_tensor().to_dtype(avg.dtype()).ctx(&format!("Ema::update: `{name}` dtype"))?;
             let t = ((avg * alpha).ctx(&format!("Ema::update: α θ̄ `{name}`"))?
                 + (live * (1.0 - alpha)).ctx(&format!("Ema::update: (1-α) θ `{name}`"))?)
             .ctx(&format!("Ema::update: sum `{name}`"))?;
@@ -200,24 +166,16 @@ impl Ema {
     /// `θ ← (1 − mix) θ + mix θ̄` on the live parameters.
     pub fn blend_into(&self, params: &[(String, Var)], mix: f64) -> Result<()> {
         if !(0.0..=1.0).contains(&mix) {
-            return Err(OptimError::config(
-                "mix",
-                mix,
-                "blend mixing rate must lie in [0, 1]",
-            ));
+            return Err(OptimError::config("mix", mix, "blend mixing rate must lie in [0, 1]"));
         }
         for (name, avg) in &self.shadow {
             let var = Self::lookup(params, name)?;
-            let live = var
-                .as_detached_tensor()
-                .to_dtype(avg.dtype())
-                .ctx(&format!("Ema::blend_into: `{name}`"))?;
+            let live = var.as_detached_tensor().to_dtype(avg.dtype()).ctx(&format!("Ema::blend_into: `{name}`"))?;
             let mixed = ((live * (1.0 - mix)).ctx(&format!("Ema::blend_into: `{name}`"))?
                 + (avg * mix).ctx(&format!("Ema::blend_into: `{name}`"))?)
             .and_then(|t| t.to_dtype(var.dtype()))
             .ctx(&format!("Ema::blend_into: mix `{name}`"))?;
-            var.set(&mixed)
-                .ctx(&format!("Ema::blend_into: writing `{name}`"))?;
+            var.set(&mixed).ctx(&format!("Ema::blend_into: writing `{name}`"))?;
         }
         Ok(())
     }
@@ -227,11 +185,8 @@ impl Ema {
     pub fn copy_into(&self, target: &[(String, Var)]) -> Result<()> {
         for (name, avg) in &self.shadow {
             let var = Self::lookup(target, name)?;
-            let t = avg
-                .to_dtype(var.dtype())
-                .ctx(&format!("Ema::copy_into: `{name}` dtype"))?;
-            var.set(&t)
-                .ctx(&format!("Ema::copy_into: writing `{name}`"))?;
+            let t = avg.to_dtype(var.dtype()).ctx(&format!("Ema::copy_into: `{name}` dtype"))?;
+            var.set(&t).ctx(&format!("Ema::copy_into: writing `{name}`"))?;
         }
         Ok(())
     }
@@ -256,24 +211,17 @@ impl Ema {
         let tensors_path = dir.join(EMA_TENSORS_FILE);
         let meta: EmaMeta = load_json(&meta_path)?;
         if meta.format != EMA_FORMAT {
-            return Err(OptimError::state(
-                &meta_path,
-                format!("format `{}`, expected `{EMA_FORMAT}`", meta.format),
-            ));
+            return Err(OptimError::state(&meta_path, format!("format `{}`, expected `{EMA_FORMAT}`", meta.format)));
         }
         meta.config.validate()?;
         let mut tensors = load_tensors(&tensors_path, device)?;
         let mut shadow = Vec::with_capacity(meta.names.len());
         for name in meta.names {
-            let t = tensors.remove(&name).ok_or_else(|| {
-                OptimError::state(&tensors_path, format!("missing tensor `{name}`"))
-            })?;
+            let t = tensors
+                .remove(&name)
+                .ok_or_else(|| OptimError::state(&tensors_path, format!("missing tensor `{name}`")))?;
             shadow.push((name, t));
         }
-        Ok(Ema {
-            config: meta.config,
-            shadow,
-            updates: meta.updates,
-        })
+        Ok(Ema { config: meta.config, shadow, updates: meta.updates })
     }
 }

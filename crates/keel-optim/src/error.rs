@@ -76,40 +76,23 @@ pub(crate) trait Ctx<T> {
 
 impl<T> Ctx<T> for candle_core::Result<T> {
     fn ctx(self, context: &str) -> Result<T> {
-        self.map_err(|e| OptimError::Candle {
-            context: context.to_string(),
-            source: Box::new(e),
-        })
+        self.map_err(|e| OptimError::Candle { context: context.to_string(), source: Box::new(e) })
     }
 }
 
 impl OptimError {
     /// Shorthand for a configuration error.
-    pub(crate) fn config(
-        param: &'static str,
-        value: impl std::fmt::Display,
-        reason: impl Into<String>,
-    ) -> Self {
-        OptimError::Config {
-            param,
-            value: value.to_string(),
-            reason: reason.into(),
-        }
+    pub(crate) fn config(param: &'static str, value: impl std::fmt::Display, reason: impl Into<String>) -> Self {
+        OptimError::Config { param, value: value.to_string(), reason: reason.into() }
     }
 
     /// Shorthand for a parameter error.
     pub(crate) fn param(name: impl Into<String>, reason: impl Into<String>) -> Self {
-        OptimError::Param {
-            name: name.into(),
-            reason: reason.into(),
-        }
+        OptimError::Param { name: name.into(), reason: reason.into() }
     }
 
     /// Shorthand for a state-file error.
     pub(crate) fn state(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        OptimError::State {
-            path: path.into(),
-            reason: reason.into(),
-        }
+        OptimError::State { path: path.into(), reason: reason.into() }
     }
 }

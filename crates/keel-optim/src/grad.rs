@@ -32,25 +32,15 @@ pub fn grad_norm(params: &[(String, Var)], grads: &GradStore) -> Result<f64> {
 /// `max_norm / (norm + 1e-6)` when that factor is below 1. A non-finite norm is an error naming the
 /// parameters with non-finite gradients, because scaling by NaN would silently destroy the weights;
 /// skip the step (or the batch) instead.
-pub fn clip_grad_norm(
-    params: &[(String, Var)],
-    grads: &mut GradStore,
-    max_norm: f64,
-) -> Result<f64> {
+pub fn clip_grad_norm(params: &[(String, Var)], grads: &mut GradStore, max_norm: f64) -> Result<f64> {
     if !(max_norm > 0.0 && max_norm.is_finite()) {
-        return Err(OptimError::config(
-            "max_grad_norm",
-            max_norm,
-            "must be finite and > 0",
-        ));
+        return Err(OptimError::config("max_grad_norm", max_norm, "must be finite and > 0"));
     }
     let norm = grad_norm(params, grads)?;
     if !norm.is_finite() {
         let mut bad = Vec::new();
         for (name, var) in params {
-            if grads.get(var.as_tensor()).is_some()
-                && !grad_norm(&[(name.clone(), var.clone())], grads)?.is_finite()
-            {
+            if grads.get(var.as_tensor()).is_some() && !grad_norm(&[(name.clone(), var.clone())], grads)?.is_finite() {
                 bad.push(name.clone());
             }
         }
@@ -91,20 +81,13 @@ impl GradAccumulator {
     /// Adds `scale · g` for each parameter with a gradient in `grads`.
     pub fn add(&mut self, params: &[(String, Var)], grads: &GradStore, scale: f64) -> Result<()> {
         if !scale.is_finite() {
-            return Err(OptimError::config(
-                "scale",
-                scale,
-                "gradient accumulation scale must be finite",
-            ));
+            return Err(OptimError::config("scale", scale, "gradient accumulation scale must be finite"));
         }
         for (name, var) in params {
             if let Some(g) = grads.get(var.as_tensor()) {
-                let scaled =
-                    (g.detach() * scale).ctx(&format!("GradAccumulator: scaling `{name}`"))?;
+                let scaled = (g.detach() * scale).ctx(&format!("GradAccumulator: scaling `{name}`"))?;
                 let next = match self.sums.remove(name) {
-                    Some(sum) => sum
-                        .add(&scaled)
-                        .ctx(&format!("GradAccumulator: adding `{name}`"))?,
+                    Some(sum) => sum.add(&scaled).ctx(&format!("GradAccumulator: adding `{name}`"))?,
                     None => scaled,
                 };
                 self.sums.insert(name.clone(), next);

@@ -40,10 +40,7 @@ pub fn kl_estimate(logp: &Tensor, ref_logp: &Tensor, estimator: KlEstimator) -> 
     let (b, t) = dims_bt(logp, "logp")?;
     expect_shape(ref_logp, "ref_logp", &[b, t])?;
     expect_float(logp, "logp")?;
-    let reference = ref_logp
-        .detach()
-        .to_dtype(logp.dtype())
-        .ctx("kl_estimate: ref_logp dtype")?;
+    let reference = ref_logp.detach().to_dtype(logp.dtype()).ctx("kl_estimate: ref_logp dtype")?;
     match estimator {
         KlEstimator::K1 => logp.sub(&reference).ctx("kl_estimate k1: logp - ref_logp"),
         KlEstimator::K2 => logp
@@ -53,11 +50,7 @@ pub fn kl_estimate(logp: &Tensor, ref_logp: &Tensor, estimator: KlEstimator) -> 
             .ctx("kl_estimate k2: 0.5 (logp - ref_logp)^2"),
         KlEstimator::K3 => {
             let delta = reference.sub(logp).ctx("kl_estimate k3: ref_logp - logp")?;
-            delta
-                .exp()
-                .and_then(|e| e.sub(&delta))
-                .and_then(|x| x - 1.0)
-                .ctx("kl_estimate k3: exp(d) - d - 1")
+            delta.exp().and_then(|e| e.sub(&delta)).and_then(|x| x - 1.0).ctx("kl_estimate k3: exp(d) - d - 1")
         }
     }
 }
@@ -97,11 +90,7 @@ fn check_reward_inputs(
         });
     }
     if !beta.is_finite() || beta < 0.0 {
-        return Err(OptimError::config(
-            "beta",
-            beta,
-            "the KL coefficient must be finite and >= 0",
-        ));
+        return Err(OptimError::config("beta", beta, "the KL coefficient must be finite and >= 0"));
     }
     Ok((b, t))
 }
@@ -126,12 +115,7 @@ pub fn kl_penalised_rewards(
         .iter()
         .zip(kl.iter().zip(m.iter()))
         .map(|(r, (kl_row, m_row))| {
-            let total: f64 = kl_row
-                .iter()
-                .zip(m_row)
-                .filter(|(_, &mm)| mm != 0.0)
-                .map(|(k, mm)| k * mm)
-                .sum();
+            let total: f64 = kl_row.iter().zip(m_row).filter(|(_, &mm)| mm != 0.0).map(|(k, mm)| k * mm).sum();
             r - beta * total
         })
         .collect())
@@ -155,20 +139,12 @@ pub fn kl_penalised_token_rewards(
     let m = rows_f64(mask, "mask")?;
     let mut out = Vec::with_capacity(rewards.len());
     for ((r, kl_row), m_row) in rewards.iter().zip(&kl).zip(&m) {
-        let mut row: Vec<f64> = kl_row
-            .iter()
-            .zip(m_row)
-            .map(|(k, &mm)| if mm != 0.0 { -beta * k * mm } else { 0.0 })
-            .collect();
+        let mut row: Vec<f64> =
+            kl_row.iter().zip(m_row).map(|(k, &mm)| if mm != 0.0 { -beta * k * mm } else { 0.0 }).collect();
         if let Some(last) = m_row.iter().rposition(|&mm| mm != 0.0) {
             row[last] += r;
         }
         out.push(row);
     }
-    tensor_from_rows(
-        &out,
-        old_logp.dtype(),
-        old_logp.device(),
-        "kl_penalised_token_rewards",
-    )
+    tensor_from_rows(&out, old_logp.dtype(), old_logp.device(), "kl_penalised_token_rewards")
 }

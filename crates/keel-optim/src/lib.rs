@@ -43,21 +43,16 @@ mod value;
 
 pub use adamw::{AdamW, AdamWConfig, DecayRule, ParamGroup, ADAMW_META_FILE, ADAMW_TENSORS_FILE};
 pub use advantages::{
-    gae, grpo_advantages, reinforce_pp_advantages, returns_to_go, rloo_advantages,
-    sequence_rewards_to_tokens, std_dev, whiten, whiten_values, GaeOutput, GroupNormConfig, Groups,
-    RewardScaling, StdKind,
+    gae, grpo_advantages, reinforce_pp_advantages, returns_to_go, rloo_advantages, sequence_rewards_to_tokens, std_dev,
+    whiten, whiten_values, GaeOutput, GroupNormConfig, Groups, RewardScaling, StdKind,
 };
 pub use aggregate::{aggregate, aggregation_weights, LossAggregation};
 pub use ema::{BlendBack, Ema, EmaConfig, EMA_META_FILE, EMA_TENSORS_FILE};
 pub use error::{OptimError, Result};
 pub use grad::{clip_grad_norm, grad_norm, GradAccumulator};
-pub use kl::{
-    kl_estimate, kl_penalised_rewards, kl_penalised_token_rewards, KlEstimator, KlPlacement,
-};
+pub use kl::{kl_estimate, kl_penalised_rewards, kl_penalised_token_rewards, KlEstimator, KlPlacement};
 pub use minibatch::{Minibatch, MinibatchSchedule};
-pub use policy::{
-    policy_loss, KlPenalty, PolicyBatch, PolicyLossConfig, PolicyLossOutput, PolicyStats,
-};
+pub use policy::{policy_loss, KlPenalty, PolicyBatch, PolicyLossConfig, PolicyLossOutput, PolicyStats};
 pub use schedule::LrSchedule;
 pub use sft::{sft_loss, sft_loss_from_logits, token_entropy, token_logprobs, SftReduction};
 pub use tensors::{masked_mean, masked_sum};

@@ -24,8 +24,7 @@ impl Minibatch {
         let idx: Vec<u32> = self.indices.iter().map(|&i| i as u32).collect();
         let n = idx.len();
         let idx = Tensor::from_vec(idx, n, t.device()).ctx("Minibatch::select: indices")?;
-        t.index_select(&idx, 0)
-            .ctx("Minibatch::select: index_select rows")
+        t.index_select(&idx, 0).ctx("Minibatch::select: index_select rows")
     }
 
     /// Selects this minibatch's entries of a per-sequence slice (rewards, advantages).
@@ -62,26 +61,12 @@ pub struct MinibatchSchedule {
 
 impl MinibatchSchedule {
     /// A schedule over `batch` rows in minibatches of `minibatch_size`, for `epochs` passes.
-    pub fn new(
-        batch: usize,
-        minibatch_size: usize,
-        epochs: usize,
-        seed: u64,
-        drop_last: bool,
-    ) -> Result<Self> {
+    pub fn new(batch: usize, minibatch_size: usize, epochs: usize, seed: u64, drop_last: bool) -> Result<Self> {
         if minibatch_size == 0 {
-            return Err(OptimError::config(
-                "minibatch_size",
-                minibatch_size,
-                "must be at least 1",
-            ));
+            return Err(OptimError::config("minibatch_size", minibatch_size, "must be at least 1"));
         }
         if batch == 0 {
-            return Err(OptimError::config(
-                "batch",
-                batch,
-                "cannot draw minibatches from an empty batch",
-            ));
+            return Err(OptimError::config("batch", batch, "cannot draw minibatches from an empty batch"));
         }
         if drop_last && minibatch_size > batch {
             return Err(OptimError::config(
@@ -91,16 +76,8 @@ impl MinibatchSchedule {
             ));
         }
         let seeds = SeedStream::new(seed);
-        let mut s = MinibatchSchedule {
-            batch,
-            minibatch_size,
-            epochs,
-            drop_last,
-            seeds,
-            epoch: 0,
-            order: Vec::new(),
-            next: 0,
-        };
+        let mut s =
+            MinibatchSchedule { batch, minibatch_size, epochs, drop_last, seeds, epoch: 0, order: Vec::new(), next: 0 };
         s.order = s.permutation(0);
         Ok(s)
     }
@@ -151,11 +128,7 @@ impl Iterator for MinibatchSchedule {
                 let start = index * self.minibatch_size;
                 let end = (start + self.minibatch_size).min(self.batch);
                 self.next += 1;
-                return Some(Minibatch {
-                    epoch: self.epoch,
-                    index,
-                    indices: self.order[start..end].to_vec(),
-                });
+                return Some(Minibatch { epoch: self.epoch, index, indices: self.order[start..end].to_vec() });
             }
             self.epoch += 1;
             self.next = 0;

@@ -41,12 +41,7 @@ pub struct PolicyLossConfig {
 impl Default for PolicyLossConfig {
     /// PPO/GRPO defaults: ε = 0.2 on both sides, per-sequence mean, no KL term.
     fn default() -> Self {
-        PolicyLossConfig {
-            eps_low: 0.2,
-            eps_high: 0.2,
-            aggregation: LossAggregation::SequenceMean,
-            kl: None,
-        }
+        PolicyLossConfig { eps_low: 0.2, eps_high: 0.2, aggregation: LossAggregation::SequenceMean, kl: None }
     }
 }
 
@@ -54,34 +49,18 @@ impl PolicyLossConfig {
     /// Checks ranges so that a typo in a YAML file fails before the first step.
     pub fn validate(&self) -> Result<()> {
         if !(self.eps_low >= 0.0 && self.eps_low < 1.0) {
-            return Err(OptimError::config(
-                "eps_low",
-                self.eps_low,
-                "must lie in [0, 1)",
-            ));
+            return Err(OptimError::config("eps_low", self.eps_low, "must lie in [0, 1)"));
         }
         if !(self.eps_high >= 0.0 && self.eps_high.is_finite()) {
-            return Err(OptimError::config(
-                "eps_high",
-                self.eps_high,
-                "must be finite and >= 0",
-            ));
+            return Err(OptimError::config("eps_high", self.eps_high, "must be finite and >= 0"));
         }
         if let Some(kl) = self.kl {
             if !(kl.beta >= 0.0 && kl.beta.is_finite()) {
-                return Err(OptimError::config(
-                    "beta",
-                    kl.beta,
-                    "must be finite and >= 0",
-                ));
+                return Err(OptimError::config("beta", kl.beta, "must be finite and >= 0"));
             }
         }
         if let LossAggregation::Constant { max_len: 0 } = self.aggregation {
-            return Err(OptimError::config(
-                "max_len",
-                0,
-                "Dr. GRPO's constant normaliser must be positive",
-            ));
+            return Err(OptimError::config("max_len", 0, "Dr. GRPO's constant normaliser must be positive"));
         }
         Ok(())
     }
@@ -144,22 +123,13 @@ pub struct PolicyLossOutput {
 }
 
 /// Broadcasts `[B]` or `[B, T]` advantages to `[B, T]` in `dtype`, detached.
-pub(crate) fn token_advantages(
-    advantages: &Tensor,
-    b: usize,
-    t: usize,
-    dtype: DType,
-) -> Result<Tensor> {
+pub(crate) fn token_advantages(advantages: &Tensor, b: usize, t: usize, dtype: DType) -> Result<Tensor> {
     expect_float(advantages, "advantages")?;
-    let a = advantages
-        .detach()
-        .to_dtype(dtype)
-        .ctx("advantages: dtype")?;
+    let a = advantages.detach().to_dtype(dtype).ctx("advantages: dtype")?;
     match a.dims() {
-        [bb] if *bb == b => a
-            .unsqueeze(1)
-            .and_then(|x| x.broadcast_as((b, t)))
-            .ctx("advantages: broadcast [B] to [B, T]"),
+        [bb] if *bb == b => {
+            a.unsqueeze(1).and_then(|x| x.broadcast_as((b, t))).ctx("advantages: broadcast [B] to [B, T]")
+        }
         [bb, tt] if *bb == b && *tt == t => Ok(a),
         other => Err(OptimError::Shape {
             name: "advantages".into(),
@@ -181,33 +151,23 @@ pub fn policy_loss(batch: &PolicyBatch<'_>, config: &PolicyLossConfig) -> Result
     expect_shape(batch.old_logp, "old_logp", &[b, t])?;
     expect_shape(batch.mask, "mask", &[b, t])?;
     let dtype = batch.logp.dtype();
-    let old = batch
-        .old_logp
-        .detach()
-        .to_dtype(dtype)
-        .ctx("old_logp: dtype")?;
+    let old = batch.old_logp.detach().to_dtype(dtype).ctx("old_logp: dtype")?;
     let adv = token_advantages(batch.advantages, b, t, dtype)?;
 
     // ρ = exp(log π − log π_old)
     let log_ratio = batch.logp.sub(&old).ctx("policy_loss: log ratio")?;
     let ratio = log_ratio.exp().ctx("policy_loss: ratio")?;
     // −min(ρ A, clip(ρ, 1 − ε_low, 1 + ε_high) A)
-    let clipped = ratio
-        .clamp(1.0 - config.eps_low, 1.0 + config.eps_high)
-        .ctx("policy_loss: clip")?;
+    let clipped = ratio.clamp(1.0 - config.eps_low, 1.0 + config.eps_high).ctx("policy_loss: clip")?;
     let unclipped_obj = ratio.mul(&adv).ctx("policy_loss: ratio * A")?;
     let clipped_obj = clipped.mul(&adv).ctx("policy_loss: clip(ratio) * A")?;
-    let mut per_token = unclipped_obj
-        .minimum(&clipped_obj)
-        .and_then(|x| x.neg())
-        .ctx("policy_loss: -min")?;
+    let mut per_token = unclipped_obj.minimum(&clipped_obj).and_then(|x| x.neg()).ctx("policy_loss: -min")?;
 
     let kl_ref = match (config.kl, batch.ref_logp) {
         (Some(pen), Some(r)) => {
             let kl = kl_estimate(batch.logp, r, pen.estimator)?;
-            per_token = per_token
-                .add(&(kl.clone() * pen.beta).ctx("policy_loss: beta * kl")?)
-                .ctx("policy_loss: + beta kl")?;
+            per_token =
+                per_token.add(&(kl.clone() * pen.beta).ctx("policy_loss: beta * kl")?).ctx("policy_loss: + beta kl")?;
             Some(kl)
         }
         (Some(_), None) => {
@@ -221,11 +181,7 @@ pub fn policy_loss(batch: &PolicyBatch<'_>, config: &PolicyLossConfig) -> Result
     };
     let loss = aggregate(&per_token, batch.mask, config.aggregation)?;
     let stats = policy_stats(batch, config, &ratio, &adv, kl_ref.as_ref(), &loss)?;
-    Ok(PolicyLossOutput {
-        loss,
-        per_token,
-        stats,
-    })
+    Ok(PolicyLossOutput { loss, per_token, stats })
 }
 
 fn policy_stats(

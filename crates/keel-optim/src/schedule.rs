@@ -50,22 +50,18 @@ impl LrSchedule {
     pub fn validate(&self) -> Result<()> {
         match *self {
             LrSchedule::Constant | LrSchedule::ConstantWithWarmup { .. } => Ok(()),
-            LrSchedule::Linear {
-                warmup_steps,
-                total_steps,
+            LrSchedule::Linear { warmup_steps, total_steps } | LrSchedule::Cosine { warmup_steps, total_steps, .. }
+                if warmup_steps > total_steps =>
+            {
+                Err(OptimError::config(
+                    "warmup_steps",
+                    warmup_steps,
+                    format!("longer than total_steps = {total_steps}"),
+                ))
             }
-            | LrSchedule::Cosine {
-                warmup_steps,
-                total_steps,
-                ..
-            } if warmup_steps > total_steps => Err(OptimError::config(
-                "warmup_steps",
-                warmup_steps,
-                format!("longer than total_steps = {total_steps}"),
-            )),
-            LrSchedule::Cosine { min_lr_ratio, .. } if !(0.0..=1.0).contains(&min_lr_ratio) => Err(
-                OptimError::config("min_lr_ratio", min_lr_ratio, "must lie in [0, 1]"),
-            ),
+            LrSchedule::Cosine { min_lr_ratio, .. } if !(0.0..=1.0).contains(&min_lr_ratio) => {
+                Err(OptimError::config("min_lr_ratio", min_lr_ratio, "must lie in [0, 1]"))
+            }
             _ => Ok(()),
         }
     }
@@ -82,10 +78,7 @@ impl LrSchedule {
                     1.0
                 }
             }
-            LrSchedule::Linear {
-                warmup_steps,
-                total_steps,
-            } => {
+            LrSchedule::Linear { warmup_steps, total_steps } => {
                 if step < warmup_steps {
                     warm(warmup_steps)
                 } else {
@@ -93,16 +86,12 @@ impl LrSchedule {
                     (left / total_steps.saturating_sub(warmup_steps).max(1) as f64).max(0.0)
                 }
             }
-            LrSchedule::Cosine {
-                warmup_steps,
-                total_steps,
-                min_lr_ratio,
-            } => {
+            LrSchedule::Cosine { warmup_steps, total_steps, min_lr_ratio } => {
                 if step < warmup_steps {
                     warm(warmup_steps)
                 } else {
-                    let progress = (step - warmup_steps) as f64
-                        / total_steps.saturating_sub(warmup_steps).max(1) as f64;
+                    let progress =
+                        (step - warmup_steps) as f64 / total_steps.saturating_sub(warmup_steps).max(1) as f64;
                     let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos());
                     (cosine * (1.0 - min_lr_ratio) + min_lr_ratio).max(0.0)
                 }

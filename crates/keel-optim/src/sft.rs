@@ -17,26 +17,17 @@ pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let (b, t, _v) = match logits.dims() {
         [b, t, v] => (*b, *t, *v),
         other => {
-            return Err(OptimError::Shape {
-                name: "logits".into(),
-                expected: "[B, T, V]".into(),
-                got: other.to_vec(),
-            })
+            return Err(OptimError::Shape { name: "logits".into(), expected: "[B, T, V]".into(), got: other.to_vec() })
         }
     };
     expect_float(logits, "logits")?;
     expect_shape(targets, "targets", &[b, t])?;
-    let idx = targets
-        .to_dtype(DType::U32)
-        .and_then(|x| x.unsqueeze(2))
-        .ctx("token_logprobs: targets to u32 [B, T, 1]")?;
+    let idx =
+        targets.to_dtype(DType::U32).and_then(|x| x.unsqueeze(2)).ctx("token_logprobs: targets to u32 [B, T, 1]")?;
     let logp = candle_nn::ops::log_softmax(logits, D::Minus1).ctx("token_logprobs: log_softmax")?;
-    logp.gather(
-        &idx.contiguous().ctx("token_logprobs: contiguous targets")?,
-        2,
-    )
-    .and_then(|x| x.squeeze(2))
-    .ctx("token_logprobs: gather targets")
+    logp.gather(&idx.contiguous().ctx("token_logprobs: contiguous targets")?, 2)
+        .and_then(|x| x.squeeze(2))
+        .ctx("token_logprobs: gather targets")
 }
 
 /// Per-token entropy of the predictive distribution, `H_t = −Σ_v π(v) log π(v)`, `[B, T]`.
@@ -52,10 +43,7 @@ pub fn token_entropy(logits: &Tensor) -> Result<Tensor> {
     }
     let logp = candle_nn::ops::log_softmax(logits, D::Minus1).ctx("token_entropy: log_softmax")?;
     let p = logp.exp().ctx("token_entropy: softmax")?;
-    p.mul(&logp)
-        .and_then(|x| x.sum(D::Minus1))
-        .and_then(|x| x.neg())
-        .ctx("token_entropy: -sum p log p")
+    p.mul(&logp).and_then(|x| x.sum(D::Minus1)).and_then(|x| x.neg()).ctx("token_entropy: -sum p log p")
 }
 
 /// How the SFT loss averages token cross-entropies.

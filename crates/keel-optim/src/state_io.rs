@@ -13,13 +13,9 @@ use crate::error::{OptimError, Result};
 /// renamed over the target, so an interrupted save never leaves a truncated checkpoint.
 pub(crate) fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
     if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent)
-            .map_err(|e| keel_core::CoreError::io("creating directory", parent, e))?;
+        fs::create_dir_all(parent).map_err(|e| keel_core::CoreError::io("creating directory", parent, e))?;
     }
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
     candle_core::safetensors::save(tensors, &tmp)
         .map_err(|e| OptimError::state(&tmp, format!("writing safetensors: {e}")))?;
@@ -35,8 +31,8 @@ pub(crate) fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<Strin
 
 /// Writes `value` as pretty JSON to `path`, atomically.
 pub(crate) fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| OptimError::state(path, format!("serialising JSON: {e}")))?;
+    let bytes =
+        serde_json::to_vec_pretty(value).map_err(|e| OptimError::state(path, format!("serialising JSON: {e}")))?;
     keel_core::write_atomic(path, &bytes)?;
     Ok(())
 }
@@ -44,6 +40,5 @@ pub(crate) fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 /// Reads JSON from `path` into `T`.
 pub(crate) fn load_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = fs::read(path).map_err(|e| keel_core::CoreError::io("reading", path, e))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| OptimError::state(path, format!("parsing JSON: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| OptimError::state(path, format!("parsing JSON: {e}")))
 }

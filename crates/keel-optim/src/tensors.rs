@@ -8,11 +8,7 @@ use crate::error::{Ctx, OptimError, Result};
 pub(crate) fn dims_bt(t: &Tensor, name: &str) -> Result<(usize, usize)> {
     match t.dims() {
         [b, tt] => Ok((*b, *tt)),
-        other => Err(OptimError::Shape {
-            name: name.to_string(),
-            expected: "[B, T]".to_string(),
-            got: other.to_vec(),
-        }),
+        other => Err(OptimError::Shape { name: name.to_string(), expected: "[B, T]".to_string(), got: other.to_vec() }),
     }
 }
 
@@ -21,11 +17,7 @@ pub(crate) fn expect_shape(t: &Tensor, name: &str, expected: &[usize]) -> Result
     if t.dims() == expected {
         Ok(())
     } else {
-        Err(OptimError::Shape {
-            name: name.to_string(),
-            expected: format!("{expected:?}"),
-            got: t.dims().to_vec(),
-        })
+        Err(OptimError::Shape { name: name.to_string(), expected: format!("{expected:?}"), got: t.dims().to_vec() })
     }
 }
 
@@ -45,41 +37,26 @@ pub(crate) fn expect_float(t: &Tensor, name: &str) -> Result<()> {
 /// A detached copy of `mask` in `dtype`: masks may arrive as u8/u32/f32 and always count as data,
 /// never as something to differentiate.
 pub(crate) fn mask_as(mask: &Tensor, dtype: DType, name: &str) -> Result<Tensor> {
-    mask.detach()
-        .to_dtype(dtype)
-        .ctx(&format!("converting `{name}` to {dtype:?}"))
+    mask.detach().to_dtype(dtype).ctx(&format!("converting `{name}` to {dtype:?}"))
 }
 
 /// Reads a `[B, T]` tensor into f64 rows (for the sequential algorithms: GAE, returns, stats).
 pub(crate) fn rows_f64(t: &Tensor, name: &str) -> Result<Vec<Vec<f64>>> {
     dims_bt(t, name)?;
-    t.detach()
-        .to_dtype(DType::F64)
-        .and_then(|x| x.to_vec2::<f64>())
-        .ctx(&format!("reading `{name}` as f64"))
+    t.detach().to_dtype(DType::F64).and_then(|x| x.to_vec2::<f64>()).ctx(&format!("reading `{name}` as f64"))
 }
 
 /// Builds a `[B, T]` tensor of `dtype` on `device` from f64 rows.
-pub(crate) fn tensor_from_rows(
-    rows: &[Vec<f64>],
-    dtype: DType,
-    device: &Device,
-    name: &str,
-) -> Result<Tensor> {
+pub(crate) fn tensor_from_rows(rows: &[Vec<f64>], dtype: DType, device: &Device, name: &str) -> Result<Tensor> {
     let b = rows.len();
     let t = rows.first().map_or(0, Vec::len);
     let flat: Vec<f64> = rows.iter().flat_map(|r| r.iter().copied()).collect();
-    Tensor::from_vec(flat, (b, t), device)
-        .and_then(|x| x.to_dtype(dtype))
-        .ctx(&format!("building `{name}`"))
+    Tensor::from_vec(flat, (b, t), device).and_then(|x| x.to_dtype(dtype)).ctx(&format!("building `{name}`"))
 }
 
 /// Reads a scalar (rank-0) tensor as f64.
 pub(crate) fn scalar_f64(t: &Tensor, name: &str) -> Result<f64> {
-    t.detach()
-        .to_dtype(DType::F64)
-        .and_then(|x| x.to_scalar::<f64>())
-        .ctx(&format!("reading `{name}` as a scalar"))
+    t.detach().to_dtype(DType::F64).and_then(|x| x.to_scalar::<f64>()).ctx(&format!("reading `{name}` as a scalar"))
 }
 
 /// Σ over all elements of `x ⊙ mask`. The mask is converted to `x`'s dtype and detached.
@@ -96,9 +73,6 @@ pub fn masked_sum(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
 pub fn masked_mean(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let m = mask_as(mask, x.dtype(), "mask")?;
     let count = scalar_f64(&m.sum_all().ctx("masked_mean: count")?, "mask")?;
-    let s = x
-        .mul(&m)
-        .and_then(|p| p.sum_all())
-        .ctx("masked_mean: sum")?;
+    let s = x.mul(&m).and_then(|p| p.sum_all()).ctx("masked_mean: sum")?;
     (s * (1.0 / count.max(1.0))).ctx("masked_mean: divide")
 }

@@ -22,10 +22,7 @@ pub struct ValueLossConfig {
 impl Default for ValueLossConfig {
     /// TRL's PPO: clip range 0.2, token mean.
     fn default() -> Self {
-        ValueLossConfig {
-            clip_range: Some(0.2),
-            aggregation: LossAggregation::TokenMean,
-        }
+        ValueLossConfig { clip_range: Some(0.2), aggregation: LossAggregation::TokenMean }
     }
 }
 
@@ -57,36 +54,20 @@ pub fn value_loss(
     expect_shape(returns, "returns", &[b, t])?;
     expect_shape(mask, "mask", &[b, t])?;
     let dtype = values.dtype();
-    let old = old_values
-        .detach()
-        .to_dtype(dtype)
-        .ctx("value_loss: old_values dtype")?;
-    let ret = returns
-        .detach()
-        .to_dtype(dtype)
-        .ctx("value_loss: returns dtype")?;
-    let unclipped = values
-        .sub(&ret)
-        .and_then(|x| x.sqr())
-        .ctx("value_loss: (V - R)^2")?;
+    let old = old_values.detach().to_dtype(dtype).ctx("value_loss: old_values dtype")?;
+    let ret = returns.detach().to_dtype(dtype).ctx("value_loss: returns dtype")?;
+    let unclipped = values.sub(&ret).and_then(|x| x.sqr()).ctx("value_loss: (V - R)^2")?;
     let (per_token_sq, clip_frac) = match config.clip_range {
         Some(c) => {
             if !(c >= 0.0 && c.is_finite()) {
-                return Err(OptimError::config(
-                    "clip_range",
-                    c,
-                    "must be finite and >= 0",
-                ));
+                return Err(OptimError::config("clip_range", c, "must be finite and >= 0"));
             }
             let v_clip = values
                 .sub(&old)
                 .and_then(|d| d.clamp(-c, c))
                 .and_then(|d| d.add(&old))
                 .ctx("value_loss: V_old + clip(V - V_old)")?;
-            let clipped = v_clip
-                .sub(&ret)
-                .and_then(|x| x.sqr())
-                .ctx("value_loss: (V_clip - R)^2")?;
+            let clipped = v_clip.sub(&ret).and_then(|x| x.sqr()).ctx("value_loss: (V_clip - R)^2")?;
             let u = rows_f64(&unclipped, "unclipped")?;
             let cl = rows_f64(&clipped, "clipped")?;
             let m = rows_f64(mask, "mask")?;
@@ -107,10 +88,7 @@ pub fn value_loss(
         None => (unclipped, 0.0),
     };
     let per_token = (per_token_sq * 0.5).ctx("value_loss: 0.5 *")?;
-    Ok(ValueLossOutput {
-        loss: aggregate(&per_token, mask, config.aggregation)?,
-        clip_frac,
-    })
+    Ok(ValueLossOutput { loss: aggregate(&per_token, mask, config.aggregation)?, clip_frac })
 }
 
 /// A linear value head `V = h·w + b` mapping hidden states `[B, T, H]` to values `[B, T]`.
@@ -129,25 +107,13 @@ pub struct ValueHead {
 impl ValueHead {
     /// A head initialised like `torch.nn.Linear(H, 1)`: weight and bias uniform in
     /// `[−1/√H, 1/√H]`, drawn from a ChaCha8 stream seeded with `seed` (reproducible everywhere).
-    pub fn new(
-        prefix: &str,
-        hidden: usize,
-        dtype: DType,
-        device: &Device,
-        seed: u64,
-    ) -> Result<Self> {
+    pub fn new(prefix: &str, hidden: usize, dtype: DType, device: &Device, seed: u64) -> Result<Self> {
         if hidden == 0 {
-            return Err(OptimError::config(
-                "hidden",
-                hidden,
-                "the hidden size must be positive",
-            ));
+            return Err(OptimError::config("hidden", hidden, "the hidden size must be positive"));
         }
         let bound = 1.0 / (hidden as f64).sqrt();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let w: Vec<f64> = (0..hidden)
-            .map(|_| rng.random_range(-bound..bound))
-            .collect();
+        let w: Vec<f64> = (0..hidden).map(|_| rng.random_range(-bound..bound)).collect();
         let bias = vec![rng.random_range(-bound..bound)];
         let weight = Tensor::from_vec(w, (1, hidden), device)
             .and_then(|x| x.to_dtype(dtype))
@@ -157,11 +123,7 @@ impl ValueHead {
             .and_then(|x| x.to_dtype(dtype))
             .and_then(|x| Var::from_tensor(&x))
             .ctx("ValueHead::new: bias")?;
-        Ok(ValueHead {
-            prefix: prefix.to_string(),
-            weight,
-            bias,
-        })
+        Ok(ValueHead { prefix: prefix.to_string(), weight, bias })
     }
 
     /// A head from existing variables (e.g. loaded from a checkpoint): weight `[1, H]`, bias `[1]`.
@@ -174,11 +136,7 @@ impl ValueHead {
             });
         }
         expect_shape(bias.as_tensor(), &format!("{prefix}.bias"), &[1])?;
-        Ok(ValueHead {
-            prefix: prefix.to_string(),
-            weight,
-            bias,
-        })
+        Ok(ValueHead { prefix: prefix.to_string(), weight, bias })
     }
 
     /// The hidden size H.
@@ -206,16 +164,8 @@ impl ValueHead {
                 got: hidden.dims().to_vec(),
             });
         }
-        let w = self
-            .weight
-            .as_tensor()
-            .to_dtype(hidden.dtype())
-            .ctx("ValueHead: weight dtype")?;
-        let bias = self
-            .bias
-            .as_tensor()
-            .to_dtype(hidden.dtype())
-            .ctx("ValueHead: bias dtype")?;
+        let w = self.weight.as_tensor().to_dtype(hidden.dtype()).ctx("ValueHead: weight dtype")?;
+        let bias = self.bias.as_tensor().to_dtype(hidden.dtype()).ctx("ValueHead: bias dtype")?;
         hidden
             .reshape((b * t, h))
             .and_then(|x| x.matmul(&w.t()?))

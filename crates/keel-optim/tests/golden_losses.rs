@@ -120,38 +120,13 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let old = vec![
-        vec![-1.0, -0.5, -2.0, -1.5],
-        vec![-0.7, -1.2, -0.3, -2.2],
-        vec![-1.1, -0.9, -1.4, -0.6],
-    ];
-    let delta = vec![
-        vec![0.3, -0.05, 0.1, 0.0],
-        vec![-0.4, 0.05, 0.02, -0.1],
-        vec![0.25, -0.3, 0.1, 0.0],
-    ];
-    let lp: Vec<Vec<f64>> = old
-        .iter()
-        .zip(&delta)
-        .map(|(o, d)| o.iter().zip(d).map(|(a, b)| a + b).collect())
-        .collect();
-    let refl = vec![
-        vec![-1.1, -0.6, -1.8, -1.5],
-        vec![-0.9, -1.0, -0.5, -2.0],
-        vec![-1.0, -1.0, -1.2, -0.7],
-    ];
-    let mask = vec![
-        vec![1.0, 1.0, 1.0, 0.0],
-        vec![1.0, 1.0, 1.0, 1.0],
-        vec![1.0, 1.0, 0.0, 0.0],
-    ];
-    Fixture {
-        old,
-        lp,
-        refl,
-        mask,
-        adv_seq: vec![1.0, -0.5, 0.7],
-    }
+    let old = vec![vec![-1.0, -0.5, -2.0, -1.5], vec![-0.7, -1.2, -0.3, -2.2], vec![-1.1, -0.9, -1.4, -0.6]];
+    let delta = vec![vec![0.3, -0.05, 0.1, 0.0], vec![-0.4, 0.05, 0.02, -0.1], vec![0.25, -0.3, 0.1, 0.0]];
+    let lp: Vec<Vec<f64>> =
+        old.iter().zip(&delta).map(|(o, d)| o.iter().zip(d).map(|(a, b)| a + b).collect()).collect();
+    let refl = vec![vec![-1.1, -0.6, -1.8, -1.5], vec![-0.9, -1.0, -0.5, -2.0], vec![-1.0, -1.0, -1.2, -0.7]];
+    let mask = vec![vec![1.0, 1.0, 1.0, 0.0], vec![1.0, 1.0, 1.0, 1.0], vec![1.0, 1.0, 0.0, 0.0]];
+    Fixture { old, lp, refl, mask, adv_seq: vec![1.0, -0.5, 0.7] }
 }
 
 fn broadcast_adv(adv: &[f64], t: usize) -> Vec<Vec<f64>> {
@@ -179,9 +154,7 @@ fn crate_policy_loss(
     };
     let out = policy_loss(&batch, cfg).unwrap();
     let grads = out.loss.backward().unwrap();
-    let g = grads
-        .get(logp.as_tensor())
-        .expect("logp received a gradient");
+    let g = grads.get(logp.as_tensor()).expect("logp received a gradient");
     (scalar(&out.loss), rows(g), out.stats)
 }
 
@@ -191,33 +164,18 @@ fn policy_loss_three_aggregations_match_reference_and_finite_differences() {
     let adv_rows = broadcast_adv(&f.adv_seq, 4);
     let adv = Tensor::new(f.adv_seq.as_slice(), &cpu()).unwrap();
     for agg in [Agg::Seq, Agg::Tok, Agg::Const(6)] {
-        let cfg = PolicyLossConfig {
-            eps_low: 0.2,
-            eps_high: 0.2,
-            aggregation: to_agg(agg),
-            kl: None,
-        };
+        let cfg = PolicyLossConfig { eps_low: 0.2, eps_high: 0.2, aggregation: to_agg(agg), kl: None };
         let (loss, grad, stats) = crate_policy_loss(&f, &adv, &cfg, false);
-        let reference = |lp: &[Vec<f64>]| {
-            ref_policy_loss(lp, &f.old, &f.refl, &f.mask, &adv_rows, 0.2, 0.2, agg, None)
-        };
+        let reference = |lp: &[Vec<f64>]| ref_policy_loss(lp, &f.old, &f.refl, &f.mask, &adv_rows, 0.2, 0.2, agg, None);
         assert_close(loss, reference(&f.lp), 1e-12, &format!("{agg:?} loss"));
-        assert_rows_close(
-            &grad,
-            &finite_diff(&f.lp, reference),
-            1e-7,
-            &format!("{agg:?} grad"),
-        );
+        assert_rows_close(&grad, &finite_diff(&f.lp, reference), 1e-7, &format!("{agg:?} grad"));
         // Clipped tokens and padding get exactly zero gradient.
         assert_eq!(grad[0][0], 0.0, "{agg:?}: ratio > 1 + eps_high with A > 0");
         assert_eq!(grad[1][0], 0.0, "{agg:?}: ratio < 1 - eps_low with A < 0");
         assert_eq!(grad[2][0], 0.0, "{agg:?}: ratio > 1 + eps_high with A > 0");
         assert_eq!(grad[0][3], 0.0, "{agg:?}: padding");
         assert_eq!(grad[2][2], 0.0, "{agg:?}: padding");
-        assert!(
-            grad[2][1] != 0.0,
-            "{agg:?}: ratio < 1 - eps_low with A > 0 is not clipped"
-        );
+        assert!(grad[2][1] != 0.0, "{agg:?}: ratio < 1 - eps_low with A > 0 is not clipped");
         // Statistics: 9 valid tokens, one clipped below, two above.
         assert_eq!(stats.tokens, 9.0);
         assert_close(stats.clip_frac_low, 1.0 / 9.0, 1e-15, "clip_frac_low");
@@ -247,57 +205,23 @@ fn aggregation_hand_values() {
     // Dr. GRPO with max_len 4: 18 / (2·4) = 2.25
     let l = t2(&[vec![1.0, 2.0, 3.0], vec![4.0, 5.0, 6.0]]);
     let m = t2(&[vec![1.0, 1.0, 0.0], vec![1.0, 1.0, 1.0]]);
-    assert_eq!(
-        scalar(&aggregate(&l, &m, LossAggregation::SequenceMean).unwrap()),
-        3.25
-    );
-    assert_close(
-        scalar(&aggregate(&l, &m, LossAggregation::TokenMean).unwrap()),
-        3.6,
-        1e-15,
-        "dapo",
-    );
-    assert_eq!(
-        scalar(&aggregate(&l, &m, LossAggregation::Constant { max_len: 4 }).unwrap()),
-        2.25
-    );
+    assert_eq!(scalar(&aggregate(&l, &m, LossAggregation::SequenceMean).unwrap()), 3.25);
+    assert_close(scalar(&aggregate(&l, &m, LossAggregation::TokenMean).unwrap()), 3.6, 1e-15, "dapo");
+    assert_eq!(scalar(&aggregate(&l, &m, LossAggregation::Constant { max_len: 4 }).unwrap()), 2.25);
     // A NaN on a padding position does not leak into the loss.
     let l_nan = t2(&[vec![1.0, 2.0, f64::NAN], vec![4.0, 5.0, 6.0]]);
-    assert_eq!(
-        scalar(&aggregate(&l_nan, &m, LossAggregation::SequenceMean).unwrap()),
-        3.25
-    );
+    assert_eq!(scalar(&aggregate(&l_nan, &m, LossAggregation::SequenceMean).unwrap()), 3.25);
 }
 
 #[test]
 fn policy_loss_per_token_advantages() {
     let f = fixture();
-    let adv_rows = vec![
-        vec![1.0, -0.3, 0.6, 9.0],
-        vec![-0.5, 0.2, -1.1, 0.4],
-        vec![0.7, 0.9, -2.0, 5.0],
-    ];
+    let adv_rows = vec![vec![1.0, -0.3, 0.6, 9.0], vec![-0.5, 0.2, -1.1, 0.4], vec![0.7, 0.9, -2.0, 5.0]];
     let adv = t2(&adv_rows);
-    let cfg = PolicyLossConfig {
-        eps_low: 0.2,
-        eps_high: 0.28,
-        aggregation: LossAggregation::TokenMean,
-        kl: None,
-    };
+    let cfg = PolicyLossConfig { eps_low: 0.2, eps_high: 0.28, aggregation: LossAggregation::TokenMean, kl: None };
     let (loss, grad, _) = crate_policy_loss(&f, &adv, &cfg, false);
-    let reference = |lp: &[Vec<f64>]| {
-        ref_policy_loss(
-            lp,
-            &f.old,
-            &f.refl,
-            &f.mask,
-            &adv_rows,
-            0.2,
-            0.28,
-            Agg::Tok,
-            None,
-        )
-    };
+    let reference =
+        |lp: &[Vec<f64>]| ref_policy_loss(lp, &f.old, &f.refl, &f.mask, &adv_rows, 0.2, 0.28, Agg::Tok, None);
     assert_close(loss, reference(&f.lp), 1e-12, "loss");
     assert_rows_close(&grad, &finite_diff(&f.lp, reference), 1e-7, "grad");
 }
@@ -310,12 +234,7 @@ fn dapo_clip_higher_keeps_gradient_between_the_two_bounds() {
     let mask = t2(&[vec![1.0]]);
     let adv = Tensor::new(&[1.0f64], &cpu()).unwrap();
     for (eps_high, want) in [(0.2, 0.0), (0.28, -(0.2f64).exp())] {
-        let cfg = PolicyLossConfig {
-            eps_low: 0.2,
-            eps_high,
-            aggregation: LossAggregation::TokenMean,
-            kl: None,
-        };
+        let cfg = PolicyLossConfig { eps_low: 0.2, eps_high, aggregation: LossAggregation::TokenMean, kl: None };
         let batch = PolicyBatch {
             logp: logp.as_tensor(),
             old_logp: &old,
@@ -342,55 +261,22 @@ fn kl_in_loss_all_estimators_match_reference_and_finite_differences() {
                 eps_low: 0.2,
                 eps_high: 0.28,
                 aggregation: to_agg(agg),
-                kl: Some(KlPenalty {
-                    beta,
-                    estimator: est,
-                }),
+                kl: Some(KlPenalty { beta, estimator: est }),
             };
             let (loss, grad, stats) = crate_policy_loss(&f, &adv, &cfg, true);
             let reference = |lp: &[Vec<f64>]| {
-                ref_policy_loss(
-                    lp,
-                    &f.old,
-                    &f.refl,
-                    &f.mask,
-                    &adv_rows,
-                    0.2,
-                    0.28,
-                    agg,
-                    Some((beta, est)),
-                )
+                ref_policy_loss(lp, &f.old, &f.refl, &f.mask, &adv_rows, 0.2, 0.28, agg, Some((beta, est)))
             };
             let what = format!("{est:?} {agg:?}");
             assert_close(loss, reference(&f.lp), 1e-12, &format!("{what} loss"));
-            assert_rows_close(
-                &grad,
-                &finite_diff(&f.lp, reference),
-                1e-7,
-                &format!("{what} grad"),
-            );
+            assert_rows_close(&grad, &finite_diff(&f.lp, reference), 1e-7, &format!("{what} grad"));
             // On a clipped token only the KL term's gradient is left.
             let kl_only = |lp: &[Vec<f64>]| {
                 let zero = vec![vec![0.0; 4]; 3];
-                ref_policy_loss(
-                    lp,
-                    &f.old,
-                    &f.refl,
-                    &f.mask,
-                    &zero,
-                    0.2,
-                    0.28,
-                    agg,
-                    Some((beta, est)),
-                )
+                ref_policy_loss(lp, &f.old, &f.refl, &f.mask, &zero, 0.2, 0.28, agg, Some((beta, est)))
             };
             let g_kl = finite_diff(&f.lp, kl_only);
-            assert_close(
-                grad[1][0],
-                g_kl[1][0],
-                1e-7,
-                &format!("{what}: clipped token keeps only the KL gradient"),
-            );
+            assert_close(grad[1][0], g_kl[1][0], 1e-7, &format!("{what}: clipped token keeps only the KL gradient"));
             // The reported KL is the masked mean of the estimator.
             let mut s = 0.0;
             for i in 0..3 {
@@ -398,12 +284,7 @@ fn kl_in_loss_all_estimators_match_reference_and_finite_differences() {
                     s += f.mask[i][t] * ref_kl(f.lp[i][t], f.refl[i][t], est);
                 }
             }
-            assert_close(
-                stats.kl_ref.unwrap(),
-                s / 9.0,
-                1e-12,
-                &format!("{what} kl stat"),
-            );
+            assert_close(stats.kl_ref.unwrap(), s / 9.0, 1e-12, &format!("{what} kl stat"));
         }
     }
 }
@@ -416,12 +297,7 @@ fn kl_estimators_hand_values() {
     let k = |e| rows(&kl_estimate(&lp, &rl, e).unwrap())[0][0];
     assert_close(k(KlEstimator::K1), 0.5, 1e-15, "k1");
     assert_close(k(KlEstimator::K2), 0.125, 1e-15, "k2");
-    assert_close(
-        k(KlEstimator::K3),
-        (-0.5f64).exp() + 0.5 - 1.0,
-        1e-15,
-        "k3 = e^-0.5 - 0.5",
-    );
+    assert_close(k(KlEstimator::K3), (-0.5f64).exp() + 0.5 - 1.0, 1e-15, "k3 = e^-0.5 - 0.5");
 }
 
 #[test]
@@ -431,32 +307,15 @@ fn kl_missing_reference_is_an_error() {
     let old = t2(&f.old);
     let mask = t2(&f.mask);
     let adv = Tensor::new(f.adv_seq.as_slice(), &cpu()).unwrap();
-    let batch = PolicyBatch {
-        logp: &logp,
-        old_logp: &old,
-        ref_logp: None,
-        mask: &mask,
-        advantages: &adv,
-        entropy: None,
-    };
-    let cfg = PolicyLossConfig {
-        kl: Some(KlPenalty {
-            beta: 0.1,
-            estimator: KlEstimator::K3,
-        }),
-        ..Default::default()
-    };
+    let batch =
+        PolicyBatch { logp: &logp, old_logp: &old, ref_logp: None, mask: &mask, advantages: &adv, entropy: None };
+    let cfg = PolicyLossConfig { kl: Some(KlPenalty { beta: 0.1, estimator: KlEstimator::K3 }), ..Default::default() };
     let err = policy_loss(&batch, &cfg).unwrap_err().to_string();
     assert!(err.contains("ref_logp"), "{err}");
     // Wrong advantage shape names the tensor and both shapes.
     let bad = Tensor::new(&[1.0f64, 2.0], &cpu()).unwrap();
-    let batch = PolicyBatch {
-        advantages: &bad,
-        ..batch
-    };
-    let err = policy_loss(&batch, &PolicyLossConfig::default())
-        .unwrap_err()
-        .to_string();
+    let batch = PolicyBatch { advantages: &bad, ..batch };
+    let err = policy_loss(&batch, &PolicyLossConfig::default()).unwrap_err().to_string();
     assert!(err.contains("advantages") && err.contains("[2]"), "{err}");
 }
 
@@ -470,8 +329,7 @@ fn kl_in_reward_sequence_and_token_placements() {
     let mask = t2(&f.mask);
     for est in [KlEstimator::K1, KlEstimator::K2, KlEstimator::K3] {
         let seq = kl_penalised_rewards(&rewards, &old, &refl, &mask, beta, est).unwrap();
-        let tok =
-            rows(&kl_penalised_token_rewards(&rewards, &old, &refl, &mask, beta, est).unwrap());
+        let tok = rows(&kl_penalised_token_rewards(&rewards, &old, &refl, &mask, beta, est).unwrap());
         for i in 0..3 {
             let mut total = 0.0;
             let last = (0..4).filter(|&t| f.mask[i][t] != 0.0).max().unwrap();
@@ -482,26 +340,11 @@ fn kl_in_reward_sequence_and_token_placements() {
                 if t == last {
                     want += rewards[i];
                 }
-                assert_close(
-                    tok[i][t],
-                    want,
-                    1e-14,
-                    &format!("{est:?} token reward [{i}][{t}]"),
-                );
+                assert_close(tok[i][t], want, 1e-14, &format!("{est:?} token reward [{i}][{t}]"));
             }
-            assert_close(
-                seq[i],
-                rewards[i] - beta * total,
-                1e-14,
-                &format!("{est:?} sequence reward {i}"),
-            );
+            assert_close(seq[i], rewards[i] - beta * total, 1e-14, &format!("{est:?} sequence reward {i}"));
             // Token rewards sum to the sequence-shaped reward.
-            assert_close(
-                tok[i].iter().sum::<f64>(),
-                seq[i],
-                1e-13,
-                "sum of token rewards",
-            );
+            assert_close(tok[i].iter().sum::<f64>(), seq[i], 1e-13, "sum of token rewards");
         }
     }
 }
@@ -535,12 +378,7 @@ fn sft_loss_matches_reference_and_finite_differences() {
     let tgt = Tensor::new(&targets, &cpu()).unwrap();
     for (reduction, per_seq) in [(SftReduction::Token, false), (SftReduction::Sequence, true)] {
         let loss = sft_loss_from_logits(logits.as_tensor(), &tgt, &t2(&mask), reduction).unwrap();
-        assert_close(
-            scalar(&loss),
-            reference(&logits_rows, per_seq),
-            1e-12,
-            &format!("{reduction:?} loss"),
-        );
+        assert_close(scalar(&loss), reference(&logits_rows, per_seq), 1e-12, &format!("{reduction:?} loss"));
         let g = loss.backward().unwrap();
         let g = rows(&g.get(logits.as_tensor()).unwrap().reshape((6, 4)).unwrap());
         let fd = finite_diff(&logits_rows, |x| reference(x, per_seq));
@@ -550,13 +388,9 @@ fn sft_loss_matches_reference_and_finite_differences() {
     }
     // Hand value: token (1,1) of an all-zero row: -log(1/4) = ln 4; as the only token of a batch.
     let z = Tensor::zeros((1, 1, 4), DType::F64, &cpu()).unwrap();
-    let loss = sft_loss_from_logits(
-        &z,
-        &Tensor::new(&[[2u32]], &cpu()).unwrap(),
-        &t2(&[vec![1.0]]),
-        SftReduction::Token,
-    )
-    .unwrap();
+    let loss =
+        sft_loss_from_logits(&z, &Tensor::new(&[[2u32]], &cpu()).unwrap(), &t2(&[vec![1.0]]), SftReduction::Token)
+            .unwrap();
     assert_close(scalar(&loss), 4f64.ln(), 1e-15, "ln 4");
 }
 
@@ -567,10 +401,7 @@ fn token_entropy_matches_reference() {
     let h = rows(&token_entropy(&logits).unwrap());
     for (t, row) in rows_in.iter().enumerate() {
         let z: f64 = row.iter().map(|x| x.exp()).sum();
-        let want: f64 = -row
-            .iter()
-            .map(|x| (x.exp() / z) * (x.exp() / z).ln())
-            .sum::<f64>();
+        let want: f64 = -row.iter().map(|x| (x.exp() / z) * (x.exp() / z).ln()).sum::<f64>();
         assert_close(h[0][t], want, 1e-14, "entropy");
     }
     assert_close(h[0][1], 3f64.ln(), 1e-15, "uniform over 3 = ln 3");
@@ -600,30 +431,13 @@ fn value_loss_clipping_matches_reference_and_finite_differences() {
         }
         ref_aggregate(&l, &mask, agg)
     };
-    for (clip, agg) in [
-        (Some(0.2), Agg::Tok),
-        (None, Agg::Tok),
-        (Some(0.2), Agg::Seq),
-    ] {
+    for (clip, agg) in [(Some(0.2), Agg::Tok), (None, Agg::Tok), (Some(0.2), Agg::Seq)] {
         let v = v2(&values);
-        let cfg = ValueLossConfig {
-            clip_range: clip,
-            aggregation: to_agg(agg),
-        };
+        let cfg = ValueLossConfig { clip_range: clip, aggregation: to_agg(agg) };
         let out = value_loss(v.as_tensor(), &t2(&old), &t2(&ret), &t2(&mask), &cfg).unwrap();
-        assert_close(
-            scalar(&out.loss),
-            reference(&values, clip, agg),
-            1e-12,
-            "value loss",
-        );
+        assert_close(scalar(&out.loss), reference(&values, clip, agg), 1e-12, "value loss");
         let g = rows(out.loss.backward().unwrap().get(v.as_tensor()).unwrap());
-        assert_rows_close(
-            &g,
-            &finite_diff(&values, |x| reference(x, clip, agg)),
-            1e-7,
-            "value grad",
-        );
+        assert_rows_close(&g, &finite_diff(&values, |x| reference(x, clip, agg)), 1e-7, "value grad");
         if clip.is_some() {
             assert_eq!(g[0][0], 0.0, "clipped value gets no gradient");
             // Token mean over 7 tokens: d/dV of 0.5 (V - R)² / 7 = (0.5 - 0) / 7.
@@ -633,14 +447,7 @@ fn value_loss_clipping_matches_reference_and_finite_differences() {
         }
     }
     // Clip fraction: which valid tokens have the clipped error larger.
-    let out = value_loss(
-        &t2(&values),
-        &t2(&old),
-        &t2(&ret),
-        &t2(&mask),
-        &ValueLossConfig::default(),
-    )
-    .unwrap();
+    let out = value_loss(&t2(&values), &t2(&old), &t2(&ret), &t2(&mask), &ValueLossConfig::default()).unwrap();
     let mut k = 0.0;
     for i in 0..2 {
         for t in 0..4 {
@@ -663,35 +470,15 @@ fn value_head_forward_and_gradients() {
     assert_eq!(named[0].0, "value_head.weight");
     assert_eq!(named[0].1.dims(), &[1, 3]);
     assert_eq!(named[1].0, "value_head.bias");
-    let w = named[0]
-        .1
-        .as_tensor()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
+    let w = named[0].1.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
     let b0 = named[1].1.as_tensor().to_vec1::<f64>().unwrap()[0];
     let bound = 1.0 / 3f64.sqrt();
     assert!(w.iter().chain([b0].iter()).all(|x| x.abs() <= bound));
     // Same seed, same head.
     let again = ValueHead::new("value_head", 3, DType::F64, &cpu(), 7).unwrap();
-    assert_eq!(
-        again.named_vars()[0]
-            .1
-            .as_tensor()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap(),
-        w
-    );
+    assert_eq!(again.named_vars()[0].1.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap(), w);
 
-    let hidden_rows = vec![
-        vec![0.1, 0.2, -0.3],
-        vec![1.0, -1.0, 0.5],
-        vec![0.0, 0.3, 0.3],
-        vec![-0.7, 0.1, 0.9],
-    ];
+    let hidden_rows = vec![vec![0.1, 0.2, -0.3], vec![1.0, -1.0, 0.5], vec![0.0, 0.3, 0.3], vec![-0.7, 0.1, 0.9]];
     let hidden = Var::from_tensor(&t2(&hidden_rows).reshape((2, 2, 3)).unwrap()).unwrap();
     let v = head.forward(hidden.as_tensor()).unwrap();
     assert_eq!(v.dims(), &[2, 2]);
@@ -704,31 +491,15 @@ fn value_head_forward_and_gradients() {
     let c = t2(&[vec![1.0, -2.0], vec![0.5, 3.0]]);
     let loss = v.mul(&c).unwrap().sum_all().unwrap();
     let grads = loss.backward().unwrap();
-    let gw = grads
-        .get(named[0].1.as_tensor())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
+    let gw = grads.get(named[0].1.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
     let cs = [1.0, -2.0, 0.5, 3.0];
     for j in 0..3 {
         let want: f64 = (0..4).map(|k| cs[k] * hidden_rows[k][j]).sum();
         assert_close(gw[j], want, 1e-14, "d/dw");
     }
-    let gb = grads
-        .get(named[1].1.as_tensor())
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()[0];
+    let gb = grads.get(named[1].1.as_tensor()).unwrap().to_vec1::<f64>().unwrap()[0];
     assert_close(gb, cs.iter().sum(), 1e-14, "d/db");
-    let gh = rows(
-        &grads
-            .get(hidden.as_tensor())
-            .unwrap()
-            .reshape((4, 3))
-            .unwrap(),
-    );
+    let gh = rows(&grads.get(hidden.as_tensor()).unwrap().reshape((4, 3)).unwrap());
     for k in 0..4 {
         for j in 0..3 {
             assert_close(gh[k][j], cs[k] * w[j], 1e-14, "d/dh");
@@ -740,13 +511,7 @@ fn value_head_forward_and_gradients() {
 fn f32_inputs_work_and_agree_with_f64() {
     let f = fixture();
     let adv = Tensor::new(f.adv_seq.as_slice(), &cpu()).unwrap();
-    let cfg = PolicyLossConfig {
-        kl: Some(KlPenalty {
-            beta: 0.1,
-            estimator: KlEstimator::K3,
-        }),
-        ..Default::default()
-    };
+    let cfg = PolicyLossConfig { kl: Some(KlPenalty { beta: 0.1, estimator: KlEstimator::K3 }), ..Default::default() };
     let (loss64, _, _) = crate_policy_loss(&f, &adv, &cfg, true);
     let logp = Var::from_tensor(&t2(&f.lp).to_dtype(DType::F32).unwrap()).unwrap();
     let old = t2(&f.old).to_dtype(DType::F32).unwrap();

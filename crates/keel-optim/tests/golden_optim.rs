@@ -17,23 +17,13 @@ fn var1(xs: &[f64]) -> Var {
 }
 
 fn vals(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
+    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()
 }
 
 fn grads_for(pairs: &[(&Var, &[f64])]) -> GradStore {
     let mut g = GradStore::default();
     for (v, xs) in pairs {
-        let t = Tensor::new(*xs, &cpu())
-            .unwrap()
-            .reshape(v.dims())
-            .unwrap()
-            .to_dtype(v.dtype())
-            .unwrap();
+        let t = Tensor::new(*xs, &cpu()).unwrap().reshape(v.dims()).unwrap().to_dtype(v.dtype()).unwrap();
         g.insert(v.as_tensor(), t);
     }
     g
@@ -64,37 +54,16 @@ impl RefAdam {
 fn adamw_one_step_hand_value_and_several_steps_against_reference() {
     // Step 1: m̂ = g and v̂ = g², so θ₁ = θ₀(1 − lr·λ) − lr·g/(|g| + ε).
     // θ₀ = 1, g = 0.1, lr = 0.1, λ = 0.01: 0.999 − 0.1·0.1/(0.1 + 1e-8) = 0.899000009999999...
-    let cfg = AdamWConfig {
-        lr: 0.1,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.01,
-    };
+    let cfg = AdamWConfig { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
     let theta = var1(&[1.0, -2.0, 0.5]);
     let mut opt = AdamW::new(vec![("w".into(), theta.clone())], cfg).unwrap();
-    let gs: [[f64; 3]; 4] = [
-        [0.1, -0.2, 0.3],
-        [0.05, 0.4, -0.1],
-        [-0.3, 0.0, 0.2],
-        [0.2, 0.1, 0.1],
-    ];
-    let mut reference = RefAdam {
-        theta: vec![1.0, -2.0, 0.5],
-        m: vec![0.0; 3],
-        v: vec![0.0; 3],
-        t: 0,
-    };
+    let gs: [[f64; 3]; 4] = [[0.1, -0.2, 0.3], [0.05, 0.4, -0.1], [-0.3, 0.0, 0.2], [0.2, 0.1, 0.1]];
+    let mut reference = RefAdam { theta: vec![1.0, -2.0, 0.5], m: vec![0.0; 3], v: vec![0.0; 3], t: 0 };
     for (i, g) in gs.iter().enumerate() {
         opt.step(&grads_for(&[(&theta, g)])).unwrap();
         reference.step(g, 0.1, 0.9, 0.999, 1e-8, 0.01);
         if i == 0 {
-            assert_close(
-                vals(theta.as_tensor())[0],
-                0.999 - 0.1 * 0.1 / (0.1 + 1e-8),
-                1e-15,
-                "step 1 hand value",
-            );
+            assert_close(vals(theta.as_tensor())[0], 0.999 - 0.1 * 0.1 / (0.1 + 1e-8), 1e-15, "step 1 hand value");
         }
         for (a, b) in vals(theta.as_tensor()).iter().zip(&reference.theta) {
             assert_close(*a, *b, 1e-14, &format!("step {}", i + 1));
@@ -109,56 +78,22 @@ fn adamw_is_bit_identical_to_candle_nn_adamw() {
     let init = Tensor::new(&[[0.3f32, -1.2, 0.7], [2.0, 0.1, -0.4]], &cpu()).unwrap();
     let a = Var::from_tensor(&init).unwrap();
     let b = Var::from_tensor(&init).unwrap();
-    let params = candle_nn::ParamsAdamW {
-        lr: 0.05,
-        beta1: 0.8,
-        beta2: 0.99,
-        eps: 1e-6,
-        weight_decay: 0.1,
-    };
+    let params = candle_nn::ParamsAdamW { lr: 0.05, beta1: 0.8, beta2: 0.99, eps: 1e-6, weight_decay: 0.1 };
     let mut ours = AdamW::new(
         vec![("w".into(), a.clone())],
-        AdamWConfig {
-            lr: 0.05,
-            beta1: 0.8,
-            beta2: 0.99,
-            eps: 1e-6,
-            weight_decay: 0.1,
-        },
+        AdamWConfig { lr: 0.05, beta1: 0.8, beta2: 0.99, eps: 1e-6, weight_decay: 0.1 },
     )
     .unwrap();
     let mut theirs = candle_nn::AdamW::new(vec![b.clone()], params).unwrap();
     let target = Tensor::new(&[[1f32, 0.0, -1.0], [0.5, 0.5, 0.5]], &cpu()).unwrap();
     for _ in 0..6 {
-        let la = a
-            .as_tensor()
-            .sub(&target)
-            .unwrap()
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap();
+        let la = a.as_tensor().sub(&target).unwrap().sqr().unwrap().sum_all().unwrap();
         ours.step(&la.backward().unwrap()).unwrap();
-        let lb = b
-            .as_tensor()
-            .sub(&target)
-            .unwrap()
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap();
+        let lb = b.as_tensor().sub(&target).unwrap().sqr().unwrap().sum_all().unwrap();
         theirs.backward_step(&lb).unwrap();
         let (xa, xb) = (
-            a.as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap(),
-            b.as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap(),
+            a.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
         );
         assert_eq!(
             xa.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
@@ -170,65 +105,36 @@ fn adamw_is_bit_identical_to_candle_nn_adamw() {
 #[test]
 fn decay_rule_groups_no_decay_for_norms_biases_embeddings() {
     // With zero gradients the Adam term is 0/(0 + ε) = 0, so only the decay acts: θ(1 − lr·λ).
-    let cfg = AdamWConfig {
-        lr: 0.5,
-        weight_decay: 0.1,
-        ..Default::default()
-    };
+    let cfg = AdamWConfig { lr: 0.5, weight_decay: 0.1, ..Default::default() };
     let dense = Var::from_tensor(&Tensor::ones((2, 2), DType::F64, &cpu()).unwrap()).unwrap();
     let norm = var1(&[1.0, 1.0]);
     let embed = Var::from_tensor(&Tensor::ones((3, 2), DType::F64, &cpu()).unwrap()).unwrap();
     let bias = var1(&[1.0, 1.0]);
     let params = vec![
-        (
-            "model.layers.0.mlp.up_proj.weight".to_string(),
-            dense.clone(),
-        ),
+        ("model.layers.0.mlp.up_proj.weight".to_string(), dense.clone()),
         ("model.norm.weight".to_string(), norm.clone()),
         ("model.embed_tokens.weight".to_string(), embed.clone()),
-        (
-            "model.layers.0.self_attn.q_proj.bias".to_string(),
-            bias.clone(),
-        ),
+        ("model.layers.0.self_attn.q_proj.bias".to_string(), bias.clone()),
     ];
     let mut opt = AdamW::with_decay_rule(params, cfg, &DecayRule::default()).unwrap();
-    assert_eq!(
-        opt.weight_decay_of("model.layers.0.mlp.up_proj.weight"),
-        Some(0.1)
-    );
+    assert_eq!(opt.weight_decay_of("model.layers.0.mlp.up_proj.weight"), Some(0.1));
     assert_eq!(opt.weight_decay_of("model.norm.weight"), Some(0.0));
     assert_eq!(opt.weight_decay_of("model.embed_tokens.weight"), Some(0.0));
-    assert_eq!(
-        opt.weight_decay_of("model.layers.0.self_attn.q_proj.bias"),
-        Some(0.0)
-    );
-    let g = grads_for(&[
-        (&dense, &[0.0; 4]),
-        (&norm, &[0.0; 2]),
-        (&embed, &[0.0; 6]),
-        (&bias, &[0.0; 2]),
-    ]);
+    assert_eq!(opt.weight_decay_of("model.layers.0.self_attn.q_proj.bias"), Some(0.0));
+    let g = grads_for(&[(&dense, &[0.0; 4]), (&norm, &[0.0; 2]), (&embed, &[0.0; 6]), (&bias, &[0.0; 2])]);
     opt.step(&g).unwrap();
-    assert!(vals(dense.as_tensor())
-        .iter()
-        .all(|&x| x == 1.0 * (1.0 - 0.5 * 0.1)));
+    assert!(vals(dense.as_tensor()).iter().all(|&x| x == 1.0 * (1.0 - 0.5 * 0.1)));
     for v in [&norm, &embed, &bias] {
         assert!(vals(v.as_tensor()).iter().all(|&x| x == 1.0));
     }
     // A parameter without a gradient is untouched and keeps step count 0.
     let lonely = var1(&[3.0]);
-    let mut opt = AdamW::new(
-        vec![("a".into(), dense.clone()), ("b".into(), lonely.clone())],
-        cfg,
-    )
-    .unwrap();
+    let mut opt = AdamW::new(vec![("a".into(), dense.clone()), ("b".into(), lonely.clone())], cfg).unwrap();
     opt.step(&grads_for(&[(&dense, &[1.0; 4])])).unwrap();
     assert_eq!(vals(lonely.as_tensor()), vec![3.0]);
     assert_eq!(opt.moments("b").unwrap().2, 0);
     // Duplicate names are rejected with the name.
-    let err = AdamW::new(vec![("a".into(), norm.clone()), ("a".into(), bias)], cfg)
-        .unwrap_err()
-        .to_string();
+    let err = AdamW::new(vec![("a".into(), norm.clone()), ("a".into(), bias)], cfg).unwrap_err().to_string();
     assert!(err.contains("`a`"), "{err}");
 }
 
@@ -236,34 +142,18 @@ fn decay_rule_groups_no_decay_for_norms_biases_embeddings() {
 fn adamw_state_save_load_resume_is_bit_identical() {
     let dir = std::env::temp_dir().join(format!("keel-optim-adamw-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let cfg = AdamWConfig {
-        lr: 0.01,
-        weight_decay: 0.05,
-        ..Default::default()
-    };
+    let cfg = AdamWConfig { lr: 0.01, weight_decay: 0.05, ..Default::default() };
     let make = || {
-        let w =
-            Var::from_tensor(&Tensor::new(&[[0.3f32, -0.2], [0.9, 1.1]], &cpu()).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::new(&[[0.3f32, -0.2], [0.9, 1.1]], &cpu()).unwrap()).unwrap();
         let b = Var::from_tensor(&Tensor::new(&[0.05f32, -0.05], &cpu()).unwrap()).unwrap();
-        vec![
-            ("layer.weight".to_string(), w),
-            ("layer.bias".to_string(), b),
-        ]
+        vec![("layer.weight".to_string(), w), ("layer.bias".to_string(), b)]
     };
     let x = Tensor::new(&[[1f32, 2.0], [-1.0, 0.5], [0.3, -0.7]], &cpu()).unwrap();
     let loss_of = |p: &[(String, Var)]| {
-        let y = x
-            .matmul(&p[0].1.as_tensor().t().unwrap())
-            .unwrap()
-            .broadcast_add(p[1].1.as_tensor())
-            .unwrap();
+        let y = x.matmul(&p[0].1.as_tensor().t().unwrap()).unwrap().broadcast_add(p[1].1.as_tensor()).unwrap();
         y.sqr().unwrap().sum_all().unwrap().sin().unwrap()
     };
-    let sched = LrSchedule::Cosine {
-        warmup_steps: 2,
-        total_steps: 10,
-        min_lr_ratio: 0.1,
-    };
+    let sched = LrSchedule::Cosine { warmup_steps: 2, total_steps: 10, min_lr_ratio: 0.1 };
     let run = |opt: &mut AdamW, p: &[(String, Var)], n: usize| {
         for _ in 0..n {
             opt.set_lr(sched.lr(0.01, opt.steps()));
@@ -277,10 +167,7 @@ fn adamw_state_save_load_resume_is_bit_identical() {
     let mut oa = AdamW::with_decay_rule(pa.clone(), cfg, &DecayRule::default()).unwrap();
     run(&mut oa, &pa, 3);
     oa.save(&dir).unwrap();
-    let saved: Vec<Tensor> = pa
-        .iter()
-        .map(|(_, v)| v.as_tensor().copy().unwrap())
-        .collect();
+    let saved: Vec<Tensor> = pa.iter().map(|(_, v)| v.as_tensor().copy().unwrap()).collect();
     run(&mut oa, &pa, 4);
     // Run B: fresh optimiser over the saved weights, load the state, 4 steps.
     let pb = make();
@@ -292,13 +179,7 @@ fn adamw_state_save_load_resume_is_bit_identical() {
     assert_eq!(ob.steps(), 3);
     // The saved lr is the one of the last step before saving (schedule index 2).
     assert_eq!(ob.lr(), sched.lr(0.01, 2));
-    assert_eq!(
-        AdamWConfig {
-            lr: cfg.lr,
-            ..*ob.config()
-        },
-        cfg
-    );
+    assert_eq!(AdamWConfig { lr: cfg.lr, ..*ob.config() }, cfg);
     run(&mut ob, &pb, 4);
     for ((n, a), (_, b)) in pa.iter().zip(&pb) {
         let bits = |v: &Var| {
@@ -321,15 +202,8 @@ fn adamw_state_save_load_resume_is_bit_identical() {
     assert!(dir.join(ADAMW_TENSORS_FILE).exists() && dir.join(ADAMW_META_FILE).exists());
     // Loading into an optimiser with other parameter names fails and names them.
     let other = vec![("other.weight".to_string(), var1(&[1.0]))];
-    let err = AdamW::new(other, cfg)
-        .unwrap()
-        .load(&dir)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("other.weight") && err.contains("layer.bias"),
-        "{err}"
-    );
+    let err = AdamW::new(other, cfg).unwrap().load(&dir).unwrap_err().to_string();
+    assert!(err.contains("other.weight") && err.contains("layer.bias"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -352,26 +226,17 @@ fn clip_grad_norm_hand_values() {
     assert_eq!(vals(g.get(b.as_tensor()).unwrap()), vec![12.0]);
     // Non-finite: error naming the parameter.
     let mut g = grads_for(&[(&a, &[3.0, f64::NAN]), (&b, &[12.0])]);
-    let err = clip_grad_norm(&params, &mut g, 1.0)
-        .unwrap_err()
-        .to_string();
+    let err = clip_grad_norm(&params, &mut g, 1.0).unwrap_err().to_string();
     assert!(err.contains("`a`") && !err.contains("a, b"), "{err}");
 }
 
 #[test]
 fn gradient_accumulation_equals_full_batch_gradient() {
     // SFT sequence-mean loss over 4 sequences = mean of the two half-batch losses.
-    let w =
-        Var::from_tensor(&Tensor::new(&[[0.2f64, -0.1, 0.4], [0.0, 0.3, -0.2]], &cpu()).unwrap())
-            .unwrap();
+    let w = Var::from_tensor(&Tensor::new(&[[0.2f64, -0.1, 0.4], [0.0, 0.3, -0.2]], &cpu()).unwrap()).unwrap();
     let params = vec![("w".to_string(), w.clone())];
     let h = Tensor::new(
-        &[
-            [[1.0f64, 0.5], [0.2, -0.3]],
-            [[0.0, 1.0], [1.0, 1.0]],
-            [[-1.0, 0.2], [0.3, 0.3]],
-            [[0.7, 0.7], [-0.2, 0.9]],
-        ],
+        &[[[1.0f64, 0.5], [0.2, -0.3]], [[0.0, 1.0], [1.0, 1.0]], [[-1.0, 0.2], [0.3, 0.3]], [[0.7, 0.7], [-0.2, 0.9]]],
         &cpu(),
     )
     .unwrap();
@@ -391,16 +256,11 @@ fn gradient_accumulation_equals_full_batch_gradient() {
     };
     let full = loss(0..4).backward().unwrap();
     let mut acc = GradAccumulator::new();
-    acc.add(&params, &loss(0..2).backward().unwrap(), 0.5)
-        .unwrap();
-    acc.add(&params, &loss(2..4).backward().unwrap(), 0.5)
-        .unwrap();
+    acc.add(&params, &loss(0..2).backward().unwrap(), 0.5).unwrap();
+    acc.add(&params, &loss(2..4).backward().unwrap(), 0.5).unwrap();
     assert_eq!(acc.micro_batches(), 2);
     let g = acc.grads(&params);
-    for (x, y) in vals(g.get(w.as_tensor()).unwrap())
-        .iter()
-        .zip(vals(full.get(w.as_tensor()).unwrap()))
-    {
+    for (x, y) in vals(g.get(w.as_tensor()).unwrap()).iter().zip(vals(full.get(w.as_tensor()).unwrap())) {
         assert_close(*x, y, 1e-14, "accumulated gradient");
     }
     acc.clear();
@@ -413,58 +273,23 @@ fn schedules_hand_values() {
     let c = LrSchedule::Constant;
     assert_eq!(c.lr(0.1, 1000), 0.1);
     let w = LrSchedule::ConstantWithWarmup { warmup_steps: 4 };
-    assert_eq!(
-        [
-            w.multiplier(0),
-            w.multiplier(1),
-            w.multiplier(4),
-            w.multiplier(9)
-        ],
-        [0.0, 0.25, 1.0, 1.0]
-    );
-    let l = LrSchedule::Linear {
-        warmup_steps: 2,
-        total_steps: 10,
-    };
-    let got: Vec<f64> = [0, 1, 2, 6, 10, 12]
-        .iter()
-        .map(|&s| l.multiplier(s))
-        .collect();
+    assert_eq!([w.multiplier(0), w.multiplier(1), w.multiplier(4), w.multiplier(9)], [0.0, 0.25, 1.0, 1.0]);
+    let l = LrSchedule::Linear { warmup_steps: 2, total_steps: 10 };
+    let got: Vec<f64> = [0, 1, 2, 6, 10, 12].iter().map(|&s| l.multiplier(s)).collect();
     assert_eq!(got, vec![0.0, 0.5, 1.0, 0.5, 0.0, 0.0]);
-    let cos = LrSchedule::Cosine {
-        warmup_steps: 2,
-        total_steps: 10,
-        min_lr_ratio: 0.0,
-    };
+    let cos = LrSchedule::Cosine { warmup_steps: 2, total_steps: 10, min_lr_ratio: 0.0 };
     assert_eq!(cos.multiplier(1), 0.5);
     assert_eq!(cos.multiplier(2), 1.0);
-    assert_close(
-        cos.multiplier(4),
-        0.5 * (1.0 + (std::f64::consts::PI / 4.0).cos()),
-        1e-15,
-        "cos(π/4)",
-    );
+    assert_close(cos.multiplier(4), 0.5 * (1.0 + (std::f64::consts::PI / 4.0).cos()), 1e-15, "cos(π/4)");
     assert_close(cos.multiplier(6), 0.5, 1e-15, "half way");
     assert_close(cos.multiplier(10), 0.0, 1e-15, "end");
-    let floor = LrSchedule::Cosine {
-        warmup_steps: 2,
-        total_steps: 10,
-        min_lr_ratio: 0.1,
-    };
+    let floor = LrSchedule::Cosine { warmup_steps: 2, total_steps: 10, min_lr_ratio: 0.1 };
     assert_close(floor.multiplier(6), 0.55, 1e-15, "half way with floor");
     assert_close(floor.multiplier(10), 0.1, 1e-15, "floor");
     assert_close(floor.multiplier(50), 0.1, 1e-15, "stays at floor");
-    assert!(LrSchedule::Linear {
-        warmup_steps: 20,
-        total_steps: 10
-    }
-    .validate()
-    .is_err());
+    assert!(LrSchedule::Linear { warmup_steps: 20, total_steps: 10 }.validate().is_err());
     let json = serde_json::to_string(&floor).unwrap();
-    assert_eq!(
-        json,
-        r#"{"kind":"cosine","warmup_steps":2,"total_steps":10,"min_lr_ratio":0.1}"#
-    );
+    assert_eq!(json, r#"{"kind":"cosine","warmup_steps":2,"total_steps":10,"min_lr_ratio":0.1}"#);
 }
 
 #[test]
@@ -472,47 +297,19 @@ fn ema_hand_values_blend_back_copy_and_save_load() {
     // α = 0.9, θ̄₀ = (1, 2); θ = (3, 4) → θ̄ = (1.2, 2.2); θ = (5, 6) → θ̄ = (1.58, 2.58).
     let theta = var1(&[1.0, 2.0]);
     let params = vec![("w".to_string(), theta.clone())];
-    let mut ema = Ema::new(
-        &params,
-        EmaConfig {
-            alpha: 0.9,
-            blend_back: None,
-        },
-    )
-    .unwrap();
-    theta
-        .set(&Tensor::new(&[3.0f64, 4.0], &cpu()).unwrap())
-        .unwrap();
+    let mut ema = Ema::new(&params, EmaConfig { alpha: 0.9, blend_back: None }).unwrap();
+    theta.set(&Tensor::new(&[3.0f64, 4.0], &cpu()).unwrap()).unwrap();
     assert!(!ema.update(&params).unwrap());
-    assert_rows_close(
-        &[vals(ema.get("w").unwrap())],
-        &[vec![1.2, 2.2]],
-        1e-15,
-        "first update",
-    );
-    theta
-        .set(&Tensor::new(&[5.0f64, 6.0], &cpu()).unwrap())
-        .unwrap();
+    assert_rows_close(&[vals(ema.get("w").unwrap())], &[vec![1.2, 2.2]], 1e-15, "first update");
+    theta.set(&Tensor::new(&[5.0f64, 6.0], &cpu()).unwrap()).unwrap();
     ema.update(&params).unwrap();
-    assert_rows_close(
-        &[vals(ema.get("w").unwrap())],
-        &[vec![1.58, 2.58]],
-        1e-15,
-        "second update",
-    );
-    assert_eq!(
-        vals(theta.as_tensor()),
-        vec![5.0, 6.0],
-        "the live weights are untouched"
-    );
+    assert_rows_close(&[vals(ema.get("w").unwrap())], &[vec![1.58, 2.58]], 1e-15, "second update");
+    assert_eq!(vals(theta.as_tensor()), vec![5.0, 6.0], "the live weights are untouched");
 
     // Copy into a second model's variables.
     let eval = var1(&[0.0, 0.0]);
     ema.copy_into(&[("w".to_string(), eval.clone())]).unwrap();
-    assert_eq!(
-        vals(&eval.as_tensor().copy().unwrap()),
-        vals(ema.get("w").unwrap())
-    );
+    assert_eq!(vals(&eval.as_tensor().copy().unwrap()), vals(ema.get("w").unwrap()));
 
     // Save/load round trip is exact.
     let dir = std::env::temp_dir().join(format!("keel-optim-ema-{}", std::process::id()));
@@ -526,21 +323,11 @@ fn ema_hand_values_blend_back_copy_and_save_load() {
     // Blend-back every 2 updates with mix 0.5: θ ← ½θ + ½θ̄.
     let theta = var1(&[1.0, 2.0]);
     let params = vec![("w".to_string(), theta.clone())];
-    let mut ema = Ema::new(
-        &params,
-        EmaConfig {
-            alpha: 0.9,
-            blend_back: Some(BlendBack { every: 2, mix: 0.5 }),
-        },
-    )
-    .unwrap();
-    theta
-        .set(&Tensor::new(&[3.0f64, 4.0], &cpu()).unwrap())
-        .unwrap();
+    let mut ema =
+        Ema::new(&params, EmaConfig { alpha: 0.9, blend_back: Some(BlendBack { every: 2, mix: 0.5 }) }).unwrap();
+    theta.set(&Tensor::new(&[3.0f64, 4.0], &cpu()).unwrap()).unwrap();
     assert!(!ema.update(&params).unwrap());
-    theta
-        .set(&Tensor::new(&[5.0f64, 6.0], &cpu()).unwrap())
-        .unwrap();
+    theta.set(&Tensor::new(&[5.0f64, 6.0], &cpu()).unwrap()).unwrap();
     assert!(ema.update(&params).unwrap());
     assert_rows_close(
         &[vals(theta.as_tensor())],
@@ -550,37 +337,13 @@ fn ema_hand_values_blend_back_copy_and_save_load() {
     );
 
     // bf16 parameters are averaged in f32.
-    let h = Var::from_tensor(
-        &Tensor::new(&[1.0f32], &cpu())
-            .unwrap()
-            .to_dtype(DType::BF16)
-            .unwrap(),
-    )
-    .unwrap();
+    let h = Var::from_tensor(&Tensor::new(&[1.0f32], &cpu()).unwrap().to_dtype(DType::BF16).unwrap()).unwrap();
     let hp = vec![("h".to_string(), h.clone())];
-    let mut ema = Ema::new(
-        &hp,
-        EmaConfig {
-            alpha: 0.999,
-            blend_back: None,
-        },
-    )
-    .unwrap();
-    h.set(
-        &Tensor::new(&[2.0f32], &cpu())
-            .unwrap()
-            .to_dtype(DType::BF16)
-            .unwrap(),
-    )
-    .unwrap();
+    let mut ema = Ema::new(&hp, EmaConfig { alpha: 0.999, blend_back: None }).unwrap();
+    h.set(&Tensor::new(&[2.0f32], &cpu()).unwrap().to_dtype(DType::BF16).unwrap()).unwrap();
     ema.update(&hp).unwrap();
     assert_eq!(ema.get("h").unwrap().dtype(), DType::F32);
-    assert_close(
-        vals(ema.get("h").unwrap())[0],
-        1.001,
-        1e-6,
-        "bf16 average moves",
-    );
+    assert_close(vals(ema.get("h").unwrap())[0], 1.001, 1e-6, "bf16 average moves");
     // A missing parameter is an error with its name.
     let err = ema.update(&[]).unwrap_err().to_string();
     assert!(err.contains("`h`"), "{err}");
@@ -593,54 +356,25 @@ fn minibatch_schedule_is_seeded_and_covers_each_row_once_per_epoch() {
     let all: Vec<Minibatch> = s.collect();
     assert_eq!(all.len(), 9);
     for e in 0..3 {
-        let mut seen: Vec<usize> = all
-            .iter()
-            .filter(|m| m.epoch == e)
-            .flat_map(|m| m.indices.clone())
-            .collect();
-        let sizes: Vec<usize> = all
-            .iter()
-            .filter(|m| m.epoch == e)
-            .map(|m| m.indices.len())
-            .collect();
+        let mut seen: Vec<usize> = all.iter().filter(|m| m.epoch == e).flat_map(|m| m.indices.clone()).collect();
+        let sizes: Vec<usize> = all.iter().filter(|m| m.epoch == e).map(|m| m.indices.len()).collect();
         assert_eq!(sizes, vec![4, 4, 2]);
         seen.sort();
         assert_eq!(seen, (0..10).collect::<Vec<_>>());
     }
-    let again: Vec<Minibatch> = MinibatchSchedule::new(10, 4, 3, 42, false)
-        .unwrap()
-        .collect();
+    let again: Vec<Minibatch> = MinibatchSchedule::new(10, 4, 3, 42, false).unwrap().collect();
     assert_eq!(all, again, "same seed, same schedule");
-    let other: Vec<Minibatch> = MinibatchSchedule::new(10, 4, 3, 43, false)
-        .unwrap()
-        .collect();
+    let other: Vec<Minibatch> = MinibatchSchedule::new(10, 4, 3, 43, false).unwrap().collect();
     assert_ne!(all, other, "other seed, other schedule");
     assert_ne!(all[0].indices, all[3].indices, "epochs are reshuffled");
-    let dropped: Vec<Minibatch> = MinibatchSchedule::new(10, 4, 2, 42, true)
-        .unwrap()
-        .collect();
+    let dropped: Vec<Minibatch> = MinibatchSchedule::new(10, 4, 2, 42, true).unwrap().collect();
     assert_eq!(dropped.len(), 4);
     assert!(dropped.iter().all(|m| m.indices.len() == 4));
     // Selecting rows of a tensor and of a slice.
-    let t = Tensor::arange(0u32, 10, &cpu())
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .reshape((10, 1))
-        .unwrap();
+    let t = Tensor::arange(0u32, 10, &cpu()).unwrap().to_dtype(DType::F64).unwrap().reshape((10, 1)).unwrap();
     let picked = vals(&all[0].select(&t).unwrap());
-    assert_eq!(
-        picked,
-        all[0].indices.iter().map(|&i| i as f64).collect::<Vec<_>>()
-    );
+    assert_eq!(picked, all[0].indices.iter().map(|&i| i as f64).collect::<Vec<_>>());
     let r: Vec<f64> = (0..10).map(|i| i as f64 * 10.0).collect();
-    assert_eq!(
-        all[0].select_values(&r).unwrap(),
-        all[0]
-            .indices
-            .iter()
-            .map(|&i| i as f64 * 10.0)
-            .collect::<Vec<_>>()
-    );
+    assert_eq!(all[0].select_values(&r).unwrap(), all[0].indices.iter().map(|&i| i as f64 * 10.0).collect::<Vec<_>>());
     assert!(MinibatchSchedule::new(10, 0, 1, 0, false).is_err());
 }

@@ -37,18 +37,13 @@ stages:
 ";
 
 fn main() {
-    let runs = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("keel-example-runs"));
+    let runs = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("keel-example-runs"));
     let (registry, _recorder) = testkit::registry();
 
     println!("== stage kinds ==\n{}", keel_pipeline::list_text(&registry));
 
     // A broken variant: every problem is reported at once, with file, line and column.
-    let broken = PIPELINE
-        .replace("mul: 3", "mull: 3")
-        .replace("numbers.out}", "numbrs.out}");
+    let broken = PIPELINE.replace("mul: 3", "mull: 3").replace("numbers.out}", "numbrs.out}");
     if let Err(diags) = load_str("example.yaml", &broken, &[], &registry) {
         println!("== validation of a broken variant ==\n{diags}\n");
     }
@@ -63,17 +58,10 @@ fn main() {
     };
     println!("config hash: {}", pipeline.config_hash());
 
-    let opts = RunOptions {
-        runs_root: runs,
-        ..RunOptions::default()
-    };
+    let opts = RunOptions { runs_root: runs, ..RunOptions::default() };
     match run(&pipeline, &opts) {
         Ok(report) => {
-            println!(
-                "run complete in {:.3}s: {}",
-                report.wall_time_s,
-                report.run_dir.display()
-            );
+            println!("run complete in {:.3}s: {}", report.wall_time_s, report.run_dir.display());
             for (metric, value) in keel_pipeline::last_metrics(&report.run_dir) {
                 println!("  {metric} = {value}");
             }

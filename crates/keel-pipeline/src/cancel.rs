@@ -25,9 +25,7 @@ pub struct CancelHandle(Arc<Inner>);
 
 impl std::fmt::Debug for CancelHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CancelHandle")
-            .field("cancelled", &self.is_cancelled())
-            .finish()
+        f.debug_struct("CancelHandle").field("cancelled", &self.is_cancelled()).finish()
     }
 }
 
@@ -55,8 +53,7 @@ impl CancelHandle {
             return;
         }
         self.0.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let callbacks =
-            std::mem::take(&mut *self.0.callbacks.lock().unwrap_or_else(|p| p.into_inner()));
+        let callbacks = std::mem::take(&mut *self.0.callbacks.lock().unwrap_or_else(|p| p.into_inner()));
         for cb in callbacks {
             cb();
         }

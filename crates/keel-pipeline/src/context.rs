@@ -57,10 +57,7 @@ pub struct StageContext {
 
 impl std::fmt::Debug for StageContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StageContext")
-            .field("name", &self.name)
-            .field("kind", &self.kind)
-            .finish()
+        f.debug_struct("StageContext").field("name", &self.name).field("kind", &self.kind).finish()
     }
 }
 
@@ -154,9 +151,7 @@ impl StageContext {
             )));
         }
         self.check_cancelled()?;
-        let Some(rx) = self.inputs.get(port) else {
-            return Ok(None);
-        };
+        let Some(rx) = self.inputs.get(port) else { return Ok(None) };
         let got = select! {
             recv(rx) -> m => m.ok(),
             recv(self.cancel.receiver()) -> _ => return Err(StageError::Cancelled),
@@ -177,11 +172,7 @@ impl StageContext {
     }
 
     /// Like [`StageContext::send`] for a value already behind an `Arc`.
-    pub fn send_arc<T: Any + Send + Sync>(
-        &self,
-        port: &str,
-        value: Arc<T>,
-    ) -> Result<(), StageError> {
+    pub fn send_arc<T: Any + Send + Sync>(&self, port: &str, value: Arc<T>) -> Result<(), StageError> {
         if !self.output_types.contains_key(port) {
             return Err(StageError::msg(format!(
                 "stage `{}` (kind `{}`) has no output port `{port}`",
@@ -189,13 +180,8 @@ impl StageContext {
             )));
         }
         self.check_cancelled()?;
-        let Some(edges) = self.outputs.get(port) else {
-            return Ok(());
-        };
-        let env = Envelope {
-            value: value as Arc<dyn Any + Send + Sync>,
-            type_name: std::any::type_name::<T>(),
-        };
+        let Some(edges) = self.outputs.get(port) else { return Ok(()) };
+        let env = Envelope { value: value as Arc<dyn Any + Send + Sync>, type_name: std::any::type_name::<T>() };
         for edge in edges {
             if edge.closed.load(Ordering::Relaxed) {
                 continue;
@@ -218,13 +204,8 @@ impl StageContext {
         step: u64,
         values: impl IntoIterator<Item = (K, f64)>,
     ) -> Result<(), StageError> {
-        let values: BTreeMap<String, f64> =
-            values.into_iter().map(|(k, v)| (k.into(), v)).collect();
-        let rec = MetricRecord {
-            stage: self.name.clone(),
-            step,
-            values,
-        };
+        let values: BTreeMap<String, f64> = values.into_iter().map(|(k, v)| (k.into(), v)).collect();
+        let rec = MetricRecord { stage: self.name.clone(), step, values };
         Ok(self.run_dir.log_metrics(&rec)?)
     }
 

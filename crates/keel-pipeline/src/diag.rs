@@ -22,11 +22,7 @@ pub struct Span {
 impl Span {
     /// A span at `line:col` of `file`.
     pub fn new(file: impl Into<Arc<str>>, line: usize, col: usize) -> Self {
-        Span {
-            file: file.into(),
-            line,
-            col,
-        }
+        Span { file: file.into(), line, col }
     }
 }
 
@@ -50,11 +46,7 @@ pub struct Diagnostic {
 impl Diagnostic {
     /// An error at `span` with no help line.
     pub fn new(span: Span, message: impl Into<String>) -> Self {
-        Diagnostic {
-            span,
-            message: message.into(),
-            help: None,
-        }
+        Diagnostic { span, message: message.into(), help: None }
     }
 
     /// Adds a help line (builder style).
@@ -171,8 +163,7 @@ where
         let c = c.as_ref();
         let d = edit_distance(&lower, &c.to_lowercase());
         let cl = c.to_lowercase();
-        let prefix =
-            lower.len() >= 3 && cl.len() >= 3 && (cl.starts_with(&lower) || lower.starts_with(&cl));
+        let prefix = lower.len() >= 3 && cl.len() >= 3 && (cl.starts_with(&lower) || lower.starts_with(&cl));
         let plausible = d <= limit || prefix;
         if plausible && best.as_ref().is_none_or(|(bd, _)| d < *bd) {
             best = Some((d, c.to_string()));
@@ -187,19 +178,13 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<str>,
 {
-    let all: Vec<String> = candidates
-        .into_iter()
-        .map(|s| s.as_ref().to_string())
-        .collect();
+    let all: Vec<String> = candidates.into_iter().map(|s| s.as_ref().to_string()).collect();
     match closest(word, all.iter()) {
         Some(c) => format!("did you mean `{c}`?"),
         None if all.is_empty() => format!("there are no {what}"),
         None => format!(
             "valid {what}: {}",
-            all.iter()
-                .map(|s| format!("`{s}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            all.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
         ),
     }
 }
@@ -212,19 +197,10 @@ mod tests {
     fn distance_and_suggestions() {
         assert_eq!(edit_distance("betta", "beta"), 1);
         assert_eq!(edit_distance("", "abc"), 3);
-        assert_eq!(
-            closest("betta", ["beta", "lr", "kl_coef"]),
-            Some("beta".into())
-        );
+        assert_eq!(closest("betta", ["beta", "lr", "kl_coef"]), Some("beta".into()));
         assert_eq!(closest("zzzzzz", ["beta", "lr"]), None);
-        assert_eq!(
-            did_you_mean("grop", ["grpo", "sft"], "kinds"),
-            "did you mean `grpo`?"
-        );
-        assert_eq!(
-            did_you_mean("qqqqqq", ["a1", "b2"], "kinds"),
-            "valid kinds: `a1`, `b2`"
-        );
+        assert_eq!(did_you_mean("grop", ["grpo", "sft"], "kinds"), "did you mean `grpo`?");
+        assert_eq!(did_you_mean("qqqqqq", ["a1", "b2"], "kinds"), "valid kinds: `a1`, `b2`");
     }
 
     #[test]

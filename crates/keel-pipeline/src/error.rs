@@ -29,18 +29,12 @@ pub enum StageError {
 impl StageError {
     /// A failure described by a message.
     pub fn msg(message: impl Into<String>) -> Self {
-        StageError::Failed {
-            message: message.into(),
-            source: None,
-        }
+        StageError::Failed { message: message.into(), source: None }
     }
 
     /// A failure with context wrapping an underlying error.
     pub fn with_source(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
-        StageError::Failed {
-            message: message.into(),
-            source: Some(source.into()),
-        }
+        StageError::Failed { message: message.into(), source: Some(source.into()) }
     }
 
     /// True for [`StageError::Cancelled`].

@@ -60,22 +60,17 @@ pub use diag::{closest, did_you_mean, Diagnostic, Diagnostics, Span};
 pub use error::{BoxError, RunError, StageError};
 pub use params::{ParamProblem, ParamSpec, ParamType, Params};
 pub use pipeline::{
-    apply_override, canonical_json, dry_run, load, load_str, validate, DryRunInfo, Pipeline,
-    PipelineDoc, PortRef, ResourceDecl, StageInstance, SweepSpec, RESOURCE_KINDS,
+    apply_override, canonical_json, dry_run, load, load_str, validate, DryRunInfo, Pipeline, PipelineDoc, PortRef, ResourceDecl,
+    StageInstance, SweepSpec, RESOURCE_KINDS,
 };
 pub use policy::{PolicyStore, Shared, Snapshot};
-pub use progress::{
-    NoProgress, Progress, ProgressBar, ProgressEvent, ProgressSink, RecordingProgress,
-};
-pub use registry::{
-    list_markdown, list_text, DryRun, PortSpec, Registry, ResourceSpec, Stage, StageKind,
-};
+pub use progress::{NoProgress, Progress, ProgressBar, ProgressEvent, ProgressSink, RecordingProgress};
+pub use registry::{list_markdown, list_text, DryRun, PortSpec, Registry, ResourceSpec, Stage, StageKind};
 pub use runner::{
-    read_status, run, utc_now, InputFile, Manifest, RunOptions, RunReport, RunStatus, StageStatus,
-    StatusFile, DEFAULT_CHANNEL_CAPACITY,
+    read_status, run, utc_now, InputFile, Manifest, RunOptions, RunReport, RunStatus, StageStatus, StatusFile,
+    DEFAULT_CHANNEL_CAPACITY,
 };
 pub use sweep::{
-    bootstrap_ci, cell_dir, cell_is_complete, emit_slurm, expand_sweep, last_metrics, mean_std,
-    run_cell, run_sweep, summarize, sweep_dir, CellInfo, CellOutcome, SlurmOptions, SummaryRow,
-    SweepCell, SweepOptions, SweepReport,
+    bootstrap_ci, cell_dir, cell_is_complete, emit_slurm, expand_sweep, last_metrics, mean_std, run_cell, run_sweep,
+    summarize, sweep_dir, CellInfo, CellOutcome, SlurmOptions, SummaryRow, SweepCell, SweepOptions, SweepReport,
 };

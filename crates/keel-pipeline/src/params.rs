@@ -113,27 +113,12 @@ pub struct ParamSpec {
 impl ParamSpec {
     /// A required parameter.
     pub fn required(name: &'static str, ty: ParamType, doc: &'static str) -> Self {
-        ParamSpec {
-            name,
-            ty,
-            default: None,
-            doc,
-        }
+        ParamSpec { name, ty, default: None, doc }
     }
 
     /// A parameter with a default given as YAML text.
-    pub fn optional(
-        name: &'static str,
-        ty: ParamType,
-        default: &'static str,
-        doc: &'static str,
-    ) -> Self {
-        ParamSpec {
-            name,
-            ty,
-            default: Some(default),
-            doc,
-        }
+    pub fn optional(name: &'static str, ty: ParamType, default: &'static str, doc: &'static str) -> Self {
+        ParamSpec { name, ty, default: Some(default), doc }
     }
 
     /// The default parsed as YAML (`None` when required or when the default text is not valid YAML,
@@ -157,11 +142,7 @@ pub struct ParamProblem {
 impl ParamProblem {
     /// A problem with one parameter.
     pub fn new(param: impl Into<String>, message: impl Into<String>) -> Self {
-        ParamProblem {
-            param: param.into(),
-            message: message.into(),
-            help: None,
-        }
+        ParamProblem { param: param.into(), message: message.into(), help: None }
     }
 
     /// Adds a help line.
@@ -185,11 +166,7 @@ pub struct Params {
 impl Params {
     /// Parameters for `stage` from name/value pairs (used by validation and by tests of stage kinds).
     pub fn new(stage: impl Into<String>, values: BTreeMap<String, Value>) -> Self {
-        Params {
-            stage: stage.into(),
-            values,
-            spans: BTreeMap::new(),
-        }
+        Params { stage: stage.into(), values, spans: BTreeMap::new() }
     }
 
     pub(crate) fn set_span(&mut self, name: &str, span: Span) {
@@ -237,11 +214,8 @@ impl Params {
 
     /// All parameters deserialized into a struct.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, StageError> {
-        let map: serde_yaml::Mapping = self
-            .values
-            .iter()
-            .map(|(k, v)| (Value::String(k.clone()), v.clone()))
-            .collect();
+        let map: serde_yaml::Mapping =
+            self.values.iter().map(|(k, v)| (Value::String(k.clone()), v.clone())).collect();
         serde_yaml::from_value(Value::Mapping(map)).map_err(|e| {
             StageError::with_source(format!("parameters of stage `{}`", self.stage), e)
         })
@@ -255,22 +229,15 @@ mod tests {
     #[test]
     fn type_checks() {
         assert!(ParamType::Int.check(&Value::from(3)).is_ok());
-        assert_eq!(
-            ParamType::Int.check(&Value::from(0.5)).unwrap_err(),
-            "expected int, found float"
-        );
+        assert_eq!(ParamType::Int.check(&Value::from(0.5)).unwrap_err(), "expected int, found float");
         assert!(ParamType::Float.check(&Value::from(3)).is_ok());
         let l = ParamType::List(Box::new(ParamType::Int));
         assert_eq!(
-            l.check(&serde_yaml::from_str("[1, x]").unwrap())
-                .unwrap_err(),
+            l.check(&serde_yaml::from_str("[1, x]").unwrap()).unwrap_err(),
             "item 1: expected int, found string"
         );
         let e = ParamType::Enum(&["a", "b"]);
-        assert_eq!(
-            e.check(&Value::from("c")).unwrap_err(),
-            "`c` is not one of a, b"
-        );
+        assert_eq!(e.check(&Value::from("c")).unwrap_err(), "`c` is not one of a, b");
     }
 
     #[test]

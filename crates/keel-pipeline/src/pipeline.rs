@@ -11,14 +11,7 @@ use crate::sweep::CellInfo;
 use crate::yaml::{parse_yaml, yaml_to_json, Node, NodeKind};
 
 /// Top-level keys of a pipeline file.
-pub const TOP_KEYS: &[&str] = &[
-    "name",
-    "seed",
-    "description",
-    "resources",
-    "stages",
-    "sweep",
-];
+pub const TOP_KEYS: &[&str] = &["name", "seed", "description", "resources", "stages", "sweep"];
 /// Keys of a stage entry.
 pub const STAGE_KEYS: &[&str] = &["use", "with", "inputs", "resources"];
 /// Keys of a resource entry.
@@ -44,23 +37,15 @@ impl PipelineDoc {
     /// Parses pipeline text; `file` is the name used in diagnostics.
     pub fn parse(file: &str, text: &str) -> Result<Self, Diagnostics> {
         let root = parse_yaml(file, text)?;
-        Ok(PipelineDoc {
-            file: Arc::from(file),
-            path: None,
-            root,
-            overrides: Vec::new(),
-        })
+        Ok(PipelineDoc { file: Arc::from(file), path: None, root, overrides: Vec::new() })
     }
 
     /// Reads and parses a pipeline file.
     pub fn read(path: &Path) -> Result<Self, Diagnostics> {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Diagnostic::new(
-                Span::new(name.as_str(), 1, 1),
-                format!("cannot read pipeline file: {e}"),
-            )
-            .with_help("check the path and permissions")
+            Diagnostic::new(Span::new(name.as_str(), 1, 1), format!("cannot read pipeline file: {e}"))
+                .with_help("check the path and permissions")
         })?;
         let mut doc = Self::parse(&name, &text)?;
         doc.path = Some(path.to_path_buf());
@@ -106,11 +91,8 @@ impl PipelineDoc {
     pub fn apply_override(&mut self, spec: &str) -> Result<(), Diagnostic> {
         let file: Arc<str> = Arc::from(format!("--set '{spec}'"));
         let Some(eq) = spec.find('=') else {
-            return Err(
-                Diagnostic::new(Span::new(file, 1, 1), "override has no `=`").with_help(
-                    "write overrides as `path=value`, e.g. `stages.learn.with.beta=0.04`",
-                ),
-            );
+            return Err(Diagnostic::new(Span::new(file, 1, 1), "override has no `=`")
+                .with_help("write overrides as `path=value`, e.g. `stages.learn.with.beta=0.04`"));
         };
         let (path, value_text) = (&spec[..eq], &spec[eq + 1..]);
         let value_col = path.chars().count() + 1;
@@ -118,14 +100,9 @@ impl PipelineDoc {
             Ok(v) => v,
             Err(d) => {
                 let first = d.0.into_iter().next();
-                let msg = first
-                    .map(|d| d.message)
-                    .unwrap_or_else(|| "invalid value".into());
-                return Err(
-                    Diagnostic::new(Span::new(file, 1, value_col + 1), msg).with_help(
-                        "the value is parsed as YAML; quote strings that contain `:` or `#`",
-                    ),
-                );
+                let msg = first.map(|d| d.message).unwrap_or_else(|| "invalid value".into());
+                return Err(Diagnostic::new(Span::new(file, 1, value_col + 1), msg)
+                    .with_help("the value is parsed as YAML; quote strings that contain `:` or `#`"));
             }
         };
         value.shift(&file, value_col);
@@ -142,20 +119,14 @@ pub fn apply_override(doc: &mut PipelineDoc, spec: &str) -> Result<(), Diagnosti
 }
 
 /// Splits `a.b.c` into segments with the span of each; `base` is where the path text starts.
-pub(crate) fn split_path(
-    path: &str,
-    base: &Span,
-    quoted: bool,
-) -> Result<Vec<(String, Span)>, Diagnostic> {
+pub(crate) fn split_path(path: &str, base: &Span, quoted: bool) -> Result<Vec<(String, Span)>, Diagnostic> {
     let mut out = Vec::new();
     let mut col = base.col + usize::from(quoted);
     for seg in path.split('.') {
         let span = Span::new(base.file.clone(), base.line, col);
         if seg.is_empty() {
-            return Err(
-                Diagnostic::new(span, format!("empty segment in path `{path}`"))
-                    .with_help("paths look like `stages.learn.with.beta`"),
-            );
+            return Err(Diagnostic::new(span, format!("empty segment in path `{path}`"))
+                .with_help("paths look like `stages.learn.with.beta`"));
         }
         out.push((seg.to_string(), span));
         col += seg.chars().count() + 1;
@@ -165,42 +136,24 @@ pub(crate) fn split_path(
 
 fn names_of(node: &Node) -> Vec<String> {
     node.as_map()
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, _)| k.as_scalar().map(str::to_string))
-                .collect()
-        })
+        .map(|m| m.iter().filter_map(|(k, _)| k.as_scalar().map(str::to_string)).collect())
         .unwrap_or_default()
 }
 
 /// Sets the value at a schema path inside the tree, creating missing maps below a stage section.
-pub(crate) fn set_path(
-    root: &mut Node,
-    segs: &[(String, Span)],
-    value: Node,
-) -> Result<(), Diagnostic> {
-    let full: String = segs
-        .iter()
-        .map(|(s, _)| s.as_str())
-        .collect::<Vec<_>>()
-        .join(".");
+pub(crate) fn set_path(root: &mut Node, segs: &[(String, Span)], value: Node) -> Result<(), Diagnostic> {
+    let full: String = segs.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join(".");
     let Some(((top, top_span), rest)) = segs.split_first() else {
         return Err(Diagnostic::new(value.span.clone(), "empty override path"));
     };
     if !TOP_KEYS.contains(&top.as_str()) {
-        return Err(Diagnostic::new(
-            top_span.clone(),
-            format!("unknown top-level key `{top}` in path `{full}`"),
-        )
-        .with_help(did_you_mean(top, TOP_KEYS, "top-level keys")));
+        return Err(Diagnostic::new(top_span.clone(), format!("unknown top-level key `{top}` in path `{full}`"))
+            .with_help(did_you_mean(top, TOP_KEYS, "top-level keys")));
     }
     match top.as_str() {
         "name" | "seed" | "description" if !rest.is_empty() => {
-            return Err(Diagnostic::new(
-                rest[0].1.clone(),
-                format!("`{top}` is a single value; `{full}` goes inside it"),
-            )
-            .with_help(format!("set `{top}=...` directly")));
+            return Err(Diagnostic::new(rest[0].1.clone(), format!("`{top}` is a single value; `{full}` goes inside it"))
+                .with_help(format!("set `{top}=...` directly")));
         }
         "stages" => {
             if rest.len() < 2 {
@@ -210,26 +163,17 @@ pub(crate) fn set_path(
             let (stage, stage_span) = &rest[0];
             let stages = root.get("stages").map(names_of).unwrap_or_default();
             if !stages.contains(stage) {
-                return Err(Diagnostic::new(
-                    stage_span.clone(),
-                    format!("unknown stage `{stage}` in path `{full}`"),
-                )
-                .with_help(did_you_mean(stage, &stages, "stages")));
+                return Err(Diagnostic::new(stage_span.clone(), format!("unknown stage `{stage}` in path `{full}`"))
+                    .with_help(did_you_mean(stage, &stages, "stages")));
             }
             let (field, field_span) = &rest[1];
             if !STAGE_KEYS.contains(&field.as_str()) {
-                return Err(Diagnostic::new(
-                    field_span.clone(),
-                    format!("unknown stage field `{field}` in path `{full}`"),
-                )
-                .with_help(did_you_mean(field, STAGE_KEYS, "stage fields")));
+                return Err(Diagnostic::new(field_span.clone(), format!("unknown stage field `{field}` in path `{full}`"))
+                    .with_help(did_you_mean(field, STAGE_KEYS, "stage fields")));
             }
             if field == "use" && rest.len() > 2 {
-                return Err(Diagnostic::new(
-                    rest[2].1.clone(),
-                    format!("`use` is a single value; `{full}` goes inside it"),
-                )
-                .with_help(format!("set `stages.{stage}.use=<kind>` directly")));
+                return Err(Diagnostic::new(rest[2].1.clone(), format!("`use` is a single value; `{full}` goes inside it"))
+                    .with_help(format!("set `stages.{stage}.use=<kind>` directly")));
             }
         }
         _ => {}
@@ -242,15 +186,10 @@ pub(crate) fn set_path(
         }
         let shape = node.shape();
         let NodeKind::Map(entries) = &mut node.kind else {
-            return Err(Diagnostic::new(
-                span.clone(),
-                format!("cannot set `{seg}` inside `{walked}`, which is a {shape}"),
-            )
-            .with_help(format!("`{walked}` holds a single value; set it directly")));
+            return Err(Diagnostic::new(span.clone(), format!("cannot set `{seg}` inside `{walked}`, which is a {shape}"))
+                .with_help(format!("`{walked}` holds a single value; set it directly")));
         };
-        let pos = entries
-            .iter()
-            .position(|(k, _)| k.as_scalar() == Some(seg.as_str()));
+        let pos = entries.iter().position(|(k, _)| k.as_scalar() == Some(seg.as_str()));
         if i + 1 == segs.len() {
             match pos {
                 Some(p) => entries[p].1 = value,
@@ -261,10 +200,7 @@ pub(crate) fn set_path(
         let p = match pos {
             Some(p) => p,
             None => {
-                entries.push((
-                    Node::scalar(seg.clone(), span.clone()),
-                    Node::empty_map(span.clone()),
-                ));
+                entries.push((Node::scalar(seg.clone(), span.clone()), Node::empty_map(span.clone())));
                 entries.len() - 1
             }
         };
@@ -386,34 +322,19 @@ impl Pipeline {
         use serde_json::{json, Map, Value};
         let mut resources = Map::new();
         for r in &self.resources {
-            resources.insert(
-                r.name.clone(),
-                json!({"kind": r.kind, "max_staleness": r.max_staleness}),
-            );
+            resources.insert(r.name.clone(), json!({"kind": r.kind, "max_staleness": r.max_staleness}));
         }
         let mut stages = Map::new();
         for s in &self.stages {
-            let with: Map<String, Value> = s
-                .params
-                .values()
-                .iter()
-                .map(|(k, v)| (k.clone(), yaml_to_json(v)))
-                .collect();
+            let with: Map<String, Value> =
+                s.params.values().iter().map(|(k, v)| (k.clone(), yaml_to_json(v))).collect();
             let inputs: Map<String, Value> = s
                 .inputs
                 .iter()
-                .map(|(k, v)| {
-                    (
-                        k.clone(),
-                        Value::from(v.iter().map(|p| p.to_string()).collect::<Vec<_>>()),
-                    )
-                })
+                .map(|(k, v)| (k.clone(), Value::from(v.iter().map(|p| p.to_string()).collect::<Vec<_>>())))
                 .collect();
-            let res: Map<String, Value> = s
-                .resources
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::from(v.clone())))
-                .collect();
+            let res: Map<String, Value> =
+                s.resources.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))).collect();
             stages.insert(
                 s.name.clone(),
                 json!({"use": s.kind.name(), "with": with, "inputs": inputs, "resources": res}),
@@ -456,10 +377,7 @@ pub fn canonical_json(v: &serde_json::Value) -> String {
                 .collect();
             format!("{{{}}}", parts.join(","))
         }
-        Value::Array(a) => format!(
-            "[{}]",
-            a.iter().map(canonical_json).collect::<Vec<_>>().join(",")
-        ),
+        Value::Array(a) => format!("[{}]", a.iter().map(canonical_json).collect::<Vec<_>>().join(",")),
         other => other.to_string(),
     }
 }
@@ -467,8 +385,7 @@ pub fn canonical_json(v: &serde_json::Value) -> String {
 fn valid_ident(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with('.')
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 struct Validator {
@@ -477,8 +394,7 @@ struct Validator {
 
 impl Validator {
     fn err(&mut self, span: &Span, msg: impl Into<String>, help: impl Into<String>) {
-        self.diags
-            .push(Diagnostic::new(span.clone(), msg).with_help(help));
+        self.diags.push(Diagnostic::new(span.clone(), msg).with_help(help));
     }
 
     fn check_keys(&mut self, node: &Node, allowed: &[&str], what: &str) {
@@ -489,11 +405,7 @@ impl Validator {
                     let help = did_you_mean(name, allowed, "keys");
                     self.err(&k.span, format!("unknown key `{name}` in {what}"), help);
                 }
-                None => self.err(
-                    &k.span,
-                    format!("keys in {what} must be plain names"),
-                    "use a name such as `stages`",
-                ),
+                None => self.err(&k.span, format!("keys in {what} must be plain names"), "use a name such as `stages`"),
             }
         }
     }
@@ -504,11 +416,7 @@ impl Validator {
             serde_yaml::Value::String(s) => Some(s),
             other => {
                 let kind = value_kind(&other);
-                self.err(
-                    &node.span,
-                    format!("{what} must be a string, found {kind}"),
-                    "quote the value if it is meant as text",
-                );
+                self.err(&node.span, format!("{what} must be a string, found {kind}"), "quote the value if it is meant as text");
                 None
             }
         }
@@ -520,11 +428,7 @@ impl Validator {
             Some(u) => Some(u),
             None => {
                 let kind = value_kind(&v);
-                self.err(
-                    &node.span,
-                    format!("{what} must be a non-negative integer, found {kind}"),
-                    "write an integer such as `42`",
-                );
+                self.err(&node.span, format!("{what} must be a non-negative integer, found {kind}"), "write an integer such as `42`");
                 None
             }
         }
@@ -538,11 +442,7 @@ impl Validator {
             Some(m) => m,
             None => {
                 let shape = node.shape();
-                self.err(
-                    &node.span,
-                    format!("{what} must be a mapping, found a {shape}"),
-                    format!("write it as {example}"),
-                );
+                self.err(&node.span, format!("{what} must be a mapping, found a {shape}"), format!("write it as {example}"));
                 &[]
             }
         }
@@ -573,85 +473,48 @@ pub fn validate(doc: &PipelineDoc, registry: &Registry) -> Result<Pipeline, Diag
 
     let name = match root.get("name") {
         None => {
-            v.err(
-                &root.span,
-                "missing `name`",
-                "add `name: <pipeline-name>` at the top of the file",
-            );
+            v.err(&root.span, "missing `name`", "add `name: <pipeline-name>` at the top of the file");
             None
         }
         Some(n) => v.string(n, "`name`").filter(|s| {
             let ok = valid_ident(s);
             if !ok {
-                v.err(
-                    &n.span,
-                    format!("invalid pipeline name `{s}`"),
-                    "use letters, digits, `_` and `-` only (it becomes a directory name)",
-                );
+                v.err(&n.span, format!("invalid pipeline name `{s}`"), "use letters, digits, `_` and `-` only (it becomes a directory name)");
             }
             ok
         }),
     };
     let seed = match root.get("seed") {
         None => {
-            v.err(
-                &root.span,
-                "missing `seed`",
-                "add `seed: <int>` so runs are reproducible",
-            );
+            v.err(&root.span, "missing `seed`", "add `seed: <int>` so runs are reproducible");
             None
         }
         Some(n) => v.uint(n, "`seed`"),
     };
-    let description = root
-        .get("description")
-        .filter(|n| !n.is_null())
-        .and_then(|n| v.string(n, "`description`"));
+    let description = root.get("description").filter(|n| !n.is_null()).and_then(|n| v.string(n, "`description`"));
 
     // Resources.
     let mut resources = Vec::new();
     if let Some(rnode) = root.get("resources") {
-        for (k, body) in v.map(
-            rnode,
-            "`resources`",
-            "`resources: {policy: {kind: policy_store, max_staleness: 1}}`",
-        ) {
-            let Some(rname) = k.as_scalar().map(str::to_string) else {
-                continue;
-            };
+        for (k, body) in v.map(rnode, "`resources`", "`resources: {policy: {kind: policy_store, max_staleness: 1}}`") {
+            let Some(rname) = k.as_scalar().map(str::to_string) else { continue };
             if !valid_ident(&rname) {
-                v.err(
-                    &k.span,
-                    format!("invalid resource name `{rname}`"),
-                    "use letters, digits, `_` and `-` only",
-                );
+                v.err(&k.span, format!("invalid resource name `{rname}`"), "use letters, digits, `_` and `-` only");
             }
             if body.as_map().is_none() {
-                v.err(
-                    &body.span,
-                    format!("resource `{rname}` must be a mapping"),
-                    "write `{kind: policy_store, max_staleness: 0}`",
-                );
+                v.err(&body.span, format!("resource `{rname}` must be a mapping"), "write `{kind: policy_store, max_staleness: 0}`");
                 continue;
             }
             v.check_keys(body, RESOURCE_KEYS, &format!("resource `{rname}`"));
             let kind = match body.get("kind") {
                 None => {
-                    v.err(
-                        &k.span,
-                        format!("resource `{rname}` has no `kind`"),
-                        "add `kind: policy_store`",
-                    );
+                    v.err(&k.span, format!("resource `{rname}` has no `kind`"), "add `kind: policy_store`");
                     None
                 }
                 Some(kn) => v.string(kn, "resource `kind`").filter(|kind| {
                     let ok = RESOURCE_KINDS.contains(&kind.as_str());
                     if !ok {
-                        v.err(
-                            &kn.span,
-                            format!("unknown resource kind `{kind}`"),
-                            did_you_mean(kind, RESOURCE_KINDS, "resource kinds"),
-                        );
+                        v.err(&kn.span, format!("unknown resource kind `{kind}`"), did_you_mean(kind, RESOURCE_KINDS, "resource kinds"));
                     }
                     ok
                 }),
@@ -661,11 +524,7 @@ pub fn validate(doc: &PipelineDoc, registry: &Registry) -> Result<Pipeline, Diag
                 Some(n) => v.uint(n, "`max_staleness`"),
             };
             if let (Some(kind), Some(max_staleness)) = (kind, max_staleness) {
-                resources.push(ResourceDecl {
-                    name: rname,
-                    kind,
-                    max_staleness,
-                });
+                resources.push(ResourceDecl { name: rname, kind, max_staleness });
             }
         }
     }
@@ -674,44 +533,26 @@ pub fn validate(doc: &PipelineDoc, registry: &Registry) -> Result<Pipeline, Diag
     // Stages, pass 1: names and kinds.
     let mut drafts: Vec<StageDraft> = Vec::new();
     match root.get("stages") {
-        None => v.err(
-            &root.span,
-            "missing `stages`",
-            "add a `stages:` mapping from stage name to `{use: KIND, ...}`",
-        ),
+        None => v.err(&root.span, "missing `stages`", "add a `stages:` mapping from stage name to `{use: KIND, ...}`"),
         Some(snode) => {
             let entries = v.map(snode, "`stages`", "`stages: {name: {use: KIND}}`");
             if entries.is_empty() && snode.as_map().is_some() || snode.is_null() {
-                v.err(
-                    &snode.span,
-                    "the pipeline has no stages",
-                    "add at least one stage under `stages:`",
-                );
+                v.err(&snode.span, "the pipeline has no stages", "add at least one stage under `stages:`");
             }
             for (k, body) in entries {
-                let Some(sname) = k.as_scalar().map(str::to_string) else {
-                    continue;
-                };
+                let Some(sname) = k.as_scalar().map(str::to_string) else { continue };
                 if !valid_ident(&sname) {
                     v.err(&k.span, format!("invalid stage name `{sname}`"), "use letters, digits, `_` and `-` only (no `.`: inputs refer to `stage.port`)");
                 }
                 if body.as_map().is_none() {
                     let shape = body.shape();
-                    v.err(
-                        &body.span,
-                        format!("stage `{sname}` must be a mapping, found a {shape}"),
-                        "write `{use: KIND, with: {...}, inputs: {...}}`",
-                    );
+                    v.err(&body.span, format!("stage `{sname}` must be a mapping, found a {shape}"), "write `{use: KIND, with: {...}, inputs: {...}}`");
                     continue;
                 }
                 v.check_keys(body, STAGE_KEYS, &format!("stage `{sname}`"));
                 let kind = match body.get("use") {
                     None => {
-                        v.err(
-                            &k.span,
-                            format!("stage `{sname}` has no `use`"),
-                            "add `use: <kind>`; `keel list` shows the kinds",
-                        );
+                        v.err(&k.span, format!("stage `{sname}` has no `use`"), "add `use: <kind>`; `keel list` shows the kinds");
                         None
                     }
                     Some(u) => match v.string(u, "`use`") {
@@ -720,30 +561,19 @@ pub fn validate(doc: &PipelineDoc, registry: &Registry) -> Result<Pipeline, Diag
                             Some(kind) => Some(kind.clone()),
                             None => {
                                 let help = did_you_mean(&kname, registry.names(), "stage kinds");
-                                v.err(
-                                    &u.span,
-                                    format!("unknown stage kind `{kname}` for stage `{sname}`"),
-                                    help,
-                                );
+                                v.err(&u.span, format!("unknown stage kind `{kname}` for stage `{sname}`"), help);
                                 None
                             }
                         },
                     },
                 };
-                drafts.push(StageDraft {
-                    name: sname,
-                    name_span: k.span.clone(),
-                    body,
-                    kind,
-                });
+                drafts.push(StageDraft { name: sname, name_span: k.span.clone(), body, kind });
             }
         }
     }
     let stage_names: Vec<String> = drafts.iter().map(|d| d.name.clone()).collect();
-    let kinds_by_name: HashMap<&str, &Arc<dyn StageKind>> = drafts
-        .iter()
-        .filter_map(|d| d.kind.as_ref().map(|k| (d.name.as_str(), k)))
-        .collect();
+    let kinds_by_name: HashMap<&str, &Arc<dyn StageKind>> =
+        drafts.iter().filter_map(|d| d.kind.as_ref().map(|k| (d.name.as_str(), k))).collect();
 
     // Stages, pass 2: params, inputs, resources.
     let mut stages = Vec::new();
@@ -766,9 +596,7 @@ pub fn validate(doc: &PipelineDoc, registry: &Registry) -> Result<Pipeline, Diag
     }
 
     check_cycles(&mut v, &stage_names, &edges);
-    let sweep = root
-        .get("sweep")
-        .and_then(|s| validate_sweep(&mut v, doc, s));
+    let sweep = root.get("sweep").and_then(|s| validate_sweep(&mut v, doc, s));
 
     if !v.diags.is_empty() {
         return Err(Diagnostics(v.diags).sorted());
@@ -785,12 +613,7 @@ pub fn validate(doc: &PipelineDoc, registry: &Registry) -> Result<Pipeline, Diag
             cell: None,
             dry_run: None,
         },
-        _ => {
-            return Err(Diagnostics(vec![Diagnostic::new(
-                root.span.clone(),
-                "pipeline is incomplete",
-            )]))
-        }
+        _ => return Err(Diagnostics(vec![Diagnostic::new(root.span.clone(), "pipeline is incomplete")])),
     };
     // Every sweep cell must validate too, so that no cell fails after others have run.
     if pipeline.sweep.is_some() {
@@ -807,16 +630,10 @@ fn validate_params(v: &mut Validator, d: &StageDraft, kind: &Arc<dyn StageKind>)
     let mut spans = Vec::new();
     let with = d.body.get("with");
     let with_span = d.body.as_map().and_then(|m| {
-        m.iter()
-            .find(|(k, _)| k.as_scalar() == Some("with"))
-            .map(|(k, _)| k.span.clone())
+        m.iter().find(|(k, _)| k.as_scalar() == Some("with")).map(|(k, _)| k.span.clone())
     });
     if let Some(w) = with {
-        for (k, val) in v.map(
-            w,
-            &format!("`with` of stage `{}`", d.name),
-            "`with: {param: value}`",
-        ) {
+        for (k, val) in v.map(w, &format!("`with` of stage `{}`", d.name), "`with: {param: value}`") {
             let Some(pname) = k.as_scalar() else { continue };
             match specs.iter().find(|s| s.name == pname) {
                 None => {
@@ -825,26 +642,15 @@ fn validate_params(v: &mut Validator, d: &StageDraft, kind: &Arc<dyn StageKind>)
                     } else {
                         did_you_mean(pname, specs.iter().map(|s| s.name), "parameters")
                     };
-                    v.err(
-                        &k.span,
-                        format!(
-                            "unknown parameter `{pname}` for stage `{}` (kind `{kname}`)",
-                            d.name
-                        ),
-                        help,
-                    );
+                    v.err(&k.span, format!("unknown parameter `{pname}` for stage `{}` (kind `{kname}`)", d.name), help);
                 }
                 Some(spec) => {
                     let value = val.to_value();
-                    let null_ok =
-                        value.is_null() && spec.default_value().is_some_and(|dv| dv.is_null());
+                    let null_ok = value.is_null() && spec.default_value().is_some_and(|dv| dv.is_null());
                     if let (false, Err(e)) = (null_ok, spec.ty.check(&value)) {
                         v.err(
                             &val.span,
-                            format!(
-                                "parameter `{pname}` of stage `{}` (kind `{kname}`): {e}",
-                                d.name
-                            ),
+                            format!("parameter `{pname}` of stage `{}` (kind `{kname}`): {e}", d.name),
                             format!("`{pname}` takes a {}: {}", spec.ty, spec.doc),
                         );
                     }
@@ -863,22 +669,13 @@ fn validate_params(v: &mut Validator, d: &StageDraft, kind: &Arc<dyn StageKind>)
                 let at = with_span.clone().unwrap_or_else(|| d.name_span.clone());
                 v.err(
                     &at,
-                    format!(
-                        "missing required parameter `{}` for stage `{}` (kind `{kname}`)",
-                        spec.name, d.name
-                    ),
-                    format!(
-                        "add `{}: <{}>` under `with:` ({})",
-                        spec.name, spec.ty, spec.doc
-                    ),
+                    format!("missing required parameter `{}` for stage `{}` (kind `{kname}`)", spec.name, d.name),
+                    format!("add `{}: <{}>` under `with:` ({})", spec.name, spec.ty, spec.doc),
                 );
             }
             (Some(text), None) => v.err(
                 &d.name_span,
-                format!(
-                    "stage kind `{kname}` declares an invalid default `{text}` for `{}`",
-                    spec.name
-                ),
+                format!("stage kind `{kname}` declares an invalid default `{text}` for `{}`", spec.name),
                 "this is a bug in the stage kind; set the parameter explicitly to work around it",
             ),
             (Some(_), Some(dv)) => {
@@ -893,28 +690,14 @@ fn validate_params(v: &mut Validator, d: &StageDraft, kind: &Arc<dyn StageKind>)
     for (n, s) in spans {
         params.set_span(&n, s);
     }
-    let use_span = d
-        .body
-        .get("use")
-        .map(|u| u.span.clone())
-        .unwrap_or_else(|| d.name_span.clone());
+    let use_span = d.body.get("use").map(|u| u.span.clone()).unwrap_or_else(|| d.name_span.clone());
     let problems = kind.check(&params);
     let ok = problems.is_empty();
     for p in problems {
-        let at = params
-            .span(&p.param)
-            .cloned()
-            .unwrap_or_else(|| use_span.clone());
-        let label = if p.param.is_empty() {
-            String::new()
-        } else {
-            format!("parameter `{}` of ", p.param)
-        };
-        let diag = Diagnostic::new(
-            at,
-            format!("{label}stage `{}` (kind `{kname}`): {}", d.name, p.message),
-        )
-        .with_help_opt(p.help);
+        let at = params.span(&p.param).cloned().unwrap_or_else(|| use_span.clone());
+        let label = if p.param.is_empty() { String::new() } else { format!("parameter `{}` of ", p.param) };
+        let diag = Diagnostic::new(at, format!("{label}stage `{}` (kind `{kname}`): {}", d.name, p.message))
+            .with_help_opt(p.help);
         v.diags.push(diag);
     }
     ok.then_some(params)
@@ -925,11 +708,7 @@ fn source_nodes<'n>(v: &mut Validator, node: &'n Node, what: &str) -> Vec<&'n No
         NodeKind::Scalar { .. } if !node.is_null() => vec![node],
         NodeKind::Seq(items) => items.iter().collect(),
         _ => {
-            v.err(
-                &node.span,
-                format!("{what} must be `\"stage.port\"` or a list of them"),
-                "write e.g. `in: \"prompts.out\"` or `in: [a.out, b.out]`",
-            );
+            v.err(&node.span, format!("{what} must be `\"stage.port\"` or a list of them"), "write e.g. `in: \"prompts.out\"` or `in: [a.out, b.out]`");
             vec![]
         }
     }
@@ -948,11 +727,7 @@ fn validate_inputs(
     let specs = kind.inputs();
     let mut out: BTreeMap<String, Vec<PortRef>> = BTreeMap::new();
     if let Some(inode) = d.body.get("inputs") {
-        for (k, src) in v.map(
-            inode,
-            &format!("`inputs` of stage `{}`", d.name),
-            "`inputs: {port: \"stage.port\"}`",
-        ) {
+        for (k, src) in v.map(inode, &format!("`inputs` of stage `{}`", d.name), "`inputs: {port: \"stage.port\"}`") {
             let Some(port) = k.as_scalar() else { continue };
             let spec = specs.iter().find(|s| s.name == port);
             if spec.is_none() {
@@ -961,48 +736,22 @@ fn validate_inputs(
                 } else {
                     did_you_mean(port, specs.iter().map(|s| s.name), "input ports")
                 };
-                v.err(
-                    &k.span,
-                    format!(
-                        "unknown input port `{port}` for stage `{}` (kind `{kname}`)",
-                        d.name
-                    ),
-                    help,
-                );
+                v.err(&k.span, format!("unknown input port `{port}` for stage `{}` (kind `{kname}`)", d.name), help);
             }
             let mut refs = Vec::new();
             for s in source_nodes(v, src, &format!("input `{port}`")) {
                 let text = s.as_scalar().unwrap_or_default();
-                let Some((sstage, sport)) = text
-                    .split_once('.')
-                    .filter(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains('.'))
-                else {
-                    v.err(
-                        &s.span,
-                        format!(
-                            "input `{port}` of stage `{}` must name `stage.port`, found `{text}`",
-                            d.name
-                        ),
-                        "write the producing stage and its output port, e.g. `prompts.out`",
-                    );
+                let Some((sstage, sport)) = text.split_once('.').filter(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains('.')) else {
+                    v.err(&s.span, format!("input `{port}` of stage `{}` must name `stage.port`, found `{text}`", d.name), "write the producing stage and its output port, e.g. `prompts.out`");
                     continue;
                 };
                 if !stage_names.iter().any(|n| n == sstage) {
                     let help = did_you_mean(sstage, stage_names, "stages");
-                    v.err(
-                        &s.span,
-                        format!(
-                            "input `{port}` of stage `{}` refers to unknown stage `{sstage}`",
-                            d.name
-                        ),
-                        help,
-                    );
+                    v.err(&s.span, format!("input `{port}` of stage `{}` refers to unknown stage `{sstage}`", d.name), help);
                     continue;
                 }
                 edges.push((sstage.to_string(), d.name.clone(), s.span.clone()));
-                let Some(skind) = kinds.get(sstage) else {
-                    continue;
-                };
+                let Some(skind) = kinds.get(sstage) else { continue };
                 let outs = skind.outputs();
                 let Some(ospec) = outs.iter().find(|o| o.name == sport) else {
                     let help = if outs.is_empty() {
@@ -1010,14 +759,7 @@ fn validate_inputs(
                     } else {
                         did_you_mean(sport, outs.iter().map(|o| o.name), "output ports")
                     };
-                    v.err(
-                        &s.span,
-                        format!(
-                            "stage `{sstage}` (kind `{}`) has no output port `{sport}`",
-                            skind.name()
-                        ),
-                        help,
-                    );
+                    v.err(&s.span, format!("stage `{sstage}` (kind `{}`) has no output port `{sport}`", skind.name()), help);
                     continue;
                 };
                 if let Some(spec) = spec {
@@ -1025,10 +767,7 @@ fn validate_inputs(
                         let candidates: Vec<String> = kinds
                             .iter()
                             .flat_map(|(n, k)| {
-                                k.outputs()
-                                    .into_iter()
-                                    .filter(|o| o.ty == spec.ty)
-                                    .map(move |o| format!("`{n}.{}`", o.name))
+                                k.outputs().into_iter().filter(|o| o.ty == spec.ty).map(move |o| format!("`{n}.{}`", o.name))
                             })
                             .collect();
                         let mut candidates = candidates;
@@ -1036,11 +775,7 @@ fn validate_inputs(
                         let help = if candidates.is_empty() {
                             format!("connect an output of type `{}`", spec.ty)
                         } else {
-                            format!(
-                                "connect an output of type `{}`, e.g. {}",
-                                spec.ty,
-                                candidates.join(", ")
-                            )
+                            format!("connect an output of type `{}`, e.g. {}", spec.ty, candidates.join(", "))
                         };
                         v.err(
                             &s.span,
@@ -1053,10 +788,7 @@ fn validate_inputs(
                         continue;
                     }
                 }
-                refs.push(PortRef {
-                    stage: sstage.to_string(),
-                    port: sport.to_string(),
-                });
+                refs.push(PortRef { stage: sstage.to_string(), port: sport.to_string() });
             }
             out.entry(port.to_string()).or_default().extend(refs);
         }
@@ -1065,14 +797,8 @@ fn validate_inputs(
         if out.get(spec.name).is_none_or(|sources| sources.is_empty()) && v.diags.len() == before {
             v.err(
                 &d.name_span,
-                format!(
-                    "missing required input `{}` for stage `{}` (kind `{kname}`)",
-                    spec.name, d.name
-                ),
-                format!(
-                    "add `inputs: {{{}: \"<stage>.<port>\"}}` naming an output of type `{}`",
-                    spec.name, spec.ty
-                ),
+                format!("missing required input `{}` for stage `{}` (kind `{kname}`)", spec.name, d.name),
+                format!("add `inputs: {{{}: \"<stage>.<port>\"}}` naming an output of type `{}`", spec.name, spec.ty),
             );
         }
     }
@@ -1091,11 +817,7 @@ fn validate_resources(
     let specs = kind.resources();
     let mut out = BTreeMap::new();
     if let Some(rnode) = d.body.get("resources") {
-        for (k, val) in v.map(
-            rnode,
-            &format!("`resources` of stage `{}`", d.name),
-            "`resources: {role: resource_name}`",
-        ) {
+        for (k, val) in v.map(rnode, &format!("`resources` of stage `{}`", d.name), "`resources: {role: resource_name}`") {
             let Some(role) = k.as_scalar() else { continue };
             let Some(spec) = specs.iter().find(|s| s.role == role) else {
                 let help = if specs.is_empty() {
@@ -1103,44 +825,22 @@ fn validate_resources(
                 } else {
                     did_you_mean(role, specs.iter().map(|s| s.role), "resource roles")
                 };
-                v.err(
-                    &k.span,
-                    format!(
-                        "unknown resource role `{role}` for stage `{}` (kind `{kname}`)",
-                        d.name
-                    ),
-                    help,
-                );
+                v.err(&k.span, format!("unknown resource role `{role}` for stage `{}` (kind `{kname}`)", d.name), help);
                 continue;
             };
-            let Some(rname) = v.string(val, "a resource name") else {
-                continue;
-            };
+            let Some(rname) = v.string(val, "a resource name") else { continue };
             match resources.iter().find(|r| r.name == rname) {
                 None => {
                     let help = if names.is_empty() {
-                        format!(
-                            "declare it at the top level: `resources: {{{rname}: {{kind: {}}}}}`",
-                            spec.kind
-                        )
+                        format!("declare it at the top level: `resources: {{{rname}: {{kind: {}}}}}`", spec.kind)
                     } else {
                         did_you_mean(&rname, names, "resources")
                     };
-                    v.err(
-                        &val.span,
-                        format!(
-                            "unknown resource `{rname}` for role `{role}` of stage `{}`",
-                            d.name
-                        ),
-                        help,
-                    );
+                    v.err(&val.span, format!("unknown resource `{rname}` for role `{role}` of stage `{}`", d.name), help);
                 }
                 Some(r) if r.kind != spec.kind => v.err(
                     &val.span,
-                    format!(
-                        "resource `{rname}` is a `{}` but role `{role}` of stage `{}` needs a `{}`",
-                        r.kind, d.name, spec.kind
-                    ),
+                    format!("resource `{rname}` is a `{}` but role `{role}` of stage `{}` needs a `{}`", r.kind, d.name, spec.kind),
                     format!("bind a `{}` resource", spec.kind),
                 ),
                 Some(_) => {
@@ -1153,14 +853,8 @@ fn validate_resources(
         if !out.contains_key(spec.role) && v.diags.len() == before {
             v.err(
                 &d.name_span,
-                format!(
-                    "missing required resource `{}` for stage `{}` (kind `{kname}`)",
-                    spec.role, d.name
-                ),
-                format!(
-                    "add `resources: {{{}: <name>}}` naming a `{}` resource",
-                    spec.role, spec.kind
-                ),
+                format!("missing required resource `{}` for stage `{}` (kind `{kname}`)", spec.role, d.name),
+                format!("add `resources: {{{}: <name>}}` naming a `{}` resource", spec.role, spec.kind),
             );
         }
     }
@@ -1168,11 +862,7 @@ fn validate_resources(
 }
 
 fn check_cycles(v: &mut Validator, names: &[String], edges: &[(String, String, Span)]) {
-    let idx: HashMap<&str, usize> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.as_str(), i))
-        .collect();
+    let idx: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
     let mut adj: Vec<Vec<(usize, &Span)>> = vec![Vec::new(); names.len()];
     for (from, to, span) in edges {
         if let (Some(&a), Some(&b)) = (idx.get(from.as_str()), idx.get(to.as_str())) {
@@ -1227,11 +917,7 @@ fn validate_sweep(v: &mut Validator, doc: &PipelineDoc, node: &Node) -> Option<S
         return None;
     }
     if node.as_map().is_none() {
-        v.err(
-            &node.span,
-            "`sweep` must be a mapping",
-            "write `sweep: {grid: {\"stages.X.with.Y\": [values]}, seeds: [1, 2, 3]}`",
-        );
+        v.err(&node.span, "`sweep` must be a mapping", "write `sweep: {grid: {\"stages.X.with.Y\": [values]}, seeds: [1, 2, 3]}`");
         return None;
     }
     v.check_keys(node, SWEEP_KEYS, "`sweep`");
@@ -1249,27 +935,15 @@ fn validate_sweep(v: &mut Validator, doc: &PipelineDoc, node: &Node) -> Option<S
                 }
             };
             if matches!(segs[0].0.as_str(), "seed" | "name" | "sweep") {
-                v.err(
-                    &k.span,
-                    format!("`{path}` cannot be swept"),
-                    "sweep seeds with `sweep.seeds`; the name and sweep block are fixed",
-                );
+                v.err(&k.span, format!("`{path}` cannot be swept"), "sweep seeds with `sweep.seeds`; the name and sweep block are fixed");
                 continue;
             }
             let NodeKind::Seq(items) = &vals.kind else {
-                v.err(
-                    &vals.span,
-                    format!("sweep values for `{path}` must be a list"),
-                    format!("write `\"{path}\": [a, b]`"),
-                );
+                v.err(&vals.span, format!("sweep values for `{path}` must be a list"), format!("write `\"{path}\": [a, b]`"));
                 continue;
             };
             if items.is_empty() {
-                v.err(
-                    &vals.span,
-                    format!("sweep values for `{path}` are empty"),
-                    "list at least one value",
-                );
+                v.err(&vals.span, format!("sweep values for `{path}` are empty"), "list at least one value");
                 continue;
             }
             let mut probe = doc.root().clone();
@@ -1287,21 +961,13 @@ fn validate_sweep(v: &mut Validator, doc: &PipelineDoc, node: &Node) -> Option<S
                 for it in items {
                     if let Some(u) = v.uint(it, "a sweep seed") {
                         if seeds.contains(&u) {
-                            v.err(
-                                &it.span,
-                                format!("seed {u} is listed twice"),
-                                "list each seed once",
-                            );
+                            v.err(&it.span, format!("seed {u} is listed twice"), "list each seed once");
                         }
                         seeds.push(u);
                     }
                 }
             }
-            _ => v.err(
-                &s.span,
-                "`sweep.seeds` must be a non-empty list of integers",
-                "write `seeds: [1, 2, 3]`",
-            ),
+            _ => v.err(&s.span, "`sweep.seeds` must be a non-empty list of integers", "write `seeds: [1, 2, 3]`"),
         }
     }
     if seeds.is_empty() {
@@ -1326,46 +992,21 @@ pub fn dry_run(p: &Pipeline, registry: &Registry) -> Result<Pipeline, Diagnostic
         let plan = match s.kind.dry_run(&s.params) {
             Ok(plan) => plan,
             Err(prob) => {
-                let at = s
-                    .params
-                    .span(&prob.param)
-                    .cloned()
-                    .unwrap_or_else(|| s.span.clone());
-                let label = if prob.param.is_empty() {
-                    String::new()
-                } else {
-                    format!("parameter `{}` of ", prob.param)
-                };
+                let at = s.params.span(&prob.param).cloned().unwrap_or_else(|| s.span.clone());
+                let label = if prob.param.is_empty() { String::new() } else { format!("parameter `{}` of ", prob.param) };
                 diags.push(
-                    Diagnostic::new(
-                        at,
-                        format!(
-                            "{label}stage `{}` (kind `{}`) cannot be dry-run: {}",
-                            s.name,
-                            s.kind.name(),
-                            prob.message
-                        ),
-                    )
-                    .with_help_opt(prob.help),
+                    Diagnostic::new(at, format!("{label}stage `{}` (kind `{}`) cannot be dry-run: {}", s.name, s.kind.name(), prob.message))
+                        .with_help_opt(prob.help),
                 );
                 continue;
             }
         };
         let mut changes: Vec<(String, serde_json::Value)> = Vec::new();
         if let Some(kind) = plan.kind {
-            changes.push((
-                format!("stages.{}.use", s.name),
-                serde_json::Value::from(kind),
-            ));
-            let with: serde_json::Map<String, serde_json::Value> = plan
-                .set
-                .iter()
-                .map(|(k, v)| (k.clone(), yaml_to_json(v)))
-                .collect();
-            changes.push((
-                format!("stages.{}.with", s.name),
-                serde_json::Value::Object(with),
-            ));
+            changes.push((format!("stages.{}.use", s.name), serde_json::Value::from(kind)));
+            let with: serde_json::Map<String, serde_json::Value> =
+                plan.set.iter().map(|(k, v)| (k.clone(), yaml_to_json(v))).collect();
+            changes.push((format!("stages.{}.with", s.name), serde_json::Value::Object(with)));
         } else {
             for (k, v) in &plan.set {
                 if s.params.value(k) != Some(v) {
@@ -1377,11 +1018,7 @@ pub fn dry_run(p: &Pipeline, registry: &Registry) -> Result<Pipeline, Diagnostic
             let text = serde_json::to_string(&value).unwrap_or_default();
             let file: Arc<str> = Arc::from(format!("--dry-run '{path}={text}'"));
             let applied = parse_yaml(&file, &text)
-                .map_err(|d| {
-                    d.0.into_iter().next().unwrap_or_else(|| {
-                        Diagnostic::new(Span::new(file.clone(), 1, 1), "invalid value")
-                    })
-                })
+                .map_err(|d| d.0.into_iter().next().unwrap_or_else(|| Diagnostic::new(Span::new(file.clone(), 1, 1), "invalid value")))
                 .and_then(|node| {
                     let segs = split_path(&path, &Span::new(file.clone(), 1, 1), false)?;
                     set_path(doc.root_mut(), &segs, node)
@@ -1391,11 +1028,7 @@ pub fn dry_run(p: &Pipeline, registry: &Registry) -> Result<Pipeline, Diagnostic
                 Err(d) => diags.push(d),
             }
         }
-        info.notes.extend(
-            plan.notes
-                .into_iter()
-                .map(|n| format!("stage `{}`: {n}", s.name)),
-        );
+        info.notes.extend(plan.notes.into_iter().map(|n| format!("stage `{}`: {n}", s.name)));
     }
     if !diags.is_empty() {
         return Err(Diagnostics(diags).sorted());
@@ -1406,31 +1039,18 @@ pub fn dry_run(p: &Pipeline, registry: &Registry) -> Result<Pipeline, Diagnostic
 }
 
 /// Reads a pipeline file, applies overrides and validates, reporting all problems together.
-pub fn load(
-    path: &Path,
-    overrides: &[String],
-    registry: &Registry,
-) -> Result<Pipeline, Diagnostics> {
+pub fn load(path: &Path, overrides: &[String], registry: &Registry) -> Result<Pipeline, Diagnostics> {
     let doc = PipelineDoc::read(path)?;
     finish_load(doc, overrides, registry)
 }
 
 /// Like [`load`] for text already in memory; `file` names it in diagnostics.
-pub fn load_str(
-    file: &str,
-    text: &str,
-    overrides: &[String],
-    registry: &Registry,
-) -> Result<Pipeline, Diagnostics> {
+pub fn load_str(file: &str, text: &str, overrides: &[String], registry: &Registry) -> Result<Pipeline, Diagnostics> {
     let doc = PipelineDoc::parse(file, text)?;
     finish_load(doc, overrides, registry)
 }
 
-fn finish_load(
-    mut doc: PipelineDoc,
-    overrides: &[String],
-    registry: &Registry,
-) -> Result<Pipeline, Diagnostics> {
+fn finish_load(mut doc: PipelineDoc, overrides: &[String], registry: &Registry) -> Result<Pipeline, Diagnostics> {
     let mut diags = Vec::new();
     for o in overrides {
         if let Err(d) = doc.apply_override(o) {

@@ -19,9 +19,7 @@ pub struct Snapshot {
 
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Snapshot")
-            .field("version", &self.version)
-            .finish_non_exhaustive()
+        f.debug_struct("Snapshot").field("version", &self.version).finish_non_exhaustive()
     }
 }
 
@@ -167,10 +165,7 @@ impl PolicyStore {
     /// The newest version and value.
     pub fn latest(&self) -> Snapshot {
         let s = self.lock();
-        Snapshot {
-            version: s.version,
-            value: s.value.clone(),
-        }
+        Snapshot { version: s.version, value: s.value.clone() }
     }
 
     /// Blocks until a version `>= min_version` is published and returns the newest one.
@@ -178,12 +173,7 @@ impl PolicyStore {
     /// Errors with [`StageError::Cancelled`] on cancellation, and with a message if the store is
     /// closed (every writer finished) before that version appeared.
     pub fn wait_for(&self, min_version: u64) -> Result<Snapshot, StageError> {
-        self.wait_until(min_version, |s| {
-            Ok(Snapshot {
-                version: s.version,
-                value: s.value.clone(),
-            })
-        })
+        self.wait_until(min_version, |s| Ok(Snapshot { version: s.version, value: s.value.clone() }))
     }
 
     /// Blocks until a version `>= min_version` exists (or the store is cancelled or closed), then
@@ -261,25 +251,14 @@ mod tests {
         // A resumed learner republishes under its own version numbers, which must move forward.
         assert!(store.publish_as(4, Arc::new(0u64)).is_err());
         assert_eq!(store.publish_as(9, Arc::new(90u64)).unwrap(), 9);
-        assert_eq!(
-            *store
-                .wait_for_exact(9)
-                .unwrap()
-                .get::<u64>()
-                .unwrap()
-                .unwrap(),
-            90
-        );
+        assert_eq!(*store.wait_for_exact(9).unwrap().get::<u64>().unwrap().unwrap(), 90);
     }
 
     #[test]
     fn versions_and_waiting() {
         let s = PolicyStore::new("policy", 1);
         assert_eq!(s.latest().version, 0);
-        assert!(
-            s.wait_for_batch(1).is_ok(),
-            "batch 1 may use version 0 with staleness 1"
-        );
+        assert!(s.wait_for_batch(1).is_ok(), "batch 1 may use version 0 with staleness 1");
         let s2 = s.clone();
         let t = std::thread::spawn(move || s2.wait_for(2).map(|snap| snap.version));
         std::thread::sleep(Duration::from_millis(10));

@@ -30,19 +30,13 @@ pub struct Progress {
 
 impl std::fmt::Debug for Progress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Progress")
-            .field("position", &self.position())
-            .finish()
+        f.debug_struct("Progress").field("position", &self.position()).finish()
     }
 }
 
 impl Progress {
     pub(crate) fn new(bar: Box<dyn ProgressBar>) -> Self {
-        Progress {
-            bar,
-            position: AtomicU64::new(0),
-            finished: AtomicBool::new(false),
-        }
+        Progress { bar, position: AtomicU64::new(0), finished: AtomicBool::new(false) }
     }
 
     /// Advances by `n`.
@@ -137,10 +131,7 @@ impl RecordingProgress {
 
     /// The events so far.
     pub fn events(&self) -> Vec<ProgressEvent> {
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -152,41 +143,23 @@ struct RecordingBar {
 
 impl RecordingBar {
     fn push(&self, e: ProgressEvent) {
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(e);
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).push(e);
     }
 }
 
 impl ProgressBar for RecordingBar {
     fn set_position(&self, position: u64) {
-        self.push(ProgressEvent::Position {
-            stage: self.stage.clone(),
-            label: self.label.clone(),
-            position,
-        });
+        self.push(ProgressEvent::Position { stage: self.stage.clone(), label: self.label.clone(), position });
     }
     fn finish(&self) {
-        self.push(ProgressEvent::Finish {
-            stage: self.stage.clone(),
-            label: self.label.clone(),
-        });
+        self.push(ProgressEvent::Finish { stage: self.stage.clone(), label: self.label.clone() });
     }
 }
 
 impl ProgressSink for RecordingProgress {
     fn begin(&self, stage: &str, label: &str, total: Option<u64>) -> Box<dyn ProgressBar> {
-        let bar = RecordingBar {
-            stage: stage.into(),
-            label: label.into(),
-            events: self.events.clone(),
-        };
-        bar.push(ProgressEvent::Begin {
-            stage: stage.into(),
-            label: label.into(),
-            total,
-        });
+        let bar = RecordingBar { stage: stage.into(), label: label.into(), events: self.events.clone() };
+        bar.push(ProgressEvent::Begin { stage: stage.into(), label: label.into(), total });
         Box::new(bar)
     }
 }

@@ -32,22 +32,12 @@ pub struct PortSpec {
 impl PortSpec {
     /// A required input, or an output.
     pub fn new(name: &'static str, ty: &'static str, doc: &'static str) -> Self {
-        PortSpec {
-            name,
-            ty,
-            doc,
-            required: true,
-        }
+        PortSpec { name, ty, doc, required: true }
     }
 
     /// An input that may be left unwired (`recv` then returns `None` immediately).
     pub fn optional(name: &'static str, ty: &'static str, doc: &'static str) -> Self {
-        PortSpec {
-            name,
-            ty,
-            doc,
-            required: false,
-        }
+        PortSpec { name, ty, doc, required: false }
     }
 }
 
@@ -70,24 +60,12 @@ pub struct ResourceSpec {
 impl ResourceSpec {
     /// A required resource the stage only reads.
     pub fn reads(role: &'static str, kind: &'static str, doc: &'static str) -> Self {
-        ResourceSpec {
-            role,
-            kind,
-            doc,
-            required: true,
-            writes: false,
-        }
+        ResourceSpec { role, kind, doc, required: true, writes: false }
     }
 
     /// A required resource the stage publishes to.
     pub fn writes(role: &'static str, kind: &'static str, doc: &'static str) -> Self {
-        ResourceSpec {
-            role,
-            kind,
-            doc,
-            required: true,
-            writes: true,
-        }
+        ResourceSpec { role, kind, doc, required: true, writes: true }
     }
 
     /// Makes the resource optional (builder style).
@@ -193,9 +171,7 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry")
-            .field("kinds", &self.names())
-            .finish()
+        f.debug_struct("Registry").field("kinds", &self.names()).finish()
     }
 }
 
@@ -267,14 +243,7 @@ pub fn list_text(registry: &Registry) -> String {
         if !params.is_empty() {
             let _ = writeln!(s, "  params:");
             for p in params {
-                let _ = writeln!(
-                    s,
-                    "    {} ({}, {}): {}",
-                    p.name,
-                    p.ty,
-                    default_text(&p),
-                    p.doc
-                );
+                let _ = writeln!(s, "    {} ({}, {}): {}", p.name, p.ty, default_text(&p), p.doc);
             }
         }
         let res = k.resources();
@@ -308,27 +277,13 @@ pub fn list_markdown(registry: &Registry) -> String {
         let ins = k.inputs();
         let outs = k.outputs();
         if !ins.is_empty() || !outs.is_empty() {
-            s.push_str(
-                "| port | direction | type | required | description |\n|---|---|---|---|---|\n",
-            );
+            s.push_str("| port | direction | type | required | description |\n|---|---|---|---|---|\n");
             for p in ins {
                 let req = if p.required { "yes" } else { "no" };
-                let _ = writeln!(
-                    s,
-                    "| `{}` | input | `{}` | {req} | {} |",
-                    p.name,
-                    p.ty,
-                    md_cell(p.doc)
-                );
+                let _ = writeln!(s, "| `{}` | input | `{}` | {req} | {} |", p.name, p.ty, md_cell(p.doc));
             }
             for p in outs {
-                let _ = writeln!(
-                    s,
-                    "| `{}` | output | `{}` | | {} |",
-                    p.name,
-                    p.ty,
-                    md_cell(p.doc)
-                );
+                let _ = writeln!(s, "| `{}` | output | `{}` | | {} |", p.name, p.ty, md_cell(p.doc));
             }
             s.push('\n');
         }
@@ -336,10 +291,7 @@ pub fn list_markdown(registry: &Registry) -> String {
         if !params.is_empty() {
             s.push_str("| parameter | type | default | description |\n|---|---|---|---|\n");
             for p in params {
-                let d = p
-                    .default
-                    .map(|d| format!("`{d}`"))
-                    .unwrap_or_else(|| "required".into());
+                let d = p.default.map(|d| format!("`{d}`")).unwrap_or_else(|| "required".into());
                 let _ = writeln!(
                     s,
                     "| `{}` | {} | {d} | {} |",
@@ -356,13 +308,7 @@ pub fn list_markdown(registry: &Registry) -> String {
             for r in res {
                 let access = if r.writes { "writes" } else { "reads" };
                 let req = if r.required { "yes" } else { "no" };
-                let _ = writeln!(
-                    s,
-                    "| `{}` | `{}` | {access} | {req} | {} |",
-                    r.role,
-                    r.kind,
-                    md_cell(r.doc)
-                );
+                let _ = writeln!(s, "| `{}` | `{}` | {access} | {req} | {} |", r.role, r.kind, md_cell(r.doc));
             }
             s.push('\n');
         }

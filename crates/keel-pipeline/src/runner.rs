@@ -220,10 +220,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 fn utc_parts(t: SystemTime) -> (i64, u32, u32, u64, u64, u64) {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let (y, mo, d) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
     (y, mo, d, rem / 3600, (rem % 3600) / 60, rem % 60)
@@ -251,16 +248,12 @@ fn hostname() -> Option<String> {
 
 fn git_revision(dir: Option<&Path>) -> Option<String> {
     let mut cmd = std::process::Command::new("git");
-    cmd.args(["rev-parse", "HEAD"])
-        .stderr(std::process::Stdio::null());
+    cmd.args(["rev-parse", "HEAD"]).stderr(std::process::Stdio::null());
     if let Some(d) = dir.filter(|d| d.is_dir()) {
         cmd.current_dir(d);
     }
     let out = cmd.output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-        .filter(|s| !s.is_empty())
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|s| !s.is_empty())
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -276,37 +269,19 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 fn choose_run_dir(p: &Pipeline, opts: &RunOptions) -> Result<(PathBuf, String), RunError> {
     if opts.resume {
         let (dir, id) = match (&opts.run_dir, &opts.run_id) {
-            (Some(dir), _) => (
-                dir.clone(),
-                dir.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "run".into()),
-            ),
-            (None, Some(id)) => (opts.runs_root.join(&p.name).join(id), id.clone()),
-            (None, None) => {
-                return Err(RunError::Other(
-                    "resuming needs the run id (or directory) of the run to continue".into(),
-                ))
+            (Some(dir), _) => {
+                (dir.clone(), dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into()))
             }
+            (None, Some(id)) => (opts.runs_root.join(&p.name).join(id), id.clone()),
+            (None, None) => return Err(RunError::Other("resuming needs the run id (or directory) of the run to continue".into())),
         };
         let manifest_path = dir.join("manifest.json");
         let text = std::fs::read_to_string(&manifest_path).map_err(|e| {
-            RunError::Other(format!(
-                "cannot resume {}: reading {}: {e}",
-                dir.display(),
-                manifest_path.display()
-            ))
+            RunError::Other(format!("cannot resume {}: reading {}: {e}", dir.display(), manifest_path.display()))
         })?;
-        let old: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            RunError::Other(format!(
-                "cannot resume: {} is not valid JSON: {e}",
-                manifest_path.display()
-            ))
-        })?;
-        let old_hash = old
-            .get("config_hash")
-            .and_then(|h| h.as_str())
-            .unwrap_or("");
+        let old: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| RunError::Other(format!("cannot resume: {} is not valid JSON: {e}", manifest_path.display())))?;
+        let old_hash = old.get("config_hash").and_then(|h| h.as_str()).unwrap_or("");
         if old_hash != p.config_hash() {
             return Err(RunError::Other(format!(
                 "cannot resume {}: its configuration (hash {}) differs from this pipeline's ({}); \
@@ -319,10 +294,7 @@ fn choose_run_dir(p: &Pipeline, opts: &RunOptions) -> Result<(PathBuf, String), 
         return Ok((dir, id));
     }
     if let Some(dir) = &opts.run_dir {
-        let id = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "run".into());
+        let id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
         return Ok((dir.clone(), id));
     }
     // Dry runs live apart from real runs (`runs/<pipeline>/dry-run/<id>`), like sweep cells.
@@ -351,10 +323,8 @@ fn choose_run_dir(p: &Pipeline, opts: &RunOptions) -> Result<(PathBuf, String), 
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RunError> {
-    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| keel_core::CoreError::Json {
-        what: path.display().to_string(),
-        source: e,
-    })?;
+    let mut bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| keel_core::CoreError::Json { what: path.display().to_string(), source: e })?;
     bytes.push(b'\n');
     write_atomic(path, &bytes)?;
     Ok(())
@@ -408,24 +378,11 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport, RunError> {
             match keel_core::sha256_file(&path) {
                 Ok(sha256) => {
                     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                    input_files.push(InputFile {
-                        stage: s.name.clone(),
-                        path,
-                        sha256,
-                        bytes,
-                    });
+                    input_files.push(InputFile { stage: s.name.clone(), path, sha256, bytes });
                 }
                 Err(e) => {
-                    fail_early(
-                        &mut status,
-                        &s.name,
-                        format!("hashing input file {}: {e}", path.display()),
-                    )?;
-                    return Err(RunError::InputFile {
-                        stage: s.name.clone(),
-                        path,
-                        source: e,
-                    });
+                    fail_early(&mut status, &s.name, format!("hashing input file {}: {e}", path.display()))?;
+                    return Err(RunError::InputFile { stage: s.name.clone(), path, source: e });
                 }
             }
         }
@@ -436,25 +393,12 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport, RunError> {
         run_id: run_id.clone(),
         created_at: started_at.clone(),
         hostname: hostname(),
-        git_revision: git_revision(
-            p.doc
-                .path()
-                .and_then(Path::parent)
-                .filter(|d| !d.as_os_str().is_empty()),
-        ),
-        source_file: p
-            .doc
-            .path()
-            .map(|x| x.display().to_string())
-            .or_else(|| Some(p.doc.file().to_string())),
+        git_revision: git_revision(p.doc.path().and_then(Path::parent).filter(|d| !d.as_os_str().is_empty())),
+        source_file: p.doc.path().map(|x| x.display().to_string()).or_else(|| Some(p.doc.file().to_string())),
         command_line: opts.command_line.clone(),
         overrides: p.doc.overrides().to_vec(),
         seed: p.seed,
-        stage_seeds: p
-            .stages
-            .iter()
-            .map(|s| (s.name.clone(), seeds.child(&s.name).root()))
-            .collect(),
+        stage_seeds: p.stages.iter().map(|s| (s.name.clone(), seeds.child(&s.name).root())).collect(),
         config: p.resolved_config(),
         config_hash: config_hash.clone(),
         input_files,
@@ -465,8 +409,7 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport, RunError> {
     if opts.resume {
         // The original manifest stays: it describes the run being continued. Each resume is
         // recorded next to it.
-        let record =
-            serde_json::json!({"resumed_at": started_at, "command_line": opts.command_line});
+        let record = serde_json::json!({"resumed_at": started_at, "command_line": opts.command_line});
         keel_core::JsonlWriter::append(dir.join("resumes.jsonl"))?.write(&record)?;
     } else {
         write_json(&run_dir.manifest_path(), &manifest)?;
@@ -479,21 +422,14 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport, RunError> {
         let r = catch_unwind(AssertUnwindSafe(|| s.kind.build(&s.params)));
         let r = match r {
             Ok(r) => r,
-            Err(payload) => Err(StageError::msg(format!(
-                "panicked while building: {}",
-                panic_message(&*payload)
-            ))),
+            Err(payload) => Err(StageError::msg(format!("panicked while building: {}", panic_message(&*payload)))),
         };
         match r {
             Ok(stage) => built.push(stage),
             Err(e) => {
                 let msg = e.full_message();
                 fail_early(&mut status, &s.name, msg.clone())?;
-                return Err(RunError::StageFailed {
-                    stage: s.name.clone(),
-                    message: msg,
-                    run_dir: dir,
-                });
+                return Err(RunError::StageFailed { stage: s.name.clone(), message: msg, run_dir: dir });
             }
         }
     }
@@ -516,10 +452,8 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport, RunError> {
     }
     // A store closes when its last writer finishes, so readers never wait for a version that
     // cannot come.
-    let mut writers: HashMap<String, Arc<AtomicUsize>> = stores
-        .keys()
-        .map(|k| (k.clone(), Arc::new(AtomicUsize::new(0))))
-        .collect();
+    let mut writers: HashMap<String, Arc<AtomicUsize>> =
+        stores.keys().map(|k| (k.clone(), Arc::new(AtomicUsize::new(0)))).collect();
     for s in &p.stages {
         for spec in s.kind.resources().into_iter().filter(|r| r.writes) {
             if let Some(name) = s.resources.get(spec.role) {
@@ -539,16 +473,9 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport, RunError> {
 
     // Channels: one bounded channel per (consumer, input port); producers hold sender clones.
     let cap = opts.channel_capacity.max(1);
-    let mut inputs: Vec<HashMap<String, crossbeam::channel::Receiver<Envelope>>> =
-        vec![HashMap::new(); p.stages.len()];
-    let mut outputs: Vec<HashMap<String, Vec<OutEdge>>> =
-        (0..p.stages.len()).map(|_| HashMap::new()).collect();
-    let index: HashMap<&str, usize> = p
-        .stages
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.name.as_str(), i))
-        .collect();
+    let mut inputs: Vec<HashMap<String, crossbeam::channel::Receiver<Envelope>>> = vec![HashMap::new(); p.stages.len()];
+    let mut outputs: Vec<HashMap<String, Vec<OutEdge>>> = (0..p.stages.len()).map(|_| HashMap::new()).collect();
+    let index: HashMap<&str, usize> = p.stages.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
     for (ci, s) in p.stages.iter().enumerate() {
         for (port, sources) in &s.inputs {
             if sources.is_empty() {
@@ -561,10 +488,7 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport, RunError> {
                     outputs[pi]
                         .entry(src.port.clone())
                         .or_default()
-                        .push(OutEdge {
-                            tx: tx.clone(),
-                            closed: AtomicBool::new(false),
-                        });
+                        .push(OutEdge { tx: tx.clone(), closed: AtomicBool::new(false) });
                 }
             }
             inputs[ci].insert(port.clone(), rx);
@@ -580,16 +504,7 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport, RunError> {
     let mut stage_status: BTreeMap<String, StageStatus> = p
         .stages
         .iter()
-        .map(|s| {
-            (
-                s.name.clone(),
-                StageStatus {
-                    status: "not_started".into(),
-                    wall_time_s: 0.0,
-                    error: None,
-                },
-            )
-        })
+        .map(|s| (s.name.clone(), StageStatus { status: "not_started".into(), wall_time_s: 0.0, error: None }))
         .collect();
     let mut spawned = 0usize;
     for (i, (stage, s)) in built.into_iter().zip(&p.stages).enumerate() {
@@ -598,28 +513,14 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport, RunError> {
             kind: s.kind.name(),
             run_dir: run_dir.clone(),
             inputs: std::mem::take(&mut inputs[i]),
-            input_types: s
-                .kind
-                .inputs()
-                .into_iter()
-                .map(|p| (p.name, p.ty))
-                .collect(),
+            input_types: s.kind.inputs().into_iter().map(|p| (p.name, p.ty)).collect(),
             outputs: std::mem::take(&mut outputs[i]),
-            output_types: s
-                .kind
-                .outputs()
-                .into_iter()
-                .map(|p| (p.name, p.ty))
-                .collect(),
+            output_types: s.kind.outputs().into_iter().map(|p| (p.name, p.ty)).collect(),
             cancel: cancel.clone(),
             resuming: opts.resume,
             dry_run: p.dry_run.is_some(),
             seeds: seeds.child(&s.name),
-            stores: s
-                .resources
-                .iter()
-                .filter_map(|(role, name)| stores.get(name).map(|st| (role.clone(), st.clone())))
-                .collect(),
+            stores: s.resources.iter().filter_map(|(role, name)| stores.get(name).map(|st| (role.clone(), st.clone()))).collect(),
             progress: opts.progress.clone(),
             log: Mutex::new(std::fs::File::create(logs_dir.join(format!("{}.log", s.name))).ok()),
             started: Instant::now(),
@@ -636,59 +537,42 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport, RunError> {
         let failure_t = failure.clone();
         let done_t = done_tx.clone();
         let name = s.name.clone();
-        let spawn = std::thread::Builder::new()
-            .name(format!("keel-{}", s.name))
-            .spawn(move || {
-                let start = Instant::now();
-                ctx.log("started");
-                let r = catch_unwind(AssertUnwindSafe(|| stage.run(&ctx)));
-                let r = r.unwrap_or_else(|payload| {
-                    Err(StageError::msg(format!(
-                        "panicked: {}",
-                        panic_message(&*payload)
-                    )))
-                });
-                let mut st = StageStatus {
-                    status: "complete".into(),
-                    wall_time_s: 0.0,
-                    error: None,
-                };
-                match &r {
-                    Ok(()) => ctx.log("finished"),
-                    Err(e) if e.is_cancelled() && cancel_t.is_cancelled() => {
-                        st.status = "cancelled".into();
-                        ctx.log("cancelled");
-                    }
-                    Err(e) => {
-                        let msg = e.full_message();
-                        ctx.log(&format!("failed: {msg}"));
-                        {
-                            let mut f = failure_t.lock().unwrap_or_else(|p| p.into_inner());
-                            if f.is_none() && !cancel_t.is_cancelled() {
-                                *f = Some(Failure {
-                                    stage: name.clone(),
-                                    message: msg.clone(),
-                                });
-                            }
+        let spawn = std::thread::Builder::new().name(format!("keel-{}", s.name)).spawn(move || {
+            let start = Instant::now();
+            ctx.log("started");
+            let r = catch_unwind(AssertUnwindSafe(|| stage.run(&ctx)));
+            let r = r.unwrap_or_else(|payload| Err(StageError::msg(format!("panicked: {}", panic_message(&*payload)))));
+            let mut st = StageStatus { status: "complete".into(), wall_time_s: 0.0, error: None };
+            match &r {
+                Ok(()) => ctx.log("finished"),
+                Err(e) if e.is_cancelled() && cancel_t.is_cancelled() => {
+                    st.status = "cancelled".into();
+                    ctx.log("cancelled");
+                }
+                Err(e) => {
+                    let msg = e.full_message();
+                    ctx.log(&format!("failed: {msg}"));
+                    {
+                        let mut f = failure_t.lock().unwrap_or_else(|p| p.into_inner());
+                        if f.is_none() && !cancel_t.is_cancelled() {
+                            *f = Some(Failure { stage: name.clone(), message: msg.clone() });
                         }
-                        st.status = "failed".into();
-                        st.error = Some(msg);
-                        cancel_t.cancel();
                     }
+                    st.status = "failed".into();
+                    st.error = Some(msg);
+                    cancel_t.cancel();
                 }
-                // Dropping the context closes this stage's outputs: consumers see end of stream.
-                drop(ctx);
-                for (count, store) in written {
-                    if count.fetch_sub(1, Ordering::SeqCst) == 1 {
-                        store.close();
-                    }
+            }
+            // Dropping the context closes this stage's outputs: consumers see end of stream.
+            drop(ctx);
+            for (count, store) in written {
+                if count.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    store.close();
                 }
-                st.wall_time_s = start.elapsed().as_secs_f64();
-                let _ = done_t.send(Done {
-                    index: i,
-                    status: st,
-                });
-            });
+            }
+            st.wall_time_s = start.elapsed().as_secs_f64();
+            let _ = done_t.send(Done { index: i, status: st });
+        });
         match spawn {
             Ok(h) => {
                 handles.push((i, h));
@@ -697,10 +581,7 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport, RunError> {
             Err(e) => {
                 let mut f = failure.lock().unwrap_or_else(|p| p.into_inner());
                 if f.is_none() {
-                    *f = Some(Failure {
-                        stage: s.name.clone(),
-                        message: format!("could not start thread: {e}"),
-                    });
+                    *f = Some(Failure { stage: s.name.clone(), message: format!("could not start thread: {e}") });
                 }
                 cancel.cancel();
                 break;
@@ -741,10 +622,7 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport, RunError> {
                 StageStatus {
                     status: "running".into(),
                     wall_time_s: t0.elapsed().as_secs_f64(),
-                    error: Some(format!(
-                        "did not stop within {:?} of cancellation; thread abandoned",
-                        opts.join_grace
-                    )),
+                    error: Some(format!("did not stop within {:?} of cancellation; thread abandoned", opts.join_grace)),
                 },
             );
         }
@@ -760,28 +638,16 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport, RunError> {
             status.status = RunStatus::Failed;
             status.failed_stage = Some(f.stage.clone());
             status.error = Some(f.message.clone());
-            Err(RunError::StageFailed {
-                stage: f.stage,
-                message: f.message,
-                run_dir: dir.clone(),
-            })
+            Err(RunError::StageFailed { stage: f.stage, message: f.message, run_dir: dir.clone() })
         }
         None if cancel.is_cancelled() => {
             status.status = RunStatus::Cancelled;
             status.error = Some("cancelled".into());
-            Err(RunError::Cancelled {
-                run_dir: dir.clone(),
-            })
+            Err(RunError::Cancelled { run_dir: dir.clone() })
         }
         None => {
             status.status = RunStatus::Complete;
-            Ok(RunReport {
-                run_dir: dir.clone(),
-                run_id,
-                config_hash,
-                wall_time_s: wall,
-                stages: stage_status,
-            })
+            Ok(RunReport { run_dir: dir.clone(), run_id, config_hash, wall_time_s: wall, stages: stage_status })
         }
     };
     write_json(&status_path, &status)?;

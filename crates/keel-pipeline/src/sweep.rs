@@ -50,13 +50,7 @@ fn short_path(path: &str) -> String {
 
 fn sanitize(s: &str) -> String {
     s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '=' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '=' | '-') { c } else { '-' })
         .collect()
 }
 
@@ -64,24 +58,19 @@ fn sanitize(s: &str) -> String {
 /// innermost), validating every cell so that no cell can fail validation after others started.
 pub fn expand_sweep(p: &Pipeline, registry: &Registry) -> Result<Vec<SweepCell>, Diagnostics> {
     let Some(sweep) = &p.sweep else {
-        return Err(Diagnostic::new(
-            p.doc.root().span.clone(),
-            format!("pipeline `{}` has no `sweep:` block", p.name),
-        )
-        .with_help("add `sweep: {grid: {\"stages.X.with.Y\": [a, b]}, seeds: [1, 2, 3]}`")
-        .into());
+        return Err(Diagnostic::new(p.doc.root().span.clone(), format!("pipeline `{}` has no `sweep:` block", p.name))
+            .with_help("add `sweep: {grid: {\"stages.X.with.Y\": [a, b]}, seeds: [1, 2, 3]}`")
+            .into());
     };
     let mut points: Vec<Vec<usize>> = vec![vec![]];
     for (_, _, values) in &sweep.grid {
         points = points
             .into_iter()
-            .flat_map(|pt| {
-                (0..values.len()).map(move |i| {
-                    let mut q = pt.clone();
-                    q.push(i);
-                    q
-                })
-            })
+            .flat_map(|pt| (0..values.len()).map(move |i| {
+                let mut q = pt.clone();
+                q.push(i);
+                q
+            }))
             .collect();
     }
     let mut cells = Vec::new();
@@ -89,12 +78,8 @@ pub fn expand_sweep(p: &Pipeline, registry: &Registry) -> Result<Vec<SweepCell>,
     let mut used_ids = std::collections::HashSet::new();
     let mut seen_problems = std::collections::HashSet::new();
     for pt in &points {
-        let assignments: Vec<(String, &Node)> = sweep
-            .grid
-            .iter()
-            .zip(pt)
-            .map(|((path, _, vals), &i)| (path.clone(), &vals[i]))
-            .collect();
+        let assignments: Vec<(String, &Node)> =
+            sweep.grid.iter().zip(pt).map(|((path, _, vals), &i)| (path.clone(), &vals[i])).collect();
         let group_parts: Vec<String> = assignments
             .iter()
             .map(|(path, node)| format!("{}={}", short_path(path), value_text(&node.to_value())))
@@ -102,11 +87,7 @@ pub fn expand_sweep(p: &Pipeline, registry: &Registry) -> Result<Vec<SweepCell>,
         let group = sanitize(&group_parts.join("_"));
         for &seed in &sweep.seeds {
             let index = cells.len() + diags.len();
-            let mut id = if group.is_empty() {
-                format!("seed={seed}")
-            } else {
-                format!("{group}_seed={seed}")
-            };
+            let mut id = if group.is_empty() { format!("seed={seed}") } else { format!("{group}_seed={seed}") };
             if !used_ids.insert(id.clone()) {
                 id = format!("{id}-{index}");
                 used_ids.insert(id.clone());
@@ -115,24 +96,14 @@ pub fn expand_sweep(p: &Pipeline, registry: &Registry) -> Result<Vec<SweepCell>,
             doc.remove_sweep();
             let mut ok = true;
             for ((path, span, _), (_, node)) in sweep.grid.iter().zip(&assignments) {
-                let r = split_path(path, span, false)
-                    .and_then(|segs| set_path(doc_root_mut(&mut doc), &segs, (*node).clone()));
+                let r = split_path(path, span, false).and_then(|segs| set_path(doc_root_mut(&mut doc), &segs, (*node).clone()));
                 if let Err(d) = r {
                     diags.push(d);
                     ok = false;
                 }
             }
-            let seed_span = p
-                .doc
-                .root()
-                .get("seed")
-                .map(|n| n.span.clone())
-                .unwrap_or_else(|| p.doc.root().span.clone());
-            if let Err(d) = set_path(
-                doc_root_mut(&mut doc),
-                &[("seed".to_string(), seed_span.clone())],
-                Node::scalar(seed.to_string(), seed_span),
-            ) {
+            let seed_span = p.doc.root().get("seed").map(|n| n.span.clone()).unwrap_or_else(|| p.doc.root().span.clone());
+            if let Err(d) = set_path(doc_root_mut(&mut doc), &[("seed".to_string(), seed_span.clone())], Node::scalar(seed.to_string(), seed_span)) {
                 diags.push(d);
                 ok = false;
             }
@@ -145,10 +116,7 @@ pub fn expand_sweep(p: &Pipeline, registry: &Registry) -> Result<Vec<SweepCell>,
                         index: cells.len(),
                         id,
                         group: group.clone(),
-                        assignments: assignments
-                            .iter()
-                            .map(|(k, n)| (k.clone(), yaml_to_json(&n.to_value())))
-                            .collect(),
+                        assignments: assignments.iter().map(|(k, n)| (k.clone(), yaml_to_json(&n.to_value()))).collect(),
                         seed,
                     };
                     pipeline.sweep = None;
@@ -261,18 +229,12 @@ impl SweepReport {
             .map(|(c, _)| c.id.clone())
             .collect();
         if !failed.is_empty() {
-            return Some(RunError::SweepFailed {
-                failed: failed.len(),
-                total: self.cells.len(),
-                cells: failed,
-            });
+            return Some(RunError::SweepFailed { failed: failed.len(), total: self.cells.len(), cells: failed });
         }
         self.cells
             .iter()
             .any(|(_, o)| *o == CellOutcome::Cancelled)
-            .then(|| RunError::Cancelled {
-                run_dir: self.dir.clone(),
-            })
+            .then(|| RunError::Cancelled { run_dir: self.dir.clone() })
     }
 
     /// Number of cells with the given outcome kind.
@@ -283,9 +245,8 @@ impl SweepReport {
 
 /// True if the cell's directory holds a complete run of the same configuration.
 pub fn cell_is_complete(runs_root: &Path, cell: &SweepCell) -> bool {
-    read_status(&cell_dir(runs_root, cell)).is_some_and(|s| {
-        s.status == RunStatus::Complete && s.config_hash == cell.pipeline.config_hash()
-    })
+    read_status(&cell_dir(runs_root, cell))
+        .is_some_and(|s| s.status == RunStatus::Complete && s.config_hash == cell.pipeline.config_hash())
 }
 
 /// Runs one cell in its directory unless it is already complete (a stale or partial run there is
@@ -300,15 +261,10 @@ pub fn run_cell(cell: &SweepCell, opts: &SweepOptions) -> Result<CellOutcome, Ru
     let same_config = std::fs::read_to_string(dir.join("manifest.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|m| {
-            m.get("config_hash")
-                .and_then(|h| h.as_str())
-                .map(|h| h == cell.pipeline.config_hash())
-        })
+        .and_then(|m| m.get("config_hash").and_then(|h| h.as_str()).map(|h| h == cell.pipeline.config_hash()))
         .unwrap_or(false);
     if !same_config && (dir.join("manifest.json").exists() || dir.join("status.json").exists()) {
-        std::fs::remove_dir_all(&dir)
-            .map_err(|e| keel_core::CoreError::io("removing stale cell run", &dir, e))?;
+        std::fs::remove_dir_all(&dir).map_err(|e| keel_core::CoreError::io("removing stale cell run", &dir, e))?;
     }
     let ropts = RunOptions {
         runs_root: opts.runs_root.clone(),
@@ -324,9 +280,7 @@ pub fn run_cell(cell: &SweepCell, opts: &SweepOptions) -> Result<CellOutcome, Ru
     match run(&cell.pipeline, &ropts) {
         Ok(_) => Ok(CellOutcome::Complete),
         Err(RunError::Cancelled { .. }) => Ok(CellOutcome::Cancelled),
-        Err(RunError::StageFailed { stage, message, .. }) => {
-            Ok(CellOutcome::Failed(format!("stage `{stage}`: {message}")))
-        }
+        Err(RunError::StageFailed { stage, message, .. }) => Ok(CellOutcome::Failed(format!("stage `{stage}`: {message}"))),
         Err(e) => Ok(CellOutcome::Failed(e.to_string())),
     }
 }
@@ -338,10 +292,8 @@ pub fn run_sweep(cells: &[SweepCell], opts: &SweepOptions) -> Result<SweepReport
         return Err(RunError::Other("the sweep has no cells".into()));
     };
     let dir = sweep_dir(&opts.runs_root, &first.pipeline.name);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| keel_core::CoreError::io("creating sweep directory", &dir, e))?;
-    let outcomes: Mutex<Vec<Option<Result<CellOutcome, String>>>> =
-        Mutex::new(vec![None; cells.len()]);
+    std::fs::create_dir_all(&dir).map_err(|e| keel_core::CoreError::io("creating sweep directory", &dir, e))?;
+    let outcomes: Mutex<Vec<Option<Result<CellOutcome, String>>>> = Mutex::new(vec![None; cells.len()]);
     let (tx, rx) = crossbeam::channel::unbounded::<usize>();
     for i in 0..cells.len() {
         let _ = tx.send(i);
@@ -377,26 +329,14 @@ pub fn run_sweep(cells: &[SweepCell], opts: &SweepOptions) -> Result<SweepReport
             (c.info.clone(), o)
         })
         .collect();
-    let (summary_csv, summary_md) = summarize(
-        &first.pipeline,
-        &dir,
-        &report_cells,
-        opts.bootstrap_resamples,
-    )?;
-    Ok(SweepReport {
-        dir,
-        cells: report_cells,
-        summary_csv,
-        summary_md,
-    })
+    let (summary_csv, summary_md) = summarize(&first.pipeline, &dir, &report_cells, opts.bootstrap_resamples)?;
+    Ok(SweepReport { dir, cells: report_cells, summary_csv, summary_md })
 }
 
 /// The last value of every `stage/metric` in a run's `metrics.jsonl`.
 pub fn last_metrics(run_dir: &Path) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
-    let Ok(text) = std::fs::read_to_string(run_dir.join("metrics.jsonl")) else {
-        return out;
-    };
+    let Ok(text) = std::fs::read_to_string(run_dir.join("metrics.jsonl")) else { return out };
     for line in text.lines() {
         if let Ok(rec) = serde_json::from_str::<keel_core::MetricRecord>(line) {
             for (k, v) in rec.values {
@@ -494,11 +434,7 @@ pub fn summarize(
 ) -> Result<(PathBuf, PathBuf), RunError> {
     let runs_ok = |o: &CellOutcome| matches!(o, CellOutcome::Complete | CellOutcome::Skipped);
     // (group id, its assignments, the last metrics of each completed seed)
-    type Group = (
-        String,
-        Vec<(String, serde_json::Value)>,
-        Vec<BTreeMap<String, f64>>,
-    );
+    type Group = (String, Vec<(String, serde_json::Value)>, Vec<BTreeMap<String, f64>>);
     let mut groups: Vec<Group> = Vec::new();
     for (info, outcome) in cells {
         if !runs_ok(outcome) {
@@ -510,10 +446,8 @@ pub fn summarize(
             None => groups.push((info.group.clone(), info.assignments.clone(), vec![metrics])),
         }
     }
-    let grid_paths: Vec<String> = cells
-        .first()
-        .map(|(c, _)| c.assignments.iter().map(|(k, _)| k.clone()).collect())
-        .unwrap_or_default();
+    let grid_paths: Vec<String> =
+        cells.first().map(|(c, _)| c.assignments.iter().map(|(k, _)| k.clone()).collect()).unwrap_or_default();
     let seeds = keel_core::SeedStream::new(p.seed);
     let mut rows = Vec::new();
     for (group, assignments, runs) in &groups {
@@ -523,20 +457,8 @@ pub fn summarize(
         for key in keys {
             let xs: Vec<f64> = runs.iter().filter_map(|m| m.get(key).copied()).collect();
             let (mean, std) = mean_std(&xs);
-            let (ci_low, ci_high) =
-                bootstrap_ci(&xs, resamples, seeds.seed(&format!("{group}/{key}")));
-            rows.push((
-                assignments.clone(),
-                SummaryRow {
-                    group: group.clone(),
-                    metric: key.clone(),
-                    n: xs.len(),
-                    mean,
-                    std,
-                    ci_low,
-                    ci_high,
-                },
-            ));
+            let (ci_low, ci_high) = bootstrap_ci(&xs, resamples, seeds.seed(&format!("{group}/{key}")));
+            rows.push((assignments.clone(), SummaryRow { group: group.clone(), metric: key.clone(), n: xs.len(), mean, std, ci_low, ci_high }));
         }
     }
 
@@ -568,22 +490,10 @@ pub fn summarize(
         );
     }
 
-    let complete = cells
-        .iter()
-        .filter(|(_, o)| *o == CellOutcome::Complete)
-        .count();
-    let skipped = cells
-        .iter()
-        .filter(|(_, o)| *o == CellOutcome::Skipped)
-        .count();
-    let failed: Vec<&(CellInfo, CellOutcome)> = cells
-        .iter()
-        .filter(|(_, o)| matches!(o, CellOutcome::Failed(_)))
-        .collect();
-    let cancelled = cells
-        .iter()
-        .filter(|(_, o)| *o == CellOutcome::Cancelled)
-        .count();
+    let complete = cells.iter().filter(|(_, o)| *o == CellOutcome::Complete).count();
+    let skipped = cells.iter().filter(|(_, o)| *o == CellOutcome::Skipped).count();
+    let failed: Vec<&(CellInfo, CellOutcome)> = cells.iter().filter(|(_, o)| matches!(o, CellOutcome::Failed(_))).collect();
+    let cancelled = cells.iter().filter(|(_, o)| *o == CellOutcome::Cancelled).count();
     let mut md = format!("# Sweep summary: {}\n\n", p.name);
     let _ = writeln!(
         md,
@@ -660,28 +570,15 @@ fn shell_quote(s: &str) -> String {
 /// Writes `sweep.slurm` (a job array, one cell per task, each running
 /// `keel run FILE --sweep-cell $SLURM_ARRAY_TASK_ID` plus the pipeline's `--set` overrides) and
 /// `cells.tsv` (index, cell id, seed, assignments as JSON) into `dir`; returns both paths.
-pub fn emit_slurm(
-    dir: &Path,
-    cells: &[SweepCell],
-    opts: &SlurmOptions,
-) -> Result<(PathBuf, PathBuf), RunError> {
+pub fn emit_slurm(dir: &Path, cells: &[SweepCell], opts: &SlurmOptions) -> Result<(PathBuf, PathBuf), RunError> {
     let Some(first) = cells.first() else {
         return Err(RunError::Other("the sweep has no cells".into()));
     };
-    std::fs::create_dir_all(dir)
-        .map_err(|e| keel_core::CoreError::io("creating directory", dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| keel_core::CoreError::io("creating directory", dir, e))?;
     let mut tsv = String::from("index\tcell_id\tseed\tassignments\n");
     for c in cells {
-        let assign: serde_json::Map<String, serde_json::Value> =
-            c.info.assignments.iter().cloned().collect();
-        let _ = writeln!(
-            tsv,
-            "{}\t{}\t{}\t{}",
-            c.info.index,
-            c.info.id,
-            c.info.seed,
-            serde_json::Value::Object(assign)
-        );
+        let assign: serde_json::Map<String, serde_json::Value> = c.info.assignments.iter().cloned().collect();
+        let _ = writeln!(tsv, "{}\t{}\t{}\t{}", c.info.index, c.info.id, c.info.seed, serde_json::Value::Object(assign));
     }
     let cells_path = dir.join("cells.tsv");
     let script_path = dir.join("sweep.slurm");
@@ -706,12 +603,7 @@ pub fn emit_slurm(
     if let Some(p) = &opts.partition {
         let _ = writeln!(s, "#SBATCH --partition={p}");
     }
-    let _ = writeln!(
-        s,
-        "# {} cells of pipeline `{name}`; see {}",
-        cells.len(),
-        cells_path.display()
-    );
+    let _ = writeln!(s, "# {} cells of pipeline `{name}`; see {}", cells.len(), cells_path.display());
     s.push_str("set -euo pipefail\n");
     let _ = writeln!(
         s,

@@ -60,17 +60,8 @@ impl Recorder {
     }
 
     fn push(&self, stage: &str, what: &'static str, value: i64) {
-        let e = TraceEvent {
-            stage: stage.to_string(),
-            what,
-            value,
-            at: Instant::now(),
-        };
-        self.0
-            .events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(e);
+        let e = TraceEvent { stage: stage.to_string(), what, value, at: Instant::now() };
+        self.0.events.lock().unwrap_or_else(|p| p.into_inner()).push(e);
     }
 
     fn created(&self) {
@@ -84,19 +75,12 @@ impl Recorder {
 
     /// Every event so far, in the order recorded.
     pub fn events(&self) -> Vec<TraceEvent> {
-        self.0
-            .events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.0.events.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Events of one stage and kind.
     pub fn events_of(&self, stage: &str, what: &str) -> Vec<TraceEvent> {
-        self.events()
-            .into_iter()
-            .filter(|e| e.stage == stage && e.what == what)
-            .collect()
+        self.events().into_iter().filter(|e| e.stage == stage && e.what == what).collect()
     }
 
     /// Most items ever created by `counter`s and not yet consumed by `sink`s at the same time.
@@ -115,10 +99,7 @@ fn non_negative(params: &Params, names: &[&str]) -> Vec<ParamProblem> {
     names
         .iter()
         .filter(|n| params.get::<i64>(n).is_ok_and(|v| v < 0))
-        .map(|n| {
-            ParamProblem::new(*n, format!("`{n}` must be >= 0"))
-                .with_help("use 0 or a positive integer")
-        })
+        .map(|n| ParamProblem::new(*n, format!("`{n}` must be >= 0")).with_help("use 0 or a positive integer"))
         .collect()
 }
 
@@ -148,18 +129,8 @@ impl StageKind for CounterKind {
         vec![
             ParamSpec::optional("count", ParamType::Int, "10", "how many integers to emit"),
             ParamSpec::optional("start", ParamType::Int, "0", "first value"),
-            ParamSpec::optional(
-                "delay_ms",
-                ParamType::Int,
-                "0",
-                "sleep before each message, in milliseconds",
-            ),
-            ParamSpec::optional(
-                "random",
-                ParamType::Bool,
-                "false",
-                "emit values from the stage's seeded RNG instead",
-            ),
+            ParamSpec::optional("delay_ms", ParamType::Int, "0", "sleep before each message, in milliseconds"),
+            ParamSpec::optional("random", ParamType::Bool, "false", "emit values from the stage's seeded RNG instead"),
         ]
     }
     fn check(&self, params: &Params) -> Vec<ParamProblem> {
@@ -183,11 +154,7 @@ impl Stage for Counter {
         let mut sum = 0i64;
         for i in 0..self.count {
             sleep_ms(self.delay_ms);
-            let v = if self.random {
-                rng.random_range(0..1000)
-            } else {
-                self.start + i as i64
-            };
+            let v = if self.random { rng.random_range(0..1000) } else { self.start + i as i64 };
             self.rec.created();
             self.rec.push(ctx.name(), "send", v);
             ctx.send("out", v)?;
@@ -226,12 +193,7 @@ impl StageKind for MapKind {
         vec![
             ParamSpec::optional("add", ParamType::Int, "0", "added after multiplying"),
             ParamSpec::optional("mul", ParamType::Int, "1", "multiplier"),
-            ParamSpec::optional(
-                "delay_ms",
-                ParamType::Int,
-                "0",
-                "sleep per message, in milliseconds",
-            ),
+            ParamSpec::optional("delay_ms", ParamType::Int, "0", "sleep per message, in milliseconds"),
         ]
     }
     fn check(&self, params: &Params) -> Vec<ParamProblem> {
@@ -282,29 +244,15 @@ impl StageKind for SinkKind {
     }
     fn params(&self) -> Vec<ParamSpec> {
         vec![
-            ParamSpec::optional(
-                "delay_ms",
-                ParamType::Int,
-                "0",
-                "sleep after each message, in milliseconds",
-            ),
-            ParamSpec::optional(
-                "expect",
-                ParamType::Int,
-                "~",
-                "fail unless exactly this many messages arrive",
-            ),
+            ParamSpec::optional("delay_ms", ParamType::Int, "0", "sleep after each message, in milliseconds"),
+            ParamSpec::optional("expect", ParamType::Int, "~", "fail unless exactly this many messages arrive"),
         ]
     }
     fn check(&self, params: &Params) -> Vec<ParamProblem> {
         non_negative(params, &["delay_ms"])
     }
     fn build(&self, params: &Params) -> Result<Box<dyn Stage>, StageError> {
-        Ok(Box::new(Sink {
-            rec: self.0.clone(),
-            delay_ms: params.get("delay_ms")?,
-            expect: params.get_opt("expect")?,
-        }))
+        Ok(Box::new(Sink { rec: self.0.clone(), delay_ms: params.get("delay_ms")?, expect: params.get_opt("expect")? }))
     }
 }
 
@@ -320,16 +268,11 @@ impl Stage for Sink {
         }
         if let Some(e) = self.expect {
             if e != n {
-                return Err(StageError::msg(format!(
-                    "expected {e} messages, received {n}"
-                )));
+                return Err(StageError::msg(format!("expected {e} messages, received {n}")));
             }
         }
         let mean = if n > 0 { sum as f64 / n as f64 } else { 0.0 };
-        ctx.log_metrics(
-            0,
-            [("count", n as f64), ("sum", sum as f64), ("mean", mean)],
-        )
+        ctx.log_metrics(0, [("count", n as f64), ("sum", sum as f64), ("mean", mean)])
     }
 }
 
@@ -375,29 +318,15 @@ impl StageKind for FailKind {
         }
     }
     fn inputs(&self) -> Vec<PortSpec> {
-        vec![PortSpec::optional(
-            "in",
-            INT,
-            "messages to forward before failing",
-        )]
+        vec![PortSpec::optional("in", INT, "messages to forward before failing")]
     }
     fn outputs(&self) -> Vec<PortSpec> {
         vec![PortSpec::new("out", INT, "the forwarded messages")]
     }
     fn params(&self) -> Vec<ParamSpec> {
         vec![
-            ParamSpec::optional(
-                "after",
-                ParamType::Int,
-                "0",
-                "messages forwarded before failing",
-            ),
-            ParamSpec::optional(
-                "message",
-                ParamType::Str,
-                "injected failure",
-                "the error message",
-            ),
+            ParamSpec::optional("after", ParamType::Int, "0", "messages forwarded before failing"),
+            ParamSpec::optional("message", ParamType::Str, "injected failure", "the error message"),
         ]
     }
     fn check(&self, params: &Params) -> Vec<ParamProblem> {
@@ -417,9 +346,7 @@ impl Stage for Fail {
     fn run(self: Box<Self>, ctx: &StageContext) -> Result<(), StageError> {
         let mut seen = 0u64;
         while seen < self.after {
-            let Some(x) = ctx.recv::<i64>("in")? else {
-                break;
-            };
+            let Some(x) = ctx.recv::<i64>("in")? else { break };
             self.rec.push(ctx.name(), "recv", *x);
             ctx.send_arc("out", x)?;
             seen += 1;
@@ -427,10 +354,7 @@ impl Stage for Fail {
         if self.panics {
             panic!("{} after {seen} messages", self.message);
         }
-        Err(StageError::msg(format!(
-            "{} after {seen} messages",
-            self.message
-        )))
+        Err(StageError::msg(format!("{} after {seen} messages", self.message)))
     }
 }
 
@@ -454,25 +378,13 @@ impl StageKind for PublisherKind {
         vec![PortSpec::new("in", INT, "values to publish")]
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![ParamSpec::optional(
-            "delay_ms",
-            ParamType::Int,
-            "0",
-            "work per message before publishing",
-        )]
+        vec![ParamSpec::optional("delay_ms", ParamType::Int, "0", "work per message before publishing")]
     }
     fn resources(&self) -> Vec<ResourceSpec> {
-        vec![ResourceSpec::writes(
-            "policy",
-            "policy_store",
-            "where new versions are published",
-        )]
+        vec![ResourceSpec::writes("policy", "policy_store", "where new versions are published")]
     }
     fn build(&self, params: &Params) -> Result<Box<dyn Stage>, StageError> {
-        Ok(Box::new(Publisher {
-            rec: self.0.clone(),
-            delay_ms: params.get("delay_ms")?,
-        }))
+        Ok(Box::new(Publisher { rec: self.0.clone(), delay_ms: params.get("delay_ms")? }))
     }
 }
 
@@ -510,28 +422,16 @@ impl StageKind for GatedCounterKind {
         vec![PortSpec::new("out", INT, "batch indices")]
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![ParamSpec::optional(
-            "count",
-            ParamType::Int,
-            "5",
-            "number of batches",
-        )]
+        vec![ParamSpec::optional("count", ParamType::Int, "5", "number of batches")]
     }
     fn resources(&self) -> Vec<ResourceSpec> {
-        vec![ResourceSpec::reads(
-            "policy",
-            "policy_store",
-            "the policy whose versions gate generation",
-        )]
+        vec![ResourceSpec::reads("policy", "policy_store", "the policy whose versions gate generation")]
     }
     fn check(&self, params: &Params) -> Vec<ParamProblem> {
         non_negative(params, &["count"])
     }
     fn build(&self, params: &Params) -> Result<Box<dyn Stage>, StageError> {
-        Ok(Box::new(GatedCounter {
-            rec: self.0.clone(),
-            count: params.get("count")?,
-        }))
+        Ok(Box::new(GatedCounter { rec: self.0.clone(), count: params.get("count")? }))
     }
 }
 

@@ -40,21 +40,12 @@ pub struct Node {
 impl Node {
     /// A plain scalar (type resolved from the text).
     pub fn scalar(text: impl Into<String>, span: Span) -> Self {
-        Node {
-            kind: NodeKind::Scalar {
-                text: text.into(),
-                plain: true,
-            },
-            span,
-        }
+        Node { kind: NodeKind::Scalar { text: text.into(), plain: true }, span }
     }
 
     /// An empty mapping.
     pub fn empty_map(span: Span) -> Self {
-        Node {
-            kind: NodeKind::Map(Vec::new()),
-            span,
-        }
+        Node { kind: NodeKind::Map(Vec::new()), span }
     }
 
     /// The text of a scalar node.
@@ -80,19 +71,15 @@ impl Node {
 
     /// The value under a string key of a mapping node.
     pub fn get(&self, key: &str) -> Option<&Node> {
-        self.as_map()?
-            .iter()
-            .find(|(k, _)| k.as_scalar() == Some(key))
-            .map(|(_, v)| v)
+        self.as_map()?.iter().find(|(k, _)| k.as_scalar() == Some(key)).map(|(_, v)| v)
     }
 
     /// Mutable access to the value under a string key of a mapping node.
     pub fn get_mut(&mut self, key: &str) -> Option<&mut Node> {
         match &mut self.kind {
-            NodeKind::Map(m) => m
-                .iter_mut()
-                .find(|(k, _)| k.as_scalar() == Some(key))
-                .map(|(_, v)| v),
+            NodeKind::Map(m) => {
+                m.iter_mut().find(|(k, _)| k.as_scalar() == Some(key)).map(|(_, v)| v)
+            }
             _ => None,
         }
     }
@@ -174,9 +161,7 @@ pub fn resolve_plain(t: &str) -> serde_yaml::Value {
     match t {
         "true" | "True" | "TRUE" => return Value::Bool(true),
         "false" | "False" | "FALSE" => return Value::Bool(false),
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
-            return Value::from(f64::INFINITY)
-        }
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return Value::from(f64::INFINITY),
         "-.inf" | "-.Inf" | "-.INF" => return Value::from(f64::NEG_INFINITY),
         ".nan" | ".NaN" | ".NAN" => return Value::from(f64::NAN),
         _ => {}
@@ -263,17 +248,8 @@ pub fn value_text(v: &serde_yaml::Value) -> String {
 }
 
 enum Frame {
-    Seq {
-        span: Span,
-        anchor: usize,
-        items: Vec<Node>,
-    },
-    Map {
-        span: Span,
-        anchor: usize,
-        entries: Vec<(Node, Node)>,
-        key: Option<Node>,
-    },
+    Seq { span: Span, anchor: usize, items: Vec<Node> },
+    Map { span: Span, anchor: usize, entries: Vec<(Node, Node)>, key: Option<Node> },
 }
 
 struct Builder {
@@ -294,12 +270,7 @@ fn node_count(n: &Node) -> usize {
     match &n.kind {
         NodeKind::Scalar { .. } => 1,
         NodeKind::Seq(items) => 1 + items.iter().map(node_count).sum::<usize>(),
-        NodeKind::Map(entries) => {
-            1 + entries
-                .iter()
-                .map(|(k, v)| node_count(k) + node_count(v))
-                .sum::<usize>()
-        }
+        NodeKind::Map(entries) => 1 + entries.iter().map(|(k, v)| node_count(k) + node_count(v)).sum::<usize>(),
     }
 }
 
@@ -323,10 +294,7 @@ impl Builder {
                 None => *key = Some(node),
                 Some(k) => {
                     let dup = k.as_scalar().and_then(|name| {
-                        entries
-                            .iter()
-                            .find(|(ek, _)| ek.as_scalar() == Some(name))
-                            .map(|(ek, _)| ek)
+                        entries.iter().find(|(ek, _)| ek.as_scalar() == Some(name)).map(|(ek, _)| ek)
                     });
                     if let Some(first) = dup {
                         let name = k.as_scalar().unwrap_or_default();
@@ -353,49 +321,21 @@ impl MarkedEventReceiver for Builder {
             Event::Scalar(text, style, anchor, tag) => {
                 let forced_str = tag.as_ref().is_some_and(|t| t.suffix == "str");
                 let plain = style == TScalarStyle::Plain && !forced_str;
-                self.finish_node(
-                    Node {
-                        kind: NodeKind::Scalar { text, plain },
-                        span,
-                    },
-                    anchor,
-                );
+                self.finish_node(Node { kind: NodeKind::Scalar { text, plain }, span }, anchor);
             }
-            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq {
-                span,
-                anchor,
-                items: Vec::new(),
-            }),
-            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map {
-                span,
-                anchor,
-                entries: Vec::new(),
-                key: None,
-            }),
+            Event::SequenceStart(anchor, _) => {
+                self.stack.push(Frame::Seq { span, anchor, items: Vec::new() })
+            }
+            Event::MappingStart(anchor, _) => {
+                self.stack.push(Frame::Map { span, anchor, entries: Vec::new(), key: None })
+            }
             Event::SequenceEnd | Event::MappingEnd => match self.stack.pop() {
-                Some(Frame::Seq {
-                    span,
-                    anchor,
-                    items,
-                }) => self.finish_node(
-                    Node {
-                        kind: NodeKind::Seq(items),
-                        span,
-                    },
-                    anchor,
-                ),
-                Some(Frame::Map {
-                    span,
-                    anchor,
-                    entries,
-                    ..
-                }) => self.finish_node(
-                    Node {
-                        kind: NodeKind::Map(entries),
-                        span,
-                    },
-                    anchor,
-                ),
+                Some(Frame::Seq { span, anchor, items }) => {
+                    self.finish_node(Node { kind: NodeKind::Seq(items), span }, anchor)
+                }
+                Some(Frame::Map { span, anchor, entries, .. }) => {
+                    self.finish_node(Node { kind: NodeKind::Map(entries), span }, anchor)
+                }
                 None => {}
             },
             Event::Alias(id) => {
@@ -414,8 +354,7 @@ impl MarkedEventReceiver for Builder {
                     }
                     Some(n) => n.clone(),
                     None => {
-                        self.diags
-                            .push(Diagnostic::new(span.clone(), "alias to an unknown anchor"));
+                        self.diags.push(Diagnostic::new(span.clone(), "alias to an unknown anchor"));
                         Node::scalar("", span)
                     }
                 };
@@ -455,8 +394,7 @@ pub fn parse_yaml(file: &str, text: &str) -> Result<Node, Diagnostics> {
     if !b.diags.is_empty() {
         return Err(Diagnostics(b.diags).sorted());
     }
-    Ok(b.root
-        .unwrap_or_else(|| Node::scalar("", Span::new(file, 1, 1))))
+    Ok(b.root.unwrap_or_else(|| Node::scalar("", Span::new(file, 1, 1))))
 }
 
 #[cfg(test)]
@@ -472,10 +410,7 @@ mod tests {
         assert_eq!((c.span.line, c.span.col), (3, 6));
         let a = n.get("a").unwrap();
         assert_eq!((a.span.line, a.span.col), (1, 4));
-        assert_eq!(
-            c.to_value(),
-            serde_yaml::from_str::<Value>("[x, y]").unwrap()
-        );
+        assert_eq!(c.to_value(), serde_yaml::from_str::<Value>("[x, y]").unwrap());
     }
 
     #[test]
@@ -516,11 +451,7 @@ mod tests {
             text.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
         }
         let e = parse_yaml("f", &text).unwrap_err();
-        assert!(
-            e.0.iter()
-                .any(|d| d.message == "aliases expand to too many nodes"),
-            "{e}"
-        );
+        assert!(e.0.iter().any(|d| d.message == "aliases expand to too many nodes"), "{e}");
     }
 
     #[test]

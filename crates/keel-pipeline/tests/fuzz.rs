@@ -10,51 +10,10 @@ fn registry() -> keel_pipeline::Registry {
 /// Structured YAML built from pipeline-like vocabulary, so that validation gets deep.
 fn yaml_value(depth: u32) -> BoxedStrategy<String> {
     let words = prop::sample::select(vec![
-        "name",
-        "seed",
-        "stages",
-        "use",
-        "with",
-        "inputs",
-        "resources",
-        "sweep",
-        "grid",
-        "seeds",
-        "counter",
-        "map",
-        "sink",
-        "fail",
-        "panic",
-        "publisher",
-        "gated_counter",
-        "policy",
-        "policy_store",
-        "kind",
-        "max_staleness",
-        "count",
-        "delay_ms",
-        "mul",
-        "add",
-        "in",
-        "out",
-        "src.out",
-        "a.out",
-        "b.in",
-        "stages.a.with.count",
-        "~",
-        "true",
-        "-1",
-        "0",
-        "3",
-        "1.5",
-        "1e400",
-        ".inf",
-        "'x'",
-        "\"y\"",
-        "[]",
-        "{}",
-        "a",
-        "b",
+        "name", "seed", "stages", "use", "with", "inputs", "resources", "sweep", "grid", "seeds", "counter", "map",
+        "sink", "fail", "panic", "publisher", "gated_counter", "policy", "policy_store", "kind", "max_staleness",
+        "count", "delay_ms", "mul", "add", "in", "out", "src.out", "a.out", "b.in", "stages.a.with.count", "~", "true",
+        "-1", "0", "3", "1.5", "1e400", ".inf", "'x'", "\"y\"", "[]", "{}", "a", "b",
     ])
     .prop_map(str::to_string);
     if depth == 0 {
@@ -74,47 +33,20 @@ fn yaml_value(depth: u32) -> BoxedStrategy<String> {
 
 /// A pipeline assembled from plausible stage entries, some wrong, with an optional sweep block.
 fn pipeline_like() -> impl Strategy<Value = String> {
-    let kind = prop::sample::select(vec![
-        "counter",
-        "map",
-        "sink",
-        "fail",
-        "panic",
-        "publisher",
-        "gated_counter",
-        "cnt",
-    ]);
+    let kind = prop::sample::select(vec!["counter", "map", "sink", "fail", "panic", "publisher", "gated_counter", "cnt"]);
     let name = prop::sample::select(vec!["a", "b", "c", "d"]);
-    let port = prop::sample::select(vec![
-        "a.out",
-        "b.out",
-        "c.out",
-        "d.out",
-        "a.in",
-        "zz.out",
-        "[a.out, b.out]",
-        "x",
-    ]);
-    let with = prop::sample::select(vec![
-        "{}",
-        "{count: 2}",
-        "{mul: x}",
-        "{delay_ms: -1}",
-        "{count: 1, bogus: 1}",
-        "~",
-        "[1]",
-    ]);
-    let stage =
-        (name, kind, with, prop::option::of(port), any::<bool>()).prop_map(|(n, k, w, p, res)| {
-            let mut s = format!("  {n}:\n    use: {k}\n    with: {w}\n");
-            if let Some(p) = p {
-                s.push_str(&format!("    inputs: {{in: {p}}}\n"));
-            }
-            if res {
-                s.push_str("    resources: {policy: policy}\n");
-            }
-            s
-        });
+    let port = prop::sample::select(vec!["a.out", "b.out", "c.out", "d.out", "a.in", "zz.out", "[a.out, b.out]", "x"]);
+    let with = prop::sample::select(vec!["{}", "{count: 2}", "{mul: x}", "{delay_ms: -1}", "{count: 1, bogus: 1}", "~", "[1]"]);
+    let stage = (name, kind, with, prop::option::of(port), any::<bool>()).prop_map(|(n, k, w, p, res)| {
+        let mut s = format!("  {n}:\n    use: {k}\n    with: {w}\n");
+        if let Some(p) = p {
+            s.push_str(&format!("    inputs: {{in: {p}}}\n"));
+        }
+        if res {
+            s.push_str("    resources: {policy: policy}\n");
+        }
+        s
+    });
     let sweep = prop::sample::select(vec![
         "",
         "sweep: {grid: {stages.a.with.count: [1, 2]}, seeds: [1, 2]}\n",

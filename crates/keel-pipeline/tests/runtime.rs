@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 
 use keel_pipeline::testkit::{self, Recorder};
 use keel_pipeline::{
-    emit_slurm, expand_sweep, load_str, read_status, run, run_sweep, CancelHandle, CellOutcome,
-    Manifest, Pipeline, ProgressEvent, RecordingProgress, Registry, RunError, RunOptions,
-    RunStatus, SlurmOptions, SweepOptions,
+    emit_slurm, expand_sweep, load_str, read_status, run, run_sweep, CancelHandle, CellOutcome, Manifest, Pipeline,
+    ProgressEvent, RecordingProgress, Registry, RunError, RunOptions, RunStatus, SlurmOptions, SweepOptions,
 };
 
 fn tmp(name: &str) -> PathBuf {
@@ -25,11 +24,7 @@ fn setup(text: &str) -> (Pipeline, Recorder, Registry) {
 }
 
 fn opts(root: &Path) -> RunOptions {
-    RunOptions {
-        runs_root: root.to_path_buf(),
-        join_grace: Duration::from_secs(5),
-        ..RunOptions::default()
-    }
+    RunOptions { runs_root: root.to_path_buf(), join_grace: Duration::from_secs(5), ..RunOptions::default() }
 }
 
 fn read_manifest(dir: &Path) -> Manifest {
@@ -45,35 +40,19 @@ fn stages_overlap_in_time_and_results_are_correct() {
     let root = tmp("overlap");
     let progress = Arc::new(RecordingProgress::new());
     let t = Instant::now();
-    let report = run(
-        &p,
-        &RunOptions {
-            progress: progress.clone(),
-            ..opts(&root)
-        },
-    )
-    .unwrap();
+    let report = run(&p, &RunOptions { progress: progress.clone(), ..opts(&root) }).unwrap();
     let elapsed = t.elapsed();
     let sends = rec.events_of("src", "send");
     let recvs = rec.events_of("sink", "recv");
     assert_eq!(sends.len(), 10);
-    assert_eq!(
-        recvs.iter().map(|e| e.value).collect::<Vec<_>>(),
-        (1..=10).map(|x| x * 2).collect::<Vec<_>>()
-    );
+    assert_eq!(recvs.iter().map(|e| e.value).collect::<Vec<_>>(), (1..=10).map(|x| x * 2).collect::<Vec<_>>());
     // Run one after the other, the sink would receive nothing before the source's last send.
     // Pipelined (both sleep 15 ms per item) it has received about 8 items by then.
     let last_produced = sends[9].at;
     let consumed_early = recvs.iter().filter(|e| e.at < last_produced).count();
-    assert!(
-        consumed_early >= 5,
-        "only {consumed_early} items consumed while the source was still producing"
-    );
+    assert!(consumed_early >= 5, "only {consumed_early} items consumed while the source was still producing");
     let map_first = rec.events_of("double", "recv")[0].at;
-    assert!(
-        map_first < sends[1].at,
-        "the map worked on item 1 before the source sent item 2"
-    );
+    assert!(map_first < sends[1].at, "the map worked on item 1 before the source sent item 2");
     // Sequential execution needs at least 10*15 + 10*15 = 300 ms; pipelined about 165 ms.
     assert!(elapsed < Duration::from_millis(1000), "took {elapsed:?}");
 
@@ -89,10 +68,7 @@ fn stages_overlap_in_time_and_results_are_correct() {
     assert_eq!(m.seed, 3);
     assert_eq!(m.keel_version, keel_core::KEEL_VERSION);
     assert_eq!(m.config_hash, p.config_hash());
-    assert_eq!(
-        m.stage_seeds["src"],
-        keel_core::SeedStream::new(3).child("src").root()
-    );
+    assert_eq!(m.stage_seeds["src"], keel_core::SeedStream::new(3).child("src").root());
     assert_eq!(m.config["stages"]["double"]["with"]["mul"], 2);
     let metrics = keel_pipeline::last_metrics(&dir);
     assert_eq!(metrics["sink/count"], 10.0);
@@ -102,20 +78,9 @@ fn stages_overlap_in_time_and_results_are_correct() {
     assert!(log.contains("started") && log.contains("finished"), "{log}");
     // Progress went through the sink.
     let events = progress.events();
-    assert!(events.contains(&ProgressEvent::Begin {
-        stage: "src".into(),
-        label: "emit".into(),
-        total: Some(10)
-    }));
-    assert!(events.contains(&ProgressEvent::Position {
-        stage: "src".into(),
-        label: "emit".into(),
-        position: 10
-    }));
-    assert!(events.contains(&ProgressEvent::Finish {
-        stage: "src".into(),
-        label: "emit".into()
-    }));
+    assert!(events.contains(&ProgressEvent::Begin { stage: "src".into(), label: "emit".into(), total: Some(10) }));
+    assert!(events.contains(&ProgressEvent::Position { stage: "src".into(), label: "emit".into(), position: 10 }));
+    assert!(events.contains(&ProgressEvent::Finish { stage: "src".into(), label: "emit".into() }));
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -126,21 +91,11 @@ fn bounded_channels_bound_memory_with_a_slow_consumer() {
     );
     let root = tmp("backpressure");
     let capacity = 4;
-    run(
-        &p,
-        &RunOptions {
-            channel_capacity: capacity,
-            ..opts(&root)
-        },
-    )
-    .unwrap();
+    run(&p, &RunOptions { channel_capacity: capacity, ..opts(&root) }).unwrap();
     // Items created but not consumed: those in the channel, one being sent, one just received.
     let max = rec.max_in_flight();
     assert!(max <= capacity as i64 + 2, "in flight peaked at {max}");
-    assert!(
-        max >= capacity as i64,
-        "the fast producer filled the channel ({max})"
-    );
+    assert!(max >= capacity as i64, "the fast producer filled the channel ({max})");
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -151,16 +106,9 @@ fn fan_out_and_fan_in() {
     );
     let root = tmp("fan");
     run(&p, &opts(&root)).unwrap();
-    let mut got: Vec<i64> = rec
-        .events_of("sink", "recv")
-        .iter()
-        .map(|e| e.value)
-        .collect();
+    let mut got: Vec<i64> = rec.events_of("sink", "recv").iter().map(|e| e.value).collect();
     got.sort_unstable();
-    let mut want: Vec<i64> = (0..20)
-        .map(|x| x + 1000)
-        .chain((0..20).map(|x| x + 2000))
-        .collect();
+    let mut want: Vec<i64> = (0..20).map(|x| x + 1000).chain((0..20).map(|x| x + 2000)).collect();
     want.sort_unstable();
     assert_eq!(got, want);
     let _ = std::fs::remove_dir_all(&root);
@@ -176,21 +124,10 @@ fn failure_mid_stream_stops_everything_promptly() {
     let err = run(&p, &opts(&root)).unwrap_err();
     let elapsed = t.elapsed();
     assert!(elapsed < Duration::from_millis(700), "took {elapsed:?}");
-    let RunError::StageFailed {
-        stage,
-        message,
-        run_dir,
-    } = &err
-    else {
-        panic!("{err}")
-    };
+    let RunError::StageFailed { stage, message, run_dir } = &err else { panic!("{err}") };
     assert_eq!(stage, "breaker");
     assert_eq!(message, "boom after 50 messages");
-    assert!(
-        err.to_string()
-            .contains("stage `breaker` failed: boom after 50 messages"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("stage `breaker` failed: boom after 50 messages"), "{err}");
     assert_eq!(err.exit_code(), 1);
     let m = read_manifest(run_dir);
     assert_eq!(m.pipeline, "failing");
@@ -198,10 +135,7 @@ fn failure_mid_stream_stops_everything_promptly() {
     assert_eq!(status.status, RunStatus::Failed);
     assert_eq!(status.failed_stage.as_deref(), Some("breaker"));
     assert_eq!(status.error.as_deref(), Some("boom after 50 messages"));
-    assert_eq!(
-        status.stages["src"].status, "cancelled",
-        "the source was woken from a blocked send"
-    );
+    assert_eq!(status.stages["src"].status, "cancelled", "the source was woken from a blocked send");
     assert_eq!(status.stages["sink"].status, "cancelled");
     let _ = std::fs::remove_dir_all(&root);
 }
@@ -213,20 +147,10 @@ fn panics_are_reported_as_the_stage_failure() {
     );
     let root = tmp("panicky");
     let err = run(&p, &opts(&root)).unwrap_err();
-    let RunError::StageFailed {
-        stage,
-        message,
-        run_dir,
-    } = &err
-    else {
-        panic!("{err}")
-    };
+    let RunError::StageFailed { stage, message, run_dir } = &err else { panic!("{err}") };
     assert_eq!(stage, "bad");
     assert_eq!(message, "panicked: kaboom after 3 messages");
-    assert_eq!(
-        read_status(run_dir).unwrap().failed_stage.as_deref(),
-        Some("bad")
-    );
+    assert_eq!(read_status(run_dir).unwrap().failed_stage.as_deref(), Some("bad"));
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -243,24 +167,10 @@ fn cancel_handle_leaves_a_readable_cancelled_run() {
         c2.cancel();
     });
     let start = Instant::now();
-    let err = run(
-        &p,
-        &RunOptions {
-            cancel,
-            run_id: Some("ctrl-c".into()),
-            ..opts(&root)
-        },
-    )
-    .unwrap_err();
+    let err = run(&p, &RunOptions { cancel, run_id: Some("ctrl-c".into()), ..opts(&root) }).unwrap_err();
     t.join().unwrap();
-    assert!(
-        start.elapsed() < Duration::from_millis(600),
-        "took {:?}",
-        start.elapsed()
-    );
-    let RunError::Cancelled { run_dir } = &err else {
-        panic!("{err}")
-    };
+    assert!(start.elapsed() < Duration::from_millis(600), "took {:?}", start.elapsed());
+    let RunError::Cancelled { run_dir } = &err else { panic!("{err}") };
     assert_eq!(err.exit_code(), 130);
     assert_eq!(run_dir, &root.join("cancelled").join("ctrl-c"));
     let status = read_status(run_dir).unwrap();
@@ -268,14 +178,7 @@ fn cancel_handle_leaves_a_readable_cancelled_run() {
     assert_eq!(status.failed_stage, None);
     assert_eq!(read_manifest(run_dir).run_id, "ctrl-c");
     // The explicit id is taken now.
-    let again = run(
-        &p,
-        &RunOptions {
-            run_id: Some("ctrl-c".into()),
-            ..opts(&root)
-        },
-    )
-    .unwrap_err();
+    let again = run(&p, &RunOptions { run_id: Some("ctrl-c".into()), ..opts(&root) }).unwrap_err();
     assert!(again.to_string().contains("already holds a run"), "{again}");
     let _ = std::fs::remove_dir_all(&root);
 }
@@ -289,22 +192,12 @@ fn policy_store_gates_generation_by_staleness() {
         let (p, rec, _) = setup(&text);
         let root = tmp(&format!("rl-{staleness}"));
         run(&p, &opts(&root)).unwrap();
-        let gates: Vec<i64> = rec
-            .events_of("sample", "gate")
-            .iter()
-            .map(|e| e.value)
-            .collect();
+        let gates: Vec<i64> = rec.events_of("sample", "gate").iter().map(|e| e.value).collect();
         assert_eq!(gates.len(), 8);
         for (k, v) in gates.iter().enumerate() {
-            assert!(
-                *v >= k as i64 - staleness as i64,
-                "batch {k} used version {v} (staleness {staleness})"
-            );
+            assert!(*v >= k as i64 - staleness as i64, "batch {k} used version {v} (staleness {staleness})");
             if staleness == 0 {
-                assert_eq!(
-                    *v, k as i64,
-                    "fully synchronous: batch k uses exactly version k"
-                );
+                assert_eq!(*v, k as i64, "fully synchronous: batch k uses exactly version k");
             }
         }
         assert_eq!(rec.events_of("learn", "publish").len(), 8);
@@ -319,14 +212,9 @@ fn reader_of_a_store_without_writers_fails_instead_of_hanging() {
     );
     let root = tmp("orphan");
     let err = run(&p, &opts(&root)).unwrap_err();
-    let RunError::StageFailed { stage, message, .. } = &err else {
-        panic!("{err}")
-    };
+    let RunError::StageFailed { stage, message, .. } = &err else { panic!("{err}") };
     assert_eq!(stage, "sample");
-    assert!(
-        message.contains("closed at version 0 while waiting for version 1"),
-        "{message}"
-    );
+    assert!(message.contains("closed at version 0 while waiting for version 1"), "{message}");
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -339,33 +227,13 @@ fn sweep_runs_cells_summarizes_and_skips_on_rerun() {
     let ids: Vec<&str> = cells.iter().map(|c| c.info.id.as_str()).collect();
     assert_eq!(
         ids,
-        [
-            "scale.mul=1_seed=1",
-            "scale.mul=1_seed=2",
-            "scale.mul=1_seed=3",
-            "scale.mul=10_seed=1",
-            "scale.mul=10_seed=2",
-            "scale.mul=10_seed=3"
-        ]
+        ["scale.mul=1_seed=1", "scale.mul=1_seed=2", "scale.mul=1_seed=3", "scale.mul=10_seed=1", "scale.mul=10_seed=2", "scale.mul=10_seed=3"]
     );
     assert_eq!(cells[4].pipeline.seed, 2);
-    assert_eq!(
-        cells[4]
-            .pipeline
-            .stage("scale")
-            .unwrap()
-            .params
-            .get::<i64>("mul")
-            .unwrap(),
-        10
-    );
+    assert_eq!(cells[4].pipeline.stage("scale").unwrap().params.get::<i64>("mul").unwrap(), 10);
 
     let root = tmp("sweep");
-    let sopts = SweepOptions {
-        runs_root: root.clone(),
-        jobs: 2,
-        ..SweepOptions::default()
-    };
+    let sopts = SweepOptions { runs_root: root.clone(), jobs: 2, ..SweepOptions::default() };
     let report = run_sweep(&cells, &sopts).unwrap();
     assert_eq!(report.count(|o| *o == CellOutcome::Complete), 6);
     assert!(report.failure().is_none());
@@ -383,34 +251,18 @@ fn sweep_runs_cells_summarizes_and_skips_on_rerun() {
 
     let csv = std::fs::read_to_string(&report.summary_csv).unwrap();
     let mut lines = csv.lines();
-    assert_eq!(
-        lines.next().unwrap(),
-        "cell,stages.scale.with.mul,metric,n,mean,std,ci95_low,ci95_high"
-    );
-    let row: Vec<&str> = csv
-        .lines()
-        .find(|l| l.starts_with("scale.mul=1,") && l.contains(",sink/sum,"))
-        .unwrap()
-        .split(',')
-        .collect();
-    let sums: Vec<f64> = (1..=3)
-        .map(|s| sum(&format!("scale.mul=1_seed={s}")))
-        .collect();
+    assert_eq!(lines.next().unwrap(), "cell,stages.scale.with.mul,metric,n,mean,std,ci95_low,ci95_high");
+    let row: Vec<&str> = csv.lines().find(|l| l.starts_with("scale.mul=1,") && l.contains(",sink/sum,")).unwrap().split(',').collect();
+    let sums: Vec<f64> = (1..=3).map(|s| sum(&format!("scale.mul=1_seed={s}"))).collect();
     let (mean, std) = keel_pipeline::mean_std(&sums);
     assert_eq!(row[1], "1");
     assert_eq!(row[3], "3");
     assert!((row[4].parse::<f64>().unwrap() - mean).abs() < 1e-5);
     assert!((row[5].parse::<f64>().unwrap() - std).abs() < 1e-5);
-    let (lo, hi) = (
-        row[6].parse::<f64>().unwrap(),
-        row[7].parse::<f64>().unwrap(),
-    );
+    let (lo, hi) = (row[6].parse::<f64>().unwrap(), row[7].parse::<f64>().unwrap());
     let min = sums.iter().cloned().fold(f64::INFINITY, f64::min);
     let max = sums.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    assert!(
-        lo >= min - 1e-9 && hi <= max + 1e-9 && lo <= mean && mean <= hi,
-        "{lo} {mean} {hi}"
-    );
+    assert!(lo >= min - 1e-9 && hi <= max + 1e-9 && lo <= mean && mean <= hi, "{lo} {mean} {hi}");
     // 2 parameter points x 5 metrics (src/count, src/sum, sink/count, sink/sum, sink/mean).
     assert_eq!(csv.lines().count(), 1 + 2 * 5);
     let md = std::fs::read_to_string(&report.summary_md).unwrap();
@@ -421,43 +273,25 @@ fn sweep_runs_cells_summarizes_and_skips_on_rerun() {
     let again = run_sweep(&cells, &sopts).unwrap();
     assert_eq!(again.count(|o| *o == CellOutcome::Skipped), 6);
     assert_eq!(std::fs::read_to_string(&again.summary_csv).unwrap(), csv);
-    let dirs = std::fs::read_dir(&sweep_dir)
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().is_dir())
-        .count();
+    let dirs = std::fs::read_dir(&sweep_dir).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).count();
     assert_eq!(dirs, 6);
 
     // A changed configuration is not skipped.
-    let changed = load_str(
-        "test.yaml",
-        SWEEP,
-        &["stages.src.with.count=6".into()],
-        &reg,
-    )
-    .unwrap();
+    let changed = load_str("test.yaml", SWEEP, &["stages.src.with.count=6".into()], &reg).unwrap();
     let changed_cells = expand_sweep(&changed, &reg).unwrap();
     let third = run_sweep(&changed_cells[..1], &sopts).unwrap();
     assert_eq!(third.cells[0].1, CellOutcome::Complete);
 
     // Slurm script.
     let slurm_dir = root.join("slurm");
-    let sl = SlurmOptions {
-        binary: PathBuf::from("/opt/keel/bin/keel"),
-        ..SlurmOptions::new("pipelines/grid.yaml")
-    };
+    let sl = SlurmOptions { binary: PathBuf::from("/opt/keel/bin/keel"), ..SlurmOptions::new("pipelines/grid.yaml") };
     let (script, list) = emit_slurm(&slurm_dir, &changed_cells, &sl).unwrap();
     let s = std::fs::read_to_string(&script).unwrap();
     assert!(s.contains("#SBATCH --array=0-5\n"), "{s}");
     assert!(s.contains("exec '/opt/keel/bin/keel' run 'pipelines/grid.yaml' --sweep-cell \"$SLURM_ARRAY_TASK_ID\" --set 'stages.src.with.count=6'"), "{s}");
     let l = std::fs::read_to_string(&list).unwrap();
     assert_eq!(l.lines().count(), 7);
-    assert!(
-        l.lines()
-            .nth(4)
-            .unwrap()
-            .starts_with("3\tscale.mul=10_seed=1\t1\t"),
-        "{l}"
-    );
+    assert!(l.lines().nth(4).unwrap().starts_with("3\tscale.mul=10_seed=1\t1\t"), "{l}");
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -467,33 +301,19 @@ fn failed_sweep_cells_are_reported_and_rerun() {
     let (p, _, reg) = setup(text);
     let cells = expand_sweep(&p, &reg).unwrap();
     let root = tmp("flaky");
-    let sopts = SweepOptions {
-        runs_root: root.clone(),
-        ..SweepOptions::default()
-    };
+    let sopts = SweepOptions { runs_root: root.clone(), ..SweepOptions::default() };
     let r = run_sweep(&cells, &sopts).unwrap();
     assert_eq!(r.cells[0].1, CellOutcome::Complete);
-    let CellOutcome::Failed(msg) = &r.cells[1].1 else {
-        panic!("{:?}", r.cells[1])
-    };
+    let CellOutcome::Failed(msg) = &r.cells[1].1 else { panic!("{:?}", r.cells[1]) };
     assert_eq!(msg, "stage `sink`: expected 4 messages, received 3");
     let md = std::fs::read_to_string(&r.summary_md).unwrap();
-    assert!(
-        md.contains("## Failed cells") && md.contains("sink.expect=4_seed=1"),
-        "{md}"
-    );
+    assert!(md.contains("## Failed cells") && md.contains("sink.expect=4_seed=1"), "{md}");
     let err = r.failure().unwrap();
-    assert_eq!(
-        err.to_string(),
-        "1 of 2 sweep cells failed: sink.expect=4_seed=1"
-    );
+    assert_eq!(err.to_string(), "1 of 2 sweep cells failed: sink.expect=4_seed=1");
     assert_eq!(err.exit_code(), 1);
     let r2 = run_sweep(&cells, &sopts).unwrap();
     assert_eq!(r2.cells[0].1, CellOutcome::Skipped);
-    assert!(
-        matches!(r2.cells[1].1, CellOutcome::Failed(_)),
-        "failed cells are retried"
-    );
+    assert!(matches!(r2.cells[1].1, CellOutcome::Failed(_)), "failed cells are retried");
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -527,9 +347,7 @@ fn recv_of_the_wrong_type_is_a_clear_error() {
     let p = load_str("t.yaml", "name: wrong\nseed: 1\nstages:\n  src: {use: counter}\n  w: {use: wrong, inputs: {in: src.out}}\n", &[], &reg).unwrap();
     let root = tmp("wrong");
     let err = run(&p, &opts(&root)).unwrap_err();
-    let RunError::StageFailed { stage, message, .. } = &err else {
-        panic!("{err}")
-    };
+    let RunError::StageFailed { stage, message, .. } = &err else { panic!("{err}") };
     assert_eq!(stage, "w");
     assert_eq!(message, "stage `w`: input `in` (type `int`) carries `i64` but the stage asked for `alloc::string::String`");
     let _ = std::fs::remove_dir_all(&root);
@@ -568,32 +386,17 @@ fn input_files_are_hashed_into_the_manifest() {
     std::fs::create_dir_all(&root).unwrap();
     let data = root.join("abc.txt");
     std::fs::write(&data, b"abc").unwrap();
-    let text = format!(
-        "name: reading\nseed: 1\nstages:\n  r: {{use: reader, with: {{path: '{}'}}}}\n",
-        data.display()
-    );
+    let text = format!("name: reading\nseed: 1\nstages:\n  r: {{use: reader, with: {{path: '{}'}}}}\n", data.display());
     let p = load_str("t.yaml", &text, &[], &reg).unwrap();
     let report = run(&p, &opts(&root)).unwrap();
     let m = read_manifest(&report.run_dir);
     assert_eq!(m.input_files.len(), 1);
-    assert_eq!(
-        m.input_files[0].sha256,
-        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    );
+    assert_eq!(m.input_files[0].sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     assert_eq!(m.input_files[0].bytes, 3);
     // A missing file fails before any stage starts, with a readable status.
-    let p = load_str(
-        "t.yaml",
-        "name: reading\nseed: 1\nstages:\n  r: {use: reader, with: {path: /nonexistent/keel/x}}\n",
-        &[],
-        &reg,
-    )
-    .unwrap();
+    let p = load_str("t.yaml", "name: reading\nseed: 1\nstages:\n  r: {use: reader, with: {path: /nonexistent/keel/x}}\n", &[], &reg).unwrap();
     let err = run(&p, &opts(&root)).unwrap_err();
-    assert!(
-        matches!(err, RunError::InputFile { ref stage, .. } if stage == "r"),
-        "{err}"
-    );
+    assert!(matches!(err, RunError::InputFile { ref stage, .. } if stage == "r"), "{err}");
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -622,38 +425,15 @@ fn a_stage_ignoring_cancellation_cannot_hang_the_run() {
     }
     let (mut reg, _) = testkit::registry();
     reg.register(Stubborn);
-    let p = load_str(
-        "t.yaml",
-        "name: stubborn\nseed: 1\nstages:\n  slow: {use: stubborn}\n  boom: {use: fail}\n",
-        &[],
-        &reg,
-    )
-    .unwrap();
+    let p = load_str("t.yaml", "name: stubborn\nseed: 1\nstages:\n  slow: {use: stubborn}\n  boom: {use: fail}\n", &[], &reg).unwrap();
     let root = tmp("stubborn");
     let t = Instant::now();
-    let err = run(
-        &p,
-        &RunOptions {
-            join_grace: Duration::from_millis(100),
-            ..opts(&root)
-        },
-    )
-    .unwrap_err();
-    assert!(
-        t.elapsed() < Duration::from_millis(1500),
-        "took {:?}",
-        t.elapsed()
-    );
-    let RunError::StageFailed { stage, run_dir, .. } = &err else {
-        panic!("{err}")
-    };
+    let err = run(&p, &RunOptions { join_grace: Duration::from_millis(100), ..opts(&root) }).unwrap_err();
+    assert!(t.elapsed() < Duration::from_millis(1500), "took {:?}", t.elapsed());
+    let RunError::StageFailed { stage, run_dir, .. } = &err else { panic!("{err}") };
     assert_eq!(stage, "boom");
     let status = read_status(run_dir).unwrap();
     assert_eq!(status.stages["slow"].status, "running");
-    assert!(status.stages["slow"]
-        .error
-        .as_deref()
-        .unwrap()
-        .contains("thread abandoned"));
+    assert!(status.stages["slow"].error.as_deref().unwrap().contains("thread abandoned"));
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -253,11 +253,7 @@ pub fn is_untruncated_unit_temperature(params: &SamplingParams) -> bool {
 /// on average) for the inverse-CDF walk and again for the log-prob and entropy: about 2.5 `f64`
 /// exponentials per vocabulary entry, per sequence, per step — 10 000 per row at a 4 096-token
 /// vocabulary. Returns `(token, logprob, entropy)`, or `None` if every logit is `-inf`.
-pub fn sample_with_logprob(
-    raw_logits: &[f32],
-    u: f64,
-    exps: &mut Vec<f64>,
-) -> Option<(usize, f32, f32)> {
+pub fn sample_with_logprob(raw_logits: &[f32], u: f64, exps: &mut Vec<f64>) -> Option<(usize, f32, f32)> {
     let max = max_finite(raw_logits)? as f64;
     exps.clear();
     exps.reserve(raw_logits.len());
@@ -452,19 +448,14 @@ mod tests {
         let rows: Vec<Vec<f32>> = vec![
             ln(&[0.5, 0.25, 0.25]),
             vec![NEG, 0.3, -1.7, NEG, 2.5, 2.5, -40.0],
-            (0..4096)
-                .map(|i| ((i * 7919 % 1000) as f32) * 0.013 - 6.0)
-                .collect(),
+            (0..4096).map(|i| ((i * 7919 % 1000) as f32) * 0.013 - 6.0).collect(),
         ];
         for row in &rows {
             for k in 0..50 {
                 let u = (k as f64 + 0.37) / 50.0;
                 let want_tok = sample_from_logits(row, u).unwrap();
                 let (lp, h) = logprob_and_entropy(row, 1.0, want_tok);
-                assert_eq!(
-                    sample_with_logprob(row, u, &mut exps),
-                    Some((want_tok, lp, h))
-                );
+                assert_eq!(sample_with_logprob(row, u, &mut exps), Some((want_tok, lp, h)));
             }
         }
         assert_eq!(sample_with_logprob(&[NEG, NEG], 0.5, &mut exps), None);

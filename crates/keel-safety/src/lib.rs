@@ -28,22 +28,21 @@ mod probe;
 mod reward;
 
 pub use classifier::{validate_verdict, ReasoningVerdict, SafetyClassifier};
-pub use embedding::{cosine, SentenceEncoder, DEFAULT_BATCH_SIZE, DEFAULT_MAX_SEQ_LENGTH};
 pub use error::SafetyError;
-pub use judge::{
-    llama_guard_3_1b_categories, llama_guard_3_categories, parse_guard_output, render_guard_task,
-    GuardCategory, GuardJudgement, GuardRole, GuardTurn, GuardVerdict, GuardWrap, LlamaGuardJudge,
-    DEFAULT_MAX_VERDICT_TOKENS, LLAMA_GUARD_3_CATEGORIES,
-};
 pub use lexicon::{
     LexiconClassifier, MatchMode, RefusalLexicon, UnlabeledPrompts, GCG_REFUSAL_PHRASES,
     XSTEST_REFUSAL_PREFIXES,
 };
+pub use reward::{SafetyReward, SafetyRewardMode};
+pub use embedding::{cosine, SentenceEncoder, DEFAULT_BATCH_SIZE, DEFAULT_MAX_SEQ_LENGTH};
+pub use judge::{
+    llama_guard_3_1b_categories, llama_guard_3_categories, parse_guard_output, render_guard_task, GuardCategory,
+    GuardJudgement, GuardRole, GuardTurn, GuardVerdict, GuardWrap, LlamaGuardJudge, DEFAULT_MAX_VERDICT_TOKENS,
+    LLAMA_GUARD_3_CATEGORIES,
+};
 pub use model_error::{ModelClassifierError, ModelClassifierResult};
 pub use probe::{
-    auroc, binary_metrics, brier_score, expected_calibration_error, fit_logistic, sigmoid,
-    stratified_split, train_probe, train_probe_on_embeddings, EmbeddingProbe, LabeledText,
-    LogisticHead, ProbeInput, ProbeMetadata, ProbeMetrics, ProbeTrainConfig, TrainedProbe,
-    PROBE_META_FILE, PROBE_WEIGHTS_FILE,
+    auroc, binary_metrics, brier_score, expected_calibration_error, fit_logistic, sigmoid, stratified_split,
+    train_probe, train_probe_on_embeddings, EmbeddingProbe, LabeledText, LogisticHead, ProbeInput, ProbeMetadata,
+    ProbeMetrics, ProbeTrainConfig, TrainedProbe, PROBE_META_FILE, PROBE_WEIGHTS_FILE,
 };
-pub use reward::{SafetyReward, SafetyRewardMode};

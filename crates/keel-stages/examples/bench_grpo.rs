@@ -75,25 +75,14 @@ const BETA: f64 = 0.04;
 const VOCAB_BOUND: usize = 4096;
 
 /// The eight prompts `(a, b)`: "What is a+b?", answer a+b.
-const PROMPTS: [(u32, u32); 8] = [
-    (3, 4),
-    (12, 7),
-    (25, 17),
-    (8, 9),
-    (41, 33),
-    (6, 15),
-    (19, 23),
-    (50, 28),
-];
+const PROMPTS: [(u32, u32); 8] = [(3, 4), (12, 7), (25, 17), (8, 9), (41, 33), (6, 15), (19, 23), (50, 28)];
 
 /// A deterministic arithmetic corpus for the tokenizer: questions, worked sums and answer lines
 /// over numbers up to 9999 (a linear congruential sequence), so BPE learns digit groups.
 fn corpus() -> Vec<String> {
     let mut x: u64 = 12345;
     let mut next = |m: u64| {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (x >> 33) % m
     };
     (0..20_000)
@@ -103,11 +92,7 @@ fn corpus() -> Vec<String> {
             match i % 3 {
                 0 => format!("What is {a}+{b}? {a}+{b} = {}. Answer: {}", a + b, a + b),
                 1 => format!("Compute {a} plus {b}. The sum is {}.", a + b),
-                _ => format!(
-                    "What is {a}*{b}? The product of {a} and {b} is {}. Answer: {}",
-                    a * b,
-                    a * b
-                ),
+                _ => format!("What is {a}*{b}? The product of {a} and {b} is {}. Answer: {}", a * b, a * b),
             }
         })
         .collect()
@@ -118,11 +103,7 @@ fn examples() -> Vec<Arc<Example>> {
         .iter()
         .enumerate()
         .map(|(i, (a, b))| {
-            let mut e = Example::new(
-                format!("bench-{i}"),
-                format!("What is {a}+{b}?"),
-                "bench/arith",
-            );
+            let mut e = Example::new(format!("bench-{i}"), format!("What is {a}+{b}?"), "bench/arith");
             e.answer = Some((a + b).to_string());
             Arc::new(e)
         })
@@ -188,14 +169,7 @@ impl Bench {
         let policy = Policy::load(dir)?;
         let seeds = SeedStream::new(0);
         let learner = Learner::new(policy, learn_config(), seeds.child("learn"))?;
-        Ok(Bench {
-            learner,
-            reward: reward()?,
-            examples: examples(),
-            seeds,
-            step: 0,
-            warm: false,
-        })
+        Ok(Bench { learner, reward: reward()?, examples: examples(), seeds, step: 0, warm: false })
     }
 
     /// Rollout and score of the current step, as the `rollout` and `score` stages do them.
@@ -238,12 +212,7 @@ impl Bench {
         let t2 = Instant::now();
         phases.rollout = (t1 - t0).as_secs_f64();
         phases.score = (t2 - t1).as_secs_f64();
-        Ok(ScoredBatch {
-            step: self.step,
-            group_size: GROUP,
-            temperature: 1.0,
-            scored,
-        })
+        Ok(ScoredBatch { step: self.step, group_size: GROUP, temperature: 1.0, scored })
     }
 
     /// One GRPO iteration; returns the mean reward and the mean completion length.
@@ -272,13 +241,7 @@ impl Bench {
             times.push(t0.elapsed().as_secs_f64());
             phases.push(p);
         }
-        let list = |f: &dyn Fn(&Phases) -> f64| {
-            phases
-                .iter()
-                .map(|p| format!("{:.6}", f(p)))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
+        let list = |f: &dyn Fn(&Phases) -> f64| phases.iter().map(|p| format!("{:.6}", f(p))).collect::<Vec<_>>().join(",");
         let times: Vec<String> = times.iter().map(|t| format!("{t:.6}")).collect();
         Ok(format!(
             "{{\"workload\":\"grpo\",\"times\":[{}],\"rollout\":[{}],\"score\":[{}],\"learn\":[{}],\"value\":{reward},\"completion_len\":{len}}}",
@@ -348,10 +311,7 @@ fn export(dir: &Path) -> Res<String> {
         "lr": LR,
         "beta": BETA,
     });
-    std::fs::write(
-        dir.join("prompts.json"),
-        serde_json::to_string_pretty(&meta)?,
-    )?;
+    std::fs::write(dir.join("prompts.json"), serde_json::to_string_pretty(&meta)?)?;
     Ok(format!(
         "{{\"parameters\":{},\"vocab_size\":{}}}",
         policy.model.num_parameters(),
@@ -387,11 +347,7 @@ fn main() -> Res<()> {
             let mut b = Bench::new(dir)?;
             let stdin = std::io::stdin();
             let mut out = std::io::stdout().lock();
-            writeln!(
-                out,
-                "{{\"ready\":true,\"parameters\":{}}}",
-                b.learner.policy.model.num_parameters()
-            )?;
+            writeln!(out, "{{\"ready\":true,\"parameters\":{}}}", b.learner.policy.model.num_parameters())?;
             out.flush()?;
             for line in stdin.lock().lines() {
                 let line = line?;
@@ -401,13 +357,9 @@ fn main() -> Res<()> {
                     Some("grpo") => parse_n(parts.next(), 1).and_then(|n| b.measure(n)),
                     Some("check") => b.check(),
                     Some("samples") => b.samples(),
-                    Some(other) => Err(format!(
-                        "unknown command {other:?} (grpo N, check, samples, quit)"
-                    )
-                    .into()),
+                    Some(other) => Err(format!("unknown command {other:?} (grpo N, check, samples, quit)").into()),
                 };
-                let reply = reply
-                    .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string());
+                let reply = reply.unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string());
                 writeln!(out, "{reply}")?;
                 out.flush()?;
             }

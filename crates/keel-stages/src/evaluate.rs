@@ -10,13 +10,13 @@ use std::sync::Arc;
 use keel_core::{Completion, Example, JsonlWriter, SeedStream};
 use keel_model::CausalLm;
 
+use keel_pipeline::StageError;
+use keel_rewards::{AnswerFormat, MathReward, Reward};
+use keel_rollout::SamplingParams;
 use keel_eval::capability::mean_pass_at_k;
 use keel_eval::entropy::entropy_stats;
 use keel_eval::reflection::{ReflectionCounter, ReflectionStats};
-use keel_pipeline::StageError;
 use keel_rewards::math::split_think;
-use keel_rewards::{AnswerFormat, MathReward, Reward};
-use keel_rollout::SamplingParams;
 use keel_safety::{LexiconClassifier, SafetyClassifier};
 use serde::{Deserialize, Serialize};
 
@@ -71,22 +71,13 @@ pub fn refusal_judge(name: &str) -> Result<Vec<LexiconClassifier>, StageError> {
         "gcg" => Ok(vec![LexiconClassifier::gcg()]),
         "xstest" => Ok(vec![LexiconClassifier::xstest()]),
         "both" => Ok(vec![LexiconClassifier::gcg(), LexiconClassifier::xstest()]),
-        other => Err(StageError::msg(format!(
-            "unknown refusal lexicon `{other}`; use gcg, xstest or both"
-        ))),
+        other => Err(StageError::msg(format!("unknown refusal lexicon `{other}`; use gcg, xstest or both"))),
     }
 }
 
-fn refused(
-    judges: &[LexiconClassifier],
-    example: &Example,
-    text: &str,
-) -> Result<bool, StageError> {
+fn refused(judges: &[LexiconClassifier], example: &Example, text: &str) -> Result<bool, StageError> {
     for j in judges {
-        if j.judge_example(example, text)
-            .ctx(|| format!("judging example `{}`", example.id))?
-            .refused
-        {
+        if j.judge_example(example, text).ctx(|| format!("judging example `{}`", example.id))?.refused {
             return Ok(true);
         }
     }
@@ -94,11 +85,7 @@ fn refused(
 }
 
 fn take(set: &ExampleSet, max: usize) -> Vec<Arc<Example>> {
-    let n = if max == 0 {
-        set.examples.len()
-    } else {
-        max.min(set.examples.len())
-    };
+    let n = if max == 0 { set.examples.len() } else { max.min(set.examples.len()) };
     set.examples[..n].to_vec()
 }
 
@@ -118,13 +105,7 @@ fn take_per_source(set: &ExampleSet, per_source: usize, max: usize) -> Vec<Arc<E
         })
         .cloned()
         .collect();
-    take(
-        &ExampleSet {
-            name: set.name.clone(),
-            examples: kept,
-        },
-        max,
-    )
+    take(&ExampleSet { name: set.name.clone(), examples: kept }, max)
 }
 
 /// Generates one completion group per example (prompts rendered with the policy's template).
@@ -138,9 +119,7 @@ pub fn generate(
     for e in examples {
         prompts.push(policy.encode(&policy.render(e)?)?);
     }
-    engine
-        .generate(&prompts, params, 0)
-        .ctx(|| "generating completions".to_string())
+    engine.generate(&prompts, params, 0).ctx(|| "generating completions".to_string())
 }
 
 /// Prompt + completion sequences in right-padded batches of 16, with masks over completion tokens.
@@ -156,16 +135,10 @@ fn completion_batches(
         .map(|(p, c)| {
             let mut ids = p.clone();
             ids.extend(&c.token_ids);
-            TokenizedPair {
-                ids,
-                prompt_len: p.len(),
-            }
+            TokenizedPair { ids, prompt_len: p.len() }
         })
         .collect();
-    pairs
-        .chunks(16)
-        .map(|chunk| collate(&chunk.iter().collect::<Vec<_>>(), pad_id, device))
-        .collect()
+    pairs.chunks(16).map(|chunk| collate(&chunk.iter().collect::<Vec<_>>(), pad_id, device)).collect()
 }
 
 /// Sum of completion-token log-probs of `completions` (given prompts) under `model`, in batches.
@@ -179,12 +152,8 @@ pub fn sequence_logprobs(
     let mut out = Vec::with_capacity(completions.len());
     for tb in completion_batches(prompts, completions, pad_id, model.device())? {
         let lp = crate::rl::logprobs(model, &tb.ids, &tb.attention, temperature)?;
-        let masked = (lp * &tb.loss_mask)
-            .and_then(|x| x.sum(1))
-            .ctx(|| "summing sequence log-probs".to_string())?;
-        let v: Vec<f32> = masked
-            .to_vec1()
-            .ctx(|| "reading sequence log-probs".to_string())?;
+        let masked = (lp * &tb.loss_mask).and_then(|x| x.sum(1)).ctx(|| "summing sequence log-probs".to_string())?;
+        let v: Vec<f32> = masked.to_vec1().ctx(|| "reading sequence log-probs".to_string())?;
         out.extend(v.into_iter().map(f64::from));
     }
     Ok(out)
@@ -194,13 +163,9 @@ pub fn sequence_logprobs(
 /// 1,000 reasoning tokens of a set's completions (arXiv 2512.01848's analyses).
 pub fn trace_metrics(completions: &[&Completion]) -> Result<BTreeMap<String, f64>, StageError> {
     let mut out = BTreeMap::new();
-    let entropies: Vec<f64> = completions
-        .iter()
-        .flat_map(|c| c.entropies.iter().map(|&e| e as f64))
-        .collect();
+    let entropies: Vec<f64> = completions.iter().flat_map(|c| c.entropies.iter().map(|&e| e as f64)).collect();
     if !entropies.is_empty() {
-        let st = entropy_stats(&entropies, None, 0.2)
-            .ctx(|| "computing entropy statistics".to_string())?;
+        let st = entropy_stats(&entropies, None, 0.2).ctx(|| "computing entropy statistics".to_string())?;
         out.insert("entropy_mean".into(), st.mean);
         out.insert("entropy_forking_mean".into(), st.forking_mean);
     }
@@ -232,19 +197,11 @@ pub fn sequence_kl_exact(
 ) -> Result<Vec<f64>, StageError> {
     let mut out = Vec::with_capacity(completions.len());
     for tb in completion_batches(prompts, completions, pad_id, policy.device())? {
-        let t = tb
-            .ids
-            .dim(1)
-            .ctx(|| "reading sequence length".to_string())?;
+        let t = tb.ids.dim(1).ctx(|| "reading sequence length".to_string())?;
         let lp = |m: &CausalLm| -> Result<candle_core::Tensor, StageError> {
-            let logits = m
-                .forward(&tb.ids, Some(&tb.attention))
-                .ctx(|| "forward pass".to_string())?;
-            let logits = logits
-                .narrow(1, 0, t - 1)
-                .ctx(|| "shifting logits".to_string())?;
-            candle_nn::ops::log_softmax(&logits.detach(), candle_core::D::Minus1)
-                .ctx(|| "log-softmax".to_string())
+            let logits = m.forward(&tb.ids, Some(&tb.attention)).ctx(|| "forward pass".to_string())?;
+            let logits = logits.narrow(1, 0, t - 1).ctx(|| "shifting logits".to_string())?;
+            candle_nn::ops::log_softmax(&logits.detach(), candle_core::D::Minus1).ctx(|| "log-softmax".to_string())
         };
         let (lp_pi, lp_ref) = (lp(policy)?, lp(reference)?);
         let kl = lp_pi
@@ -281,12 +238,7 @@ pub fn evaluate(
 ) -> Result<EvalResult, StageError> {
     let judges = refusal_judge(&config.lexicon)?;
     // Every judged completion, so each number in a report can be traced to the texts behind it.
-    let record = |set: &str,
-                  e: &Example,
-                  c: &Completion,
-                  verdict: &str,
-                  value: f64|
-     -> Result<(), StageError> {
+    let record = |set: &str, e: &Example, c: &Completion, verdict: &str, value: f64| -> Result<(), StageError> {
         match log {
             Some(w) => Ok(w.write(&serde_json::json!({
                 "label": label, "set": set, "id": e.id, "prompt": e.prompt.user_text(),
@@ -318,12 +270,8 @@ pub fn evaluate(
         let mut lens = Vec::with_capacity(ex.len());
         let mut by_source: BTreeMap<String, (f64, usize)> = BTreeMap::new();
         for (e, group) in ex.iter().zip(&outs) {
-            let c = group
-                .first()
-                .ok_or_else(|| StageError::msg("the sampler returned an empty group"))?;
-            let score = reward
-                .score(e, c)
-                .ctx(|| format!("verifying the answer to `{}`", e.id))?;
+            let c = group.first().ok_or_else(|| StageError::msg("the sampler returned an empty group"))?;
+            let score = reward.score(e, c).ctx(|| format!("verifying the answer to `{}`", e.id))?;
             record(&task.name, e, c, "correct", score)?;
             correct.push(score);
             lens.push(c.token_ids.len() as f64);
@@ -334,18 +282,12 @@ pub fn evaluate(
         result.capability = mean(&correct);
         if by_source.len() > 1 {
             for (source, (c, n)) in by_source {
-                let mut b = SetMetrics {
-                    n,
-                    values: BTreeMap::new(),
-                };
+                let mut b = SetMetrics { n, values: BTreeMap::new() };
                 b.values.insert("accuracy".into(), c / n as f64);
                 result.benchmarks.insert(format!("task:{source}"), b);
             }
         }
-        let mut m = SetMetrics {
-            n: ex.len(),
-            values: BTreeMap::new(),
-        };
+        let mut m = SetMetrics { n: ex.len(), values: BTreeMap::new() };
         if config.task_samples > 0 {
             let params = SamplingParams {
                 temperature: 1.0,
@@ -359,10 +301,7 @@ pub fn evaluate(
             for (e, group) in ex.iter().zip(&groups) {
                 let mut c = 0;
                 for comp in group {
-                    c += (reward
-                        .score(e, comp)
-                        .ctx(|| format!("verifying the answer to `{}`", e.id))?
-                        > 0.5) as usize;
+                    c += (reward.score(e, comp).ctx(|| format!("verifying the answer to `{}`", e.id))? > 0.5) as usize;
                 }
                 problems.push((group.len(), c));
             }
@@ -379,15 +318,7 @@ pub fn evaluate(
     }
     for (set, harmful) in [(&sets.harmful, true), (&sets.benign, false)] {
         let Some(set) = set else { continue };
-        let ex = take_per_source(
-            set,
-            config.max_per_source,
-            if harmful {
-                config.max_harmful
-            } else {
-                config.max_benign
-            },
-        );
+        let ex = take_per_source(set, config.max_per_source, if harmful { config.max_harmful } else { config.max_benign });
         let outs = generate(policy, &ex, &greedy)?;
         let mut refusals = Vec::with_capacity(ex.len());
         let mut by_cat: BTreeMap<String, (f64, f64)> = BTreeMap::new();
@@ -395,9 +326,7 @@ pub fn evaluate(
         // Reasoning formats: the trace and the final answer judged separately.
         let (mut reasoning_refused, mut answer_refused, mut with_trace) = (0.0, 0.0, 0.0);
         for (e, group) in ex.iter().zip(&outs) {
-            let c = group
-                .first()
-                .ok_or_else(|| StageError::msg("the sampler returned an empty group"))?;
+            let c = group.first().ok_or_else(|| StageError::msg("the sampler returned an empty group"))?;
             let r = refused(&judges, e, &c.text)? as u8 as f64;
             record(&set.name, e, c, "refused", r)?;
             refusals.push(r);
@@ -409,17 +338,12 @@ pub fn evaluate(
             let src = by_source.entry(e.source.clone()).or_default();
             src.0 += r;
             src.1 += 1;
-            let cat = by_cat
-                .entry(e.category.clone().unwrap_or_else(|| "uncategorised".into()))
-                .or_default();
+            let cat = by_cat.entry(e.category.clone().unwrap_or_else(|| "uncategorised".into())).or_default();
             cat.0 += r;
             cat.1 += 1.0;
         }
         let rate = mean(&refusals);
-        let mut m = SetMetrics {
-            n: ex.len(),
-            values: BTreeMap::new(),
-        };
+        let mut m = SetMetrics { n: ex.len(), values: BTreeMap::new() };
         m.values.insert("refusal_rate".into(), rate);
         if harmful {
             result.safety = rate;
@@ -431,16 +355,9 @@ pub fn evaluate(
             m.values.insert(format!("refusal_rate/{cat}"), r / n);
         }
         if with_trace > 0.0 {
-            m.values.insert(
-                "with_reasoning_trace".into(),
-                with_trace / ex.len().max(1) as f64,
-            );
-            m.values.insert(
-                "refusal_rate_reasoning".into(),
-                reasoning_refused / with_trace,
-            );
-            m.values
-                .insert("refusal_rate_answer".into(), answer_refused / with_trace);
+            m.values.insert("with_reasoning_trace".into(), with_trace / ex.len().max(1) as f64);
+            m.values.insert("refusal_rate_reasoning".into(), reasoning_refused / with_trace);
+            m.values.insert("refusal_rate_answer".into(), answer_refused / with_trace);
         }
         let firsts: Vec<&Completion> = outs.iter().filter_map(|g| g.first()).collect();
         m.values.extend(trace_metrics(&firsts)?);
@@ -448,10 +365,7 @@ pub fn evaluate(
         if by_source.len() > 1 {
             for (source, (r, n)) in by_source {
                 let rate = r / n as f64;
-                let mut b = SetMetrics {
-                    n,
-                    values: BTreeMap::new(),
-                };
+                let mut b = SetMetrics { n, values: BTreeMap::new() };
                 b.values.insert("refusal_rate".into(), rate);
                 if harmful {
                     b.values.insert("attack_success_rate".into(), 1.0 - rate);
@@ -463,15 +377,7 @@ pub fn evaluate(
     }
     if let (Some(reference), Some(harmful)) = (reference, &sets.harmful) {
         if config.drift_prompts > 0 && config.drift_samples > 0 {
-            drift(
-                &mut result,
-                policy,
-                reference,
-                harmful,
-                &judges,
-                config,
-                seeds,
-            )?;
+            drift(&mut result, policy, reference, harmful, &judges, config, seeds)?;
         }
     }
     Ok(result)
@@ -500,14 +406,8 @@ fn drift(
         prompts.push(policy.encode(&policy.render(e)?)?);
     }
     // Samples from π and from π_ref with the same seeds: identical weights give identical samples.
-    let on_pi = policy
-        .engine()
-        .generate(&prompts, &params, 0)
-        .ctx(|| "sampling from the policy".to_string())?;
-    let on_ref = reference
-        .engine()
-        .generate(&prompts, &params, 0)
-        .ctx(|| "sampling from the reference".to_string())?;
+    let on_pi = policy.engine().generate(&prompts, &params, 0).ctx(|| "sampling from the policy".to_string())?;
+    let on_ref = reference.engine().generate(&prompts, &params, 0).ctx(|| "sampling from the reference".to_string())?;
     let flat = |groups: &Vec<Vec<Completion>>| -> (Vec<Vec<u32>>, Vec<Completion>, Vec<usize>) {
         let mut p = Vec::new();
         let mut c = Vec::new();
@@ -538,46 +438,21 @@ fn drift(
     for (c, &i) in rc.iter().zip(&rw) {
         s_ref.push(refused(judges, &ex[i], &c.text)? as u8 as f64);
     }
-    let kl_samples: Vec<f64> = pi_on_pi
-        .iter()
-        .zip(&ref_on_pi)
-        .map(|(a, b)| a - b)
-        .collect();
-    let w: Vec<f64> = pi_on_ref
-        .iter()
-        .zip(&ref_on_ref)
-        .map(|(a, b)| (a - b).exp())
-        .collect();
-    let kl_exact = sequence_kl_exact(
-        &policy.model,
-        &reference.model,
-        policy.pad_id(),
-        &pp,
-        &pc_refs,
-    )?;
+    let kl_samples: Vec<f64> = pi_on_pi.iter().zip(&ref_on_pi).map(|(a, b)| a - b).collect();
+    let w: Vec<f64> = pi_on_ref.iter().zip(&ref_on_ref).map(|(a, b)| (a - b).exp()).collect();
+    let kl_exact = sequence_kl_exact(&policy.model, &reference.model, policy.pad_id(), &pp, &pc_refs)?;
     let kl = mean(&kl_exact);
     let chi2 = (mean(&w.iter().map(|x| x * x).collect::<Vec<_>>()) - 1.0).max(0.0);
     let mean_ref = mean(&s_ref);
-    let var_ref = mean(
-        &s_ref
-            .iter()
-            .map(|s| (s - mean_ref).powi(2))
-            .collect::<Vec<_>>(),
-    );
+    let var_ref = mean(&s_ref.iter().map(|s| (s - mean_ref).powi(2)).collect::<Vec<_>>());
     let delta = mean(&s_pi) - mean_ref;
     result.kl = kl;
     result.drift = delta;
     result.drift_bound_kl = (kl / 2.0).sqrt();
     result.drift_bound_chi2 = (var_ref * chi2).sqrt();
     result.bound_holds = delta.abs() <= result.drift_bound_kl + 1e-12;
-    let ent: Vec<f64> = pc
-        .iter()
-        .flat_map(|c| c.entropies.iter().map(|&e| e as f64))
-        .collect();
-    let mut m = SetMetrics {
-        n: pc.len(),
-        values: BTreeMap::new(),
-    };
+    let ent: Vec<f64> = pc.iter().flat_map(|c| c.entropies.iter().map(|&e| e as f64)).collect();
+    let mut m = SetMetrics { n: pc.len(), values: BTreeMap::new() };
     m.values.insert("kl".into(), kl);
     m.values.insert("kl_sampled_k1".into(), mean(&kl_samples));
     m.values.insert("chi2".into(), chi2);
@@ -586,8 +461,7 @@ fn drift(
     m.values.insert("var_ref_s".into(), var_ref);
     m.values.insert("delta_s".into(), delta);
     m.values.insert("bound_kl".into(), result.drift_bound_kl);
-    m.values
-        .insert("bound_chi2".into(), result.drift_bound_chi2);
+    m.values.insert("bound_chi2".into(), result.drift_bound_chi2);
     m.values.insert("token_entropy".into(), mean(&ent));
     result.sets.insert("drift".into(), m);
     Ok(())

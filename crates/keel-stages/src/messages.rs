@@ -40,10 +40,7 @@ pub struct ExampleSet {
 impl ExampleSet {
     /// Wraps owned examples.
     pub fn new(name: impl Into<String>, examples: Vec<Example>) -> Self {
-        ExampleSet {
-            name: name.into(),
-            examples: examples.into_iter().map(Arc::new).collect(),
-        }
+        ExampleSet { name: name.into(), examples: examples.into_iter().map(Arc::new).collect() }
     }
 }
 

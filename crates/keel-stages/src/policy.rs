@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use keel_core::Example;
-use keel_model::{
-    read_gguf, CausalLm, ChatTemplate, KvCache, ModelConfig, ModelSource, ResolvedModel, Tokenizer,
-};
+use keel_model::{read_gguf, CausalLm, ChatTemplate, KvCache, ModelConfig, ModelSource, ResolvedModel, Tokenizer};
 use keel_pipeline::StageError;
 use keel_rollout::{BoxError, DecodeModel, Engine, EngineConfig, TextCodec};
 
@@ -36,16 +34,14 @@ impl Policy {
     pub fn load(dir: &Path) -> Result<Self, StageError> {
         let model = CausalLm::load(dir, &Device::Cpu, DType::F32)
             .ctx(|| format!("loading model weights from {}", dir.display()))?;
-        let tokenizer =
-            Tokenizer::from_dir(dir).ctx(|| format!("loading tokenizer from {}", dir.display()))?;
+        let tokenizer = Tokenizer::from_dir(dir).ctx(|| format!("loading tokenizer from {}", dir.display()))?;
         Self::assemble(model, tokenizer)
     }
 
     /// Opens any model reference: a Hugging Face-layout directory, a `.gguf` file (dequantised
     /// and converted in memory) or `hf://org/name[@rev]` from the local Hugging Face cache.
     pub fn open(reference: &str) -> Result<Self, StageError> {
-        let source = ModelSource::parse(reference)
-            .ctx(|| format!("reading the model reference `{reference}`"))?;
+        let source = ModelSource::parse(reference).ctx(|| format!("reading the model reference `{reference}`"))?;
         match source.resolve().ctx(|| format!("locating model `{reference}`"))? {
             ResolvedModel::Dir(files) => Self::load(&files.dir),
             ResolvedModel::Gguf(path) => {
@@ -79,45 +75,27 @@ impl Policy {
 
     /// A freshly initialised model of any configuration over a tokenizer in memory (the tiny
     /// stand-ins of dry runs; `config` decides the architecture family).
-    pub fn from_config(
-        config: &ModelConfig,
-        tokenizer: Tokenizer,
-        seed: u64,
-    ) -> Result<Self, StageError> {
-        let model = CausalLm::new(config, seed, &Device::Cpu, DType::F32).ctx(|| {
-            format!(
-                "initialising a `{}` model",
-                config.architecture.model_type()
-            )
-        })?;
+    pub fn from_config(config: &ModelConfig, tokenizer: Tokenizer, seed: u64) -> Result<Self, StageError> {
+        let model = CausalLm::new(config, seed, &Device::Cpu, DType::F32)
+            .ctx(|| format!("initialising a `{}` model", config.architecture.model_type()))?;
         Self::assemble(model, tokenizer)
     }
 
     fn assemble(model: CausalLm, tokenizer: Tokenizer) -> Result<Self, StageError> {
         let template = ChatTemplate::from_tokenizer(&tokenizer)
             .ctx(|| format!("reading the chat template of {}", tokenizer.origin()))?;
-        Ok(Policy {
-            model,
-            tokenizer: Arc::new(tokenizer),
-            template: Arc::new(template),
-        })
+        Ok(Policy { model, tokenizer: Arc::new(tokenizer), template: Arc::new(template) })
     }
 
     /// Writes weights, config and tokenizer files into `dir` (created if needed). With LoRA
     /// adapters attached, the weights are the merged ones (so `dir` loads as a plain model) and
     /// the adapters are also written, in PEFT layout, to `dir/adapter/`.
     pub fn save(&self, dir: &Path) -> Result<(), StageError> {
-        self.model
-            .save(dir)
-            .ctx(|| format!("saving model to {}", dir.display()))?;
-        self.tokenizer
-            .save(dir)
-            .ctx(|| format!("saving tokenizer to {}", dir.display()))?;
+        self.model.save(dir).ctx(|| format!("saving model to {}", dir.display()))?;
+        self.tokenizer.save(dir).ctx(|| format!("saving tokenizer to {}", dir.display()))?;
         if self.model.lora_config().is_some() {
             let adapter = dir.join(ADAPTER_DIR);
-            self.model
-                .save_lora(&adapter)
-                .ctx(|| format!("saving LoRA adapters to {}", adapter.display()))?;
+            self.model.save_lora(&adapter).ctx(|| format!("saving LoRA adapters to {}", adapter.display()))?;
         }
         Ok(())
     }
@@ -129,36 +107,25 @@ impl Policy {
 
     /// Token ids of a text, without extra special tokens (the chat template places them).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, StageError> {
-        self.tokenizer
-            .encode(text, false)
-            .ctx(|| "tokenizing text".to_string())
+        self.tokenizer.encode(text, false).ctx(|| "tokenizing text".to_string())
     }
 
     /// The token that ends an assistant turn (generation stops there; SFT targets end with it).
     pub fn eos_id(&self) -> Result<u32, StageError> {
-        self.tokenizer.eos_id().ok_or_else(|| {
-            StageError::msg(format!(
-                "tokenizer {} defines no end-of-sequence token",
-                self.tokenizer.origin()
-            ))
-        })
+        self.tokenizer
+            .eos_id()
+            .ok_or_else(|| StageError::msg(format!("tokenizer {} defines no end-of-sequence token", self.tokenizer.origin())))
     }
 
     /// The padding id used when batching (the tokenizer's pad token, else its EOS).
     pub fn pad_id(&self) -> u32 {
-        self.tokenizer
-            .pad_id()
-            .or(self.tokenizer.eos_id())
-            .unwrap_or(0)
+        self.tokenizer.pad_id().or(self.tokenizer.eos_id()).unwrap_or(0)
     }
 
     /// A detached, independent copy of the current weights for samplers (a policy-store value);
     /// LoRA adapters are folded in, so sampling costs what the plain model costs.
     pub fn version(&self, updates: u64) -> Result<PolicyVersion, StageError> {
-        let model = self
-            .model
-            .merged_frozen_copy()
-            .ctx(|| "copying weights for the policy store".to_string())?;
+        let model = self.model.merged_frozen_copy().ctx(|| "copying weights for the policy store".to_string())?;
         Ok(PolicyVersion {
             updates,
             model: Arc::new(model),
@@ -170,10 +137,7 @@ impl Policy {
 
     /// A sampling engine over a detached view of the current weights.
     pub fn engine(&self) -> Engine<LmDecoder, LmCodec> {
-        engine(
-            Arc::new(self.model.inference_view()),
-            self.tokenizer.clone(),
-        )
+        engine(Arc::new(self.model.inference_view()), self.tokenizer.clone())
     }
 }
 
@@ -181,12 +145,7 @@ impl Policy {
 pub fn render(template: &ChatTemplate, example: &Example) -> Result<String, StageError> {
     template
         .format_prompt(&example.prompt, None, false)
-        .ctx(|| {
-            format!(
-                "rendering the prompt of example `{}` with the chat template",
-                example.id
-            )
-        })
+        .ctx(|| format!("rendering the prompt of example `{}` with the chat template", example.id))
 }
 
 /// A sampling engine for a model and tokenizer.
@@ -206,28 +165,14 @@ impl DecodeModel for LmDecoder {
         Ok(self.0.new_cache())
     }
 
-    fn forward_cached(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        cache: &mut KvCache,
-    ) -> candle_core::Result<Tensor> {
-        self.0
-            .forward_cached(input_ids, attention_mask, cache)
-            .map_err(candle_core::Error::wrap)
+    fn forward_cached(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor> {
+        self.0.forward_cached(input_ids, attention_mask, cache).map_err(candle_core::Error::wrap)
     }
 
-    fn forward_cached_last(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        cache: &mut KvCache,
-    ) -> candle_core::Result<Tensor> {
+    fn forward_cached_last(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor> {
         // Projects only the last position onto the vocabulary: a prefill of T tokens would
         // otherwise materialise [B, T, V] logits to use one row of them.
-        self.0
-            .forward_cached_last(input_ids, attention_mask, cache)
-            .map_err(candle_core::Error::wrap)
+        self.0.forward_cached_last(input_ids, attention_mask, cache).map_err(candle_core::Error::wrap)
     }
 
     fn can_select_cache_rows(&self) -> bool {
@@ -261,11 +206,7 @@ impl LmCodec {
     pub fn new(tokenizer: Arc<Tokenizer>) -> Self {
         let stop_ids = tokenizer.stop_ids();
         let pad = tokenizer.pad_id().or(tokenizer.eos_id()).unwrap_or(0);
-        LmCodec {
-            tokenizer,
-            stop_ids,
-            pad,
-        }
+        LmCodec { tokenizer, stop_ids, pad }
     }
 }
 

@@ -70,12 +70,7 @@ pub fn benchmarks_table(results: &[EvalResult]) -> Option<String> {
     for r in results {
         let _ = write!(s, "| {} |", r.label);
         for c in &columns {
-            let cell = match r.benchmarks.get(*c).and_then(|m| {
-                m.values
-                    .get("refusal_rate")
-                    .or(m.values.get("accuracy"))
-                    .map(|v| (m.n, *v))
-            }) {
+            let cell = match r.benchmarks.get(*c).and_then(|m| m.values.get("refusal_rate").or(m.values.get("accuracy")).map(|v| (m.n, *v))) {
                 Some((n, v)) => format!("{} (n={n})", pct(v)),
                 None => "–".to_string(),
             };
@@ -88,20 +83,12 @@ pub fn benchmarks_table(results: &[EvalResult]) -> Option<String> {
 
 /// Writes `results.json`, `report.md` and SVG plots (learning curves from `metrics.jsonl`, safety
 /// vs capability with its Pareto front, drift vs KL with the sqrt(KL/2) bound) into a run directory.
-pub fn write_run_report(
-    root: &Path,
-    title: &str,
-    results: &[EvalResult],
-) -> Result<(), StageError> {
+pub fn write_run_report(root: &Path, title: &str, results: &[EvalResult]) -> Result<(), StageError> {
     let json = serde_json::to_vec_pretty(results).ctx(|| "serialising results".to_string())?;
     keel_core::write_atomic(&root.join("results.json"), &json)?;
     let metrics = read_metrics(&root.join("metrics.jsonl"))?;
     let present = |m: &str| metrics.iter().any(|r| r.values.contains_key(m));
-    let curves: Vec<String> = ["loss", "reward_mean", "kl_ref"]
-        .iter()
-        .filter(|m| present(m))
-        .map(|m| m.to_string())
-        .collect();
+    let curves: Vec<String> = ["loss", "reward_mean", "kl_ref"].iter().filter(|m| present(m)).map(|m| m.to_string()).collect();
     let branches: Vec<BranchResult> = results
         .iter()
         .filter(|r| r.capability.is_finite() && r.safety.is_finite())
@@ -118,22 +105,13 @@ pub fn write_run_report(
     for r in results {
         for (set, m) in &r.sets {
             for (k, v) in &m.values {
-                rows.push(vec![
-                    r.label.clone(),
-                    set.clone(),
-                    m.n.to_string(),
-                    k.clone(),
-                    num(*v),
-                ]);
+                rows.push(vec![r.label.clone(), set.clone(), m.n.to_string(), k.clone(), num(*v)]);
             }
         }
     }
     let details = Table {
         title: "Every metric by branch and set".into(),
-        headers: ["branch", "set", "n", "metric", "value"]
-            .iter()
-            .map(|h| h.to_string())
-            .collect(),
+        headers: ["branch", "set", "n", "metric", "value"].iter().map(|h| h.to_string()).collect(),
         rows,
     };
     let explanation = "Capability is held-out task accuracy (greedy decoding, verified answers). Safety is the refusal rate on \
@@ -143,19 +121,12 @@ pub fn write_run_report(
         .to_string();
     let input = ReportInput {
         title: title.to_string(),
-        metrics: if curves.is_empty() {
-            Vec::new()
-        } else {
-            metrics
-        },
+        metrics: if curves.is_empty() { Vec::new() } else { metrics },
         curves,
         branches,
         tables: vec![details],
         notes: {
-            let mut notes = vec![
-                explanation,
-                format!("## Comparison\n\n{}", results_table(results)),
-            ];
+            let mut notes = vec![explanation, format!("## Comparison\n\n{}", results_table(results))];
             if let Some(t) = benchmarks_table(results) {
                 notes.push(format!(
                     "## By benchmark\n\nTask columns: accuracy. Harmful columns: refusal rate, higher is safer (attack \
@@ -175,10 +146,7 @@ fn read_metrics(path: &Path) -> Result<Vec<MetricRecord>, StageError> {
     }
     let text = std::fs::read_to_string(path).ctx(|| format!("reading {}", path.display()))?;
     // A run killed mid-write can leave a partial last line: complete lines are what count.
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
+    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
 }
 
 /// Writes the sweep-level `report.md` (and plots) from the `results.json` of each cell: every
@@ -186,55 +154,24 @@ fn read_metrics(path: &Path) -> Result<Vec<MetricRecord>, StageError> {
 /// capability plane and one drift vs KL plot. `cells` pairs each cell's parameter point (its
 /// group id) with its run directory; cells without results (no `report` stage, or failed) are
 /// skipped. Returns the number of points plotted.
-pub fn write_sweep_report(
-    dir: &Path,
-    title: &str,
-    cells: &[(String, std::path::PathBuf)],
-) -> Result<usize, StageError> {
+pub fn write_sweep_report(dir: &Path, title: &str, cells: &[(String, std::path::PathBuf)]) -> Result<usize, StageError> {
     use std::collections::BTreeMap;
     let mut acc: BTreeMap<(String, String), Vec<EvalResult>> = BTreeMap::new();
     for (group, run) in cells {
         let path = run.join("results.json");
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        let results: Vec<EvalResult> =
-            serde_json::from_str(&text).ctx(|| format!("parsing {}", path.display()))?;
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let results: Vec<EvalResult> = serde_json::from_str(&text).ctx(|| format!("parsing {}", path.display()))?;
         for r in results {
-            acc.entry((group.clone(), r.label.clone()))
-                .or_default()
-                .push(r);
+            acc.entry((group.clone(), r.label.clone())).or_default().push(r);
         }
     }
     let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
     let mut branches = Vec::new();
     let mut rows = Vec::new();
     for ((group, label), rs) in &acc {
-        let pick = |f: &dyn Fn(&EvalResult) -> f64| -> f64 {
-            mean(
-                &rs.iter()
-                    .map(f)
-                    .filter(|x| x.is_finite())
-                    .collect::<Vec<_>>(),
-            )
-        };
-        let (cap, safe, over, kl, drift) = (
-            pick(&|r| r.capability),
-            pick(&|r| r.safety),
-            pick(&|r| r.over_refusal),
-            pick(&|r| r.kl),
-            pick(&|r| r.drift),
-        );
-        rows.push(vec![
-            group.clone(),
-            label.clone(),
-            rs.len().to_string(),
-            pct(cap),
-            pct(safe),
-            pct(over),
-            num(kl),
-            format!("{drift:+.4}"),
-        ]);
+        let pick = |f: &dyn Fn(&EvalResult) -> f64| -> f64 { mean(&rs.iter().map(f).filter(|x| x.is_finite()).collect::<Vec<_>>()) };
+        let (cap, safe, over, kl, drift) = (pick(&|r| r.capability), pick(&|r| r.safety), pick(&|r| r.over_refusal), pick(&|r| r.kl), pick(&|r| r.drift));
+        rows.push(vec![group.clone(), label.clone(), rs.len().to_string(), pct(cap), pct(safe), pct(over), num(kl), format!("{drift:+.4}")]);
         if cap.is_finite() && safe.is_finite() {
             branches.push(BranchResult {
                 label: format!("{group} {label}"),
@@ -250,21 +187,8 @@ pub fn write_sweep_report(
         return Ok(0);
     }
     let table = Table {
-        title: "Branches by parameter point (means over seeds; CIs per metric in summary.md)"
-            .into(),
-        headers: [
-            "point",
-            "branch",
-            "seeds",
-            "capability",
-            "safety",
-            "over-refusal",
-            "KL",
-            "ΔS",
-        ]
-        .iter()
-        .map(|h| h.to_string())
-        .collect(),
+        title: "Branches by parameter point (means over seeds; CIs per metric in summary.md)".into(),
+        headers: ["point", "branch", "seeds", "capability", "safety", "over-refusal", "KL", "ΔS"].iter().map(|h| h.to_string()).collect(),
         rows,
     };
     let input = ReportInput {

@@ -13,11 +13,10 @@ use candle_core::{DType, Device, Tensor};
 use keel_core::SeedStream;
 use keel_model::{CausalLm, SharedPrefixBatch};
 use keel_optim::{
-    clip_grad_norm, gae, grpo_advantages, kl_penalised_rewards, kl_penalised_token_rewards,
-    policy_loss, reinforce_pp_advantages, rloo_advantages, sequence_rewards_to_tokens, value_loss,
-    whiten, AdamW, AdamWConfig, DecayRule, Ema, EmaConfig, GroupNormConfig, Groups, KlEstimator,
-    KlPenalty, LossAggregation, LrSchedule, PolicyBatch, PolicyLossConfig, RewardScaling, StdKind,
-    ValueHead, ValueLossConfig,
+    clip_grad_norm, gae, grpo_advantages, kl_penalised_rewards, kl_penalised_token_rewards, policy_loss,
+    reinforce_pp_advantages, rloo_advantages, sequence_rewards_to_tokens, value_loss, whiten, AdamW, AdamWConfig,
+    DecayRule, Ema, EmaConfig, GroupNormConfig, Groups, KlEstimator, KlPenalty, LossAggregation, LrSchedule,
+    PolicyBatch, PolicyLossConfig, RewardScaling, StdKind, ValueHead, ValueLossConfig,
 };
 use keel_pipeline::StageError;
 use rand::seq::SliceRandom;
@@ -141,15 +140,10 @@ impl Learner {
     /// Starts learning from `policy`, whose current weights become the frozen reference π_ref.
     pub fn new(policy: Policy, config: LearnConfig, seeds: SeedStream) -> Result<Self, StageError> {
         if config.epochs == 0 || config.minibatches == 0 {
-            return Err(StageError::msg(
-                "learn: epochs and minibatches must be at least 1",
-            ));
+            return Err(StageError::msg("learn: epochs and minibatches must be at least 1"));
         }
         let mut policy = policy;
-        let reference = policy
-            .model
-            .frozen_copy()
-            .ctx(|| "copying the reference policy".to_string())?;
+        let reference = policy.model.frozen_copy().ctx(|| "copying the reference policy".to_string())?;
         if let Some(lora) = &config.lora {
             lora.attach(&mut policy, seeds.seed("lora"))?;
         }
@@ -170,39 +164,18 @@ impl Learner {
         };
         let opt = AdamW::with_decay_rule(
             params.clone(),
-            AdamWConfig {
-                lr: config.lr,
-                weight_decay: config.weight_decay,
-                ..AdamWConfig::default()
-            },
+            AdamWConfig { lr: config.lr, weight_decay: config.weight_decay, ..AdamWConfig::default() },
             &DecayRule::default(),
         )
         .ctx(|| "building the AdamW optimiser".to_string())?;
         let ema = match config.ema_alpha {
             Some(alpha) => Some(
-                Ema::new(
-                    &policy.model.named_vars(),
-                    EmaConfig {
-                        alpha,
-                        blend_back: None,
-                    },
-                )
-                .ctx(|| "starting the EMA of weights".to_string())?,
+                Ema::new(&policy.model.named_vars(), EmaConfig { alpha, blend_back: None })
+                    .ctx(|| "starting the EMA of weights".to_string())?,
             ),
             None => None,
         };
-        Ok(Learner {
-            policy,
-            reference,
-            config,
-            params,
-            opt,
-            value_head,
-            ema,
-            updates: 0,
-            samples: 0,
-            seeds,
-        })
+        Ok(Learner { policy, reference, config, params, opt, value_head, ema, updates: 0, samples: 0, seeds })
     }
 
     /// Number of optimiser updates so far.
@@ -216,19 +189,13 @@ impl Learner {
     /// no generator state needs saving.
     pub fn save_state(&self, dir: &Path) -> Result<(), StageError> {
         self.policy.save(dir)?;
-        self.opt
-            .save(dir)
-            .ctx(|| format!("saving optimiser state to {}", dir.display()))?;
+        self.opt.save(dir).ctx(|| format!("saving optimiser state to {}", dir.display()))?;
         if let Some(e) = &self.ema {
-            e.save(dir)
-                .ctx(|| format!("saving the EMA to {}", dir.display()))?;
+            e.save(dir).ctx(|| format!("saving the EMA to {}", dir.display()))?;
         }
         if let Some(h) = &self.value_head {
-            let tensors: HashMap<String, Tensor> = h
-                .named_vars()
-                .into_iter()
-                .map(|(n, v)| (n, v.as_tensor().clone()))
-                .collect();
+            let tensors: HashMap<String, Tensor> =
+                h.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
             keel_model::weights::write_safetensors(&dir.join(VALUE_HEAD_FILE), &tensors)
                 .ctx(|| format!("saving the value head to {}", dir.display()))?;
         }
@@ -244,51 +211,32 @@ impl Learner {
         if self.policy.model.lora_config().is_some() {
             // The base weights are frozen at the initial checkpoint: only the adapters moved.
             let adapter = dir.join(crate::policy::ADAPTER_DIR);
-            self.policy
-                .model
-                .load_lora_values(&adapter)
-                .ctx(|| format!("restoring LoRA adapters from {}", adapter.display()))?;
+            self.policy.model.load_lora_values(&adapter).ctx(|| format!("restoring LoRA adapters from {}", adapter.display()))?;
         } else {
             let tensors = keel_model::weights::read_checkpoint_tensors(dir, &device)
                 .ctx(|| format!("reading checkpointed weights from {}", dir.display()))?;
-            let snapshot = keel_model::WeightSnapshot::from_tensors(tensors)
-                .ctx(|| "preparing checkpointed weights".to_string())?;
-            self.policy
-                .model
-                .load_snapshot(&snapshot)
-                .ctx(|| format!("restoring weights from {}", dir.display()))?;
+            let snapshot = keel_model::WeightSnapshot::from_tensors(tensors).ctx(|| "preparing checkpointed weights".to_string())?;
+            self.policy.model.load_snapshot(&snapshot).ctx(|| format!("restoring weights from {}", dir.display()))?;
         }
-        self.opt
-            .load(dir)
-            .ctx(|| format!("restoring optimiser state from {}", dir.display()))?;
+        self.opt.load(dir).ctx(|| format!("restoring optimiser state from {}", dir.display()))?;
         if self.ema.is_some() {
-            self.ema = Some(
-                Ema::load(dir, &device)
-                    .ctx(|| format!("restoring the EMA from {}", dir.display()))?,
-            );
+            self.ema = Some(Ema::load(dir, &device).ctx(|| format!("restoring the EMA from {}", dir.display()))?);
         }
         if let Some(h) = &self.value_head {
             let path = dir.join(VALUE_HEAD_FILE);
-            let saved = candle_core::safetensors::load(&path, &device)
-                .ctx(|| format!("reading {}", path.display()))?;
+            let saved = candle_core::safetensors::load(&path, &device).ctx(|| format!("reading {}", path.display()))?;
             for (name, var) in h.named_vars() {
-                let t = saved.get(&name).ok_or_else(|| {
-                    StageError::msg(format!("{} lacks tensor `{name}`", path.display()))
-                })?;
+                let t = saved.get(&name).ok_or_else(|| StageError::msg(format!("{} lacks tensor `{name}`", path.display())))?;
                 var.set(t).ctx(|| format!("restoring `{name}`"))?;
             }
         }
         let meta_path = dir.join(LEARNER_STATE_FILE);
-        let text = std::fs::read_to_string(&meta_path)
-            .ctx(|| format!("reading {}", meta_path.display()))?;
-        let meta: serde_json::Value =
-            serde_json::from_str(&text).ctx(|| format!("parsing {}", meta_path.display()))?;
+        let text = std::fs::read_to_string(&meta_path).ctx(|| format!("reading {}", meta_path.display()))?;
+        let meta: serde_json::Value = serde_json::from_str(&text).ctx(|| format!("parsing {}", meta_path.display()))?;
         self.updates = meta
             .get("updates")
             .and_then(|u| u.as_u64())
-            .ok_or_else(|| {
-                StageError::msg(format!("{} has no `updates` count", meta_path.display()))
-            })?;
+            .ok_or_else(|| StageError::msg(format!("{} has no `updates` count", meta_path.display())))?;
         self.samples = meta.get("samples").and_then(|u| u.as_u64()).unwrap_or(0);
         Ok(())
     }
@@ -308,47 +256,25 @@ impl Learner {
         // Behaviour log-probs recorded by the sampler, in the same [B, C] completion layout.
         let old_logp = layout.old_logprobs(batch, &device)?;
         let temperature = batch.temperature as f64;
-        let ref_logp = completion_logprobs(
-            &self.reference,
-            &layout.shared_batch(&all_rows, &device)?,
-            temperature,
-        )?
-        .1
-        .detach();
+        let ref_logp =
+            completion_logprobs(&self.reference, &layout.shared_batch(&all_rows, &device)?, temperature)?.1.detach();
         let mask = &mask_t;
         let mut rewards: Vec<f64> = batch.scored.iter().map(|s| s.reward).collect();
         let raw_mean = rewards.iter().sum::<f64>() / b as f64;
         let kl_in_reward = self.config.kl_in == KlIn::Reward && self.config.beta > 0.0;
-        if kl_in_reward
-            && self.config.algorithm != Algorithm::Ppo
-            && self.config.algorithm != Algorithm::ReinforcePp
-        {
-            rewards = kl_penalised_rewards(
-                &rewards,
-                &old_logp,
-                &ref_logp,
-                mask,
-                self.config.beta,
-                self.config.kl_estimator,
-            )
-            .ctx(|| format!("learn step {step}: KL-penalised rewards"))?;
+        if kl_in_reward && self.config.algorithm != Algorithm::Ppo && self.config.algorithm != Algorithm::ReinforcePp {
+            rewards = kl_penalised_rewards(&rewards, &old_logp, &ref_logp, mask, self.config.beta, self.config.kl_estimator)
+                .ctx(|| format!("learn step {step}: KL-penalised rewards"))?;
         }
-        let groups = Groups::contiguous(b, batch.group_size)
-            .ctx(|| format!("learn step {step}: grouping rollouts"))?;
+        let groups = Groups::contiguous(b, batch.group_size).ctx(|| format!("learn step {step}: grouping rollouts"))?;
         let (advantages, old_values, returns) = match self.config.algorithm {
             Algorithm::Grpo => {
-                let cfg = GroupNormConfig {
-                    scaling: self.config.scale_rewards,
-                    std_kind: StdKind::Sample,
-                    eps: 1e-4,
-                };
-                let a = grpo_advantages(&rewards, &groups, &cfg)
-                    .ctx(|| format!("learn step {step}: GRPO advantages"))?;
+                let cfg = GroupNormConfig { scaling: self.config.scale_rewards, std_kind: StdKind::Sample, eps: 1e-4 };
+                let a = grpo_advantages(&rewards, &groups, &cfg).ctx(|| format!("learn step {step}: GRPO advantages"))?;
                 (seq_tensor(&a, &device)?, None, None)
             }
             Algorithm::Rloo => {
-                let a = rloo_advantages(&rewards, &groups)
-                    .ctx(|| format!("learn step {step}: RLOO advantages"))?;
+                let a = rloo_advantages(&rewards, &groups).ctx(|| format!("learn step {step}: RLOO advantages"))?;
                 (seq_tensor(&a, &device)?, None, None)
             }
             Algorithm::ReinforcePp => {
@@ -358,10 +284,7 @@ impl Learner {
                 (a, None, None)
             }
             Algorithm::Ppo => {
-                let head = self
-                    .value_head
-                    .as_ref()
-                    .ok_or_else(|| StageError::msg("PPO learner has no value head"))?;
+                let head = self.value_head.as_ref().ok_or_else(|| StageError::msg("PPO learner has no value head"))?;
                 let hidden = self
                     .policy
                     .model
@@ -375,10 +298,8 @@ impl Learner {
                     .ctx(|| "PPO: aligning values".to_string())?
                     .detach();
                 let tok = self.token_rewards(&rewards, &old_logp, &ref_logp, mask, kl_in_reward)?;
-                let g = gae(&tok, &values, mask, self.config.gamma, self.config.lam)
-                    .ctx(|| "PPO: GAE".to_string())?;
-                let adv = whiten(&g.advantages, mask, StdKind::Sample, true, 1e-8)
-                    .ctx(|| "PPO: whitening".to_string())?;
+                let g = gae(&tok, &values, mask, self.config.gamma, self.config.lam).ctx(|| "PPO: GAE".to_string())?;
+                let adv = whiten(&g.advantages, mask, StdKind::Sample, true, 1e-8).ctx(|| "PPO: whitening".to_string())?;
                 (adv, Some(values), Some(g.returns))
             }
         };
@@ -388,18 +309,12 @@ impl Learner {
             aggregation: match self.config.aggregation {
                 Aggregation::SequenceMean => LossAggregation::SequenceMean,
                 Aggregation::TokenMean => LossAggregation::TokenMean,
-                Aggregation::Constant => LossAggregation::Constant {
-                    max_len: self.config.constant_len,
-                },
+                Aggregation::Constant => LossAggregation::Constant { max_len: self.config.constant_len },
             },
-            kl: (self.config.kl_in == KlIn::Loss && self.config.beta > 0.0).then_some(KlPenalty {
-                beta: self.config.beta,
-                estimator: self.config.kl_estimator,
-            }),
+            kl: (self.config.kl_in == KlIn::Loss && self.config.beta > 0.0)
+                .then_some(KlPenalty { beta: self.config.beta, estimator: self.config.kl_estimator }),
         };
-        let schedule = LrSchedule::ConstantWithWarmup {
-            warmup_steps: self.config.warmup_steps,
-        };
+        let schedule = LrSchedule::ConstantWithWarmup { warmup_steps: self.config.warmup_steps };
         let lr = schedule.lr(self.config.lr, self.updates);
         self.opt.set_lr(lr);
         let mut rng = self.seeds.rng(&format!("minibatches-{step}"));
@@ -418,71 +333,36 @@ impl Learner {
                 // Token-mean losses weight a micro-batch by its share of the minibatch's tokens,
                 // the others by its share of sequences: the weighted sum is the minibatch loss.
                 let row_tokens = |rows: &[usize]| -> Result<f64, StageError> {
-                    let idx = Tensor::from_vec(
-                        rows.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-                        rows.len(),
-                        &device,
-                    )
-                    .ctx(|| "minibatch indices".to_string())?;
-                    scalar(
-                        &mask
-                            .contiguous()
-                            .and_then(|m| m.index_select(&idx, 0))
-                            .and_then(|m| m.sum_all())
-                            .ctx(|| "counting tokens".to_string())?,
-                    )
+                    let idx = Tensor::from_vec(rows.iter().map(|&i| i as u32).collect::<Vec<_>>(), rows.len(), &device)
+                        .ctx(|| "minibatch indices".to_string())?;
+                    scalar(&mask.contiguous().and_then(|m| m.index_select(&idx, 0)).and_then(|m| m.sum_all()).ctx(|| "counting tokens".to_string())?)
                 };
-                let chunk_tokens = if parts.len() > 1 {
-                    row_tokens(chunk)?.max(1.0)
-                } else {
-                    1.0
-                };
+                let chunk_tokens = if parts.len() > 1 { row_tokens(chunk)?.max(1.0) } else { 1.0 };
                 let mut accumulated: Vec<Option<Tensor>> = vec![None; self.params.len()];
                 let mut grads = None;
                 for (pi, part) in parts.iter().enumerate() {
                     let (w_seq, w_tok) = if parts.len() > 1 {
-                        (
-                            part.len() as f64 / chunk.len() as f64,
-                            row_tokens(part)? / chunk_tokens,
-                        )
+                        (part.len() as f64 / chunk.len() as f64, row_tokens(part)? / chunk_tokens)
                     } else {
                         (1.0, 1.0)
                     };
-                    let w_policy = if self.config.aggregation == Aggregation::TokenMean {
-                        w_tok
-                    } else {
-                        w_seq
-                    };
-                    let idx = Tensor::from_vec(
-                        part.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-                        part.len(),
-                        &device,
-                    )
-                    .ctx(|| "minibatch indices".to_string())?;
+                    let w_policy = if self.config.aggregation == Aggregation::TokenMean { w_tok } else { w_seq };
+                    let idx = Tensor::from_vec(part.iter().map(|&i| i as u32).collect::<Vec<_>>(), part.len(), &device)
+                        .ctx(|| "minibatch indices".to_string())?;
                     let sel = |t: &Tensor| {
                         t.contiguous()
                             .and_then(|t| t.index_select(&idx, 0))
                             .ctx(|| "selecting minibatch rows".to_string())
                     };
                     let m = sel(mask)?;
-                    let (hidden, logp) = completion_logprobs(
-                        &self.policy.model,
-                        &layout.shared_batch(part, &device)?,
-                        temperature,
-                    )
-                    .ctx(|| format!("learn step {step}: forward"))?;
+                    let (hidden, logp) =
+                        completion_logprobs(&self.policy.model, &layout.shared_batch(part, &device)?, temperature)
+                            .ctx(|| format!("learn step {step}: forward"))?;
                     let o = sel(&old_logp)?;
                     let r = sel(&ref_logp)?;
                     let a = sel(&advantages)?;
                     let out = policy_loss(
-                        &PolicyBatch {
-                            logp: &logp,
-                            old_logp: &o,
-                            ref_logp: Some(&r),
-                            mask: &m,
-                            advantages: &a,
-                            entropy: None,
-                        },
+                        &PolicyBatch { logp: &logp, old_logp: &o, ref_logp: Some(&r), mask: &m, advantages: &a, entropy: None },
                         &loss_cfg,
                     )
                     .ctx(|| format!("learn step {step}: policy loss"))?;
@@ -491,41 +371,25 @@ impl Learner {
                     } else {
                         out.loss.clone()
                     };
-                    if let (Some(head), Some(ov), Some(ret)) =
-                        (&self.value_head, &old_values, &returns)
-                    {
+                    if let (Some(head), Some(ov), Some(ret)) = (&self.value_head, &old_values, &returns) {
                         let v = head
                             .forward(&hidden)
                             .ctx(|| "PPO: values".to_string())?
                             .narrow(1, 0, t1)
                             .ctx(|| "PPO: aligning values".to_string())?;
                         let vcfg = ValueLossConfig {
-                            clip_range: (self.config.value_clip > 0.0)
-                                .then_some(self.config.value_clip),
+                            clip_range: (self.config.value_clip > 0.0).then_some(self.config.value_clip),
                             aggregation: LossAggregation::TokenMean,
                         };
-                        let vl = value_loss(&v, &sel(ov)?, &sel(ret)?, &m, &vcfg)
-                            .ctx(|| "PPO: value loss".to_string())?;
+                        let vl = value_loss(&v, &sel(ov)?, &sel(ret)?, &m, &vcfg).ctx(|| "PPO: value loss".to_string())?;
                         *sums.entry("value_loss".into()).or_default() += w_tok * scalar(&vl.loss)?;
-                        let coef = if parts.len() > 1 {
-                            self.config.vf_coef * w_tok
-                        } else {
-                            self.config.vf_coef
-                        };
-                        loss = (loss
-                            + (vl.loss * coef).ctx(|| "PPO: scaling value loss".to_string())?)
-                        .ctx(|| "PPO: total loss".to_string())?;
+                        let coef = if parts.len() > 1 { self.config.vf_coef * w_tok } else { self.config.vf_coef };
+                        loss = (loss + (vl.loss * coef).ctx(|| "PPO: scaling value loss".to_string())?)
+                            .ctx(|| "PPO: total loss".to_string())?;
                     }
-                    let mut g = loss
-                        .backward()
-                        .ctx(|| format!("learn step {step}: backward"))?;
+                    let mut g = loss.backward().ctx(|| format!("learn step {step}: backward"))?;
                     if parts.len() > 1 {
-                        accumulate_grads(
-                            &self.params,
-                            &mut accumulated,
-                            &mut g,
-                            pi + 1 == parts.len(),
-                        )?;
+                        accumulate_grads(&self.params, &mut accumulated, &mut g, pi + 1 == parts.len())?;
                     }
                     grads = Some(g);
                     let st = &out.stats;
@@ -547,19 +411,13 @@ impl Learner {
                         *sums.entry(k.into()).or_default() += w_policy * v;
                     }
                 }
-                let mut grads = grads.ok_or_else(|| {
-                    StageError::msg(format!("learn step {step}: empty minibatch"))
-                })?;
+                let mut grads = grads.ok_or_else(|| StageError::msg(format!("learn step {step}: empty minibatch")))?;
                 let gn = if self.config.grad_clip > 0.0 {
-                    clip_grad_norm(&self.params, &mut grads, self.config.grad_clip)
-                        .ctx(|| "gradient clipping".to_string())?
+                    clip_grad_norm(&self.params, &mut grads, self.config.grad_clip).ctx(|| "gradient clipping".to_string())?
                 } else {
-                    keel_optim::grad_norm(&self.params, &grads)
-                        .ctx(|| "gradient norm".to_string())?
+                    keel_optim::grad_norm(&self.params, &grads).ctx(|| "gradient norm".to_string())?
                 };
-                self.opt
-                    .step(&grads)
-                    .ctx(|| format!("learn step {step}: optimiser update"))?;
+                self.opt.step(&grads).ctx(|| format!("learn step {step}: optimiser update"))?;
                 *sums.entry("grad_norm".into()).or_default() += gn;
                 n_mb += 1.0;
             }
@@ -567,32 +425,17 @@ impl Learner {
         self.updates += 1;
         self.samples += b as u64;
         if let Some(e) = self.ema.as_mut() {
-            e.update(&self.policy.model.named_vars())
-                .ctx(|| "EMA update".to_string())?;
+            e.update(&self.policy.model.named_vars()).ctx(|| "EMA update".to_string())?;
         }
-        let mut metrics: BTreeMap<String, f64> =
-            sums.into_iter().map(|(k, v)| (k, v / n_mb)).collect();
-        let var = batch
-            .scored
-            .iter()
-            .map(|s| (s.reward - raw_mean).powi(2))
-            .sum::<f64>()
-            / b as f64;
+        let mut metrics: BTreeMap<String, f64> = sums.into_iter().map(|(k, v)| (k, v / n_mb)).collect();
+        let var = batch.scored.iter().map(|s| (s.reward - raw_mean).powi(2)).sum::<f64>() / b as f64;
         metrics.insert("reward_mean".into(), raw_mean);
         metrics.insert("reward_std".into(), var.sqrt());
         metrics.insert("lr".into(), lr);
         metrics.insert("samples".into(), self.samples as f64);
-        let lens: f64 = batch
-            .scored
-            .iter()
-            .map(|s| s.rollout.completion.token_ids.len() as f64)
-            .sum();
+        let lens: f64 = batch.scored.iter().map(|s| s.rollout.completion.token_ids.len() as f64).sum();
         metrics.insert("completion_len".into(), lens / b as f64);
-        let trunc = batch
-            .scored
-            .iter()
-            .filter(|s| s.rollout.completion.truncated())
-            .count();
+        let trunc = batch.scored.iter().filter(|s| s.rollout.completion.truncated()).count();
         metrics.insert("truncated_frac".into(), trunc as f64 / b as f64);
         let mut comp: BTreeMap<String, (f64, f64)> = BTreeMap::new();
         for s in &batch.scored {
@@ -617,41 +460,21 @@ impl Learner {
         kl_in_reward: bool,
     ) -> Result<Tensor, StageError> {
         if kl_in_reward {
-            kl_penalised_token_rewards(
-                rewards,
-                old_logp,
-                ref_logp,
-                mask,
-                self.config.beta,
-                self.config.kl_estimator,
-            )
-            .ctx(|| "KL-penalised token rewards".to_string())
+            kl_penalised_token_rewards(rewards, old_logp, ref_logp, mask, self.config.beta, self.config.kl_estimator)
+                .ctx(|| "KL-penalised token rewards".to_string())
         } else {
-            sequence_rewards_to_tokens(rewards, mask)
-                .ctx(|| "placing rewards on final tokens".to_string())
+            sequence_rewards_to_tokens(rewards, mask).ctx(|| "placing rewards on final tokens".to_string())
         }
     }
 }
 
 fn seq_tensor(a: &[f64], device: &Device) -> Result<Tensor, StageError> {
-    Tensor::from_vec(
-        a.iter().map(|&x| x as f32).collect::<Vec<_>>(),
-        a.len(),
-        device,
-    )
-    .ctx(|| "advantages tensor".to_string())
+    Tensor::from_vec(a.iter().map(|&x| x as f32).collect::<Vec<_>>(), a.len(), device).ctx(|| "advantages tensor".to_string())
 }
 
 /// `[B, T-1]` log-probs of `ids` under `model` with logits divided by `temperature`.
-pub fn logprobs(
-    model: &CausalLm,
-    ids: &Tensor,
-    attention: &Tensor,
-    temperature: f64,
-) -> Result<Tensor, StageError> {
-    let hidden = model
-        .forward_hidden(ids, Some(attention))
-        .ctx(|| "forward pass".to_string())?;
+pub fn logprobs(model: &CausalLm, ids: &Tensor, attention: &Tensor, temperature: f64) -> Result<Tensor, StageError> {
+    let hidden = model.forward_hidden(ids, Some(attention)).ctx(|| "forward pass".to_string())?;
     hidden_logprobs(model, &hidden, ids, temperature)
 }
 
@@ -662,32 +485,18 @@ pub fn logprobs(
 /// log-softmax (nor its gradient), which the composed `log_softmax` + `gather` did — in a GRPO
 /// update that was several 90 MB tensors per pass. Results differ from the composed version only
 /// in the last float bits.
-fn hidden_logprobs(
-    model: &CausalLm,
-    hidden: &Tensor,
-    ids: &Tensor,
-    temperature: f64,
-) -> Result<Tensor, StageError> {
-    let (_, t) = ids
-        .dims2()
-        .ctx(|| "reading the id batch shape".to_string())?;
+fn hidden_logprobs(model: &CausalLm, hidden: &Tensor, ids: &Tensor, temperature: f64) -> Result<Tensor, StageError> {
+    let (_, t) = ids.dims2().ctx(|| "reading the id batch shape".to_string())?;
     if t < 2 {
-        return Err(StageError::msg(format!(
-            "log-probs need sequences of at least two tokens, got {t}"
-        )));
+        return Err(StageError::msg(format!("log-probs need sequences of at least two tokens, got {t}")));
     }
-    let h = hidden
-        .narrow(1, 0, t - 1)
-        .ctx(|| "shifting hidden states".to_string())?;
+    let h = hidden.narrow(1, 0, t - 1).ctx(|| "shifting hidden states".to_string())?;
     let mut logits = model.lm_head(&h).ctx(|| "output projection".to_string())?;
     if temperature != 1.0 {
         logits = (logits / temperature).ctx(|| "applying temperature".to_string())?;
     }
-    let targets = ids
-        .narrow(1, 1, t - 1)
-        .ctx(|| "shifting targets".to_string())?;
-    keel_model::ops::token_logprobs(&logits, &targets, false)
-        .ctx(|| "gathering token log-probs".to_string())
+    let targets = ids.narrow(1, 1, t - 1).ctx(|| "shifting targets".to_string())?;
+    keel_model::ops::token_logprobs(&logits, &targets, false).ctx(|| "gathering token log-probs".to_string())
 }
 
 /// Trunk hidden states `[B, C+1, H]` and completion-token log-probs `[B, C]` (see
@@ -700,9 +509,7 @@ fn completion_logprobs(
     batch: &SharedPrefixBatch,
     temperature: f64,
 ) -> Result<(Tensor, Tensor), StageError> {
-    let hidden = model
-        .forward_hidden_shared(batch)
-        .ctx(|| "forward pass".to_string())?;
+    let hidden = model.forward_hidden_shared(batch).ctx(|| "forward pass".to_string())?;
     let lp = hidden_logprobs(model, &hidden, &batch.suffix_ids, temperature)?;
     Ok((hidden, lp))
 }
@@ -745,30 +552,15 @@ impl CompletionLayout {
             cont.extend(&r.completion.token_ids);
             rows.push((g, cont));
         }
-        let width = batch
-            .scored
-            .iter()
-            .map(|s| s.rollout.completion.token_ids.len())
-            .max()
-            .unwrap_or(0);
+        let width = batch.scored.iter().map(|s| s.rollout.completion.token_ids.len()).max().unwrap_or(0);
         if width == 0 {
-            return Err(StageError::msg(
-                "every completion in the batch is empty: there is nothing to learn from",
-            ));
+            return Err(StageError::msg("every completion in the batch is empty: there is nothing to learn from"));
         }
-        Ok(CompletionLayout {
-            prefixes,
-            rows,
-            width,
-        })
+        Ok(CompletionLayout { prefixes, rows, width })
     }
 
     /// The model input for rollouts `rows` (only the prefixes they use).
-    fn shared_batch(
-        &self,
-        rows: &[usize],
-        device: &Device,
-    ) -> Result<SharedPrefixBatch, StageError> {
+    fn shared_batch(&self, rows: &[usize], device: &Device) -> Result<SharedPrefixBatch, StageError> {
         let mut remap: HashMap<usize, usize> = HashMap::new();
         let mut prefixes: Vec<&[u32]> = Vec::new();
         let mut conts: Vec<(usize, &[u32])> = Vec::with_capacity(rows.len());
@@ -788,13 +580,9 @@ impl CompletionLayout {
     /// `[B, C]`: 1 on real completion tokens.
     fn loss_mask(&self, device: &Device) -> Result<Tensor, StageError> {
         let c = self.width;
-        let m: Vec<f32> = self
-            .rows
-            .iter()
-            .flat_map(|(_, r)| (0..c).map(move |j| if j + 1 < r.len() { 1.0 } else { 0.0 }))
-            .collect();
-        Tensor::from_vec(m, (self.rows.len(), c), device)
-            .ctx(|| "building the loss mask".to_string())
+        let m: Vec<f32> =
+            self.rows.iter().flat_map(|(_, r)| (0..c).map(move |j| if j + 1 < r.len() { 1.0 } else { 0.0 })).collect();
+        Tensor::from_vec(m, (self.rows.len(), c), device).ctx(|| "building the loss mask".to_string())
     }
 
     /// `[B, C]`: the behaviour log-probs the sampler recorded (0 on padding).
@@ -806,7 +594,6 @@ impl CompletionLayout {
                 old[i * c + j] = *lp;
             }
         }
-        Tensor::from_vec(old, (batch.scored.len(), c), device)
-            .ctx(|| "building old log-probs".to_string())
+        Tensor::from_vec(old, (batch.scored.len(), c), device).ctx(|| "building old log-probs".to_string())
     }
 }

@@ -9,10 +9,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use keel_core::{Example, SeedStream};
-use keel_optim::{
-    clip_grad_norm, sft_loss, AdamW, AdamWConfig, DecayRule, Ema, EmaConfig, LrSchedule,
-    SftReduction,
-};
+use keel_optim::{clip_grad_norm, sft_loss, AdamW, AdamWConfig, DecayRule, Ema, EmaConfig, LrSchedule, SftReduction};
 use keel_pipeline::StageError;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
@@ -32,14 +29,8 @@ pub struct TokenizedPair {
 /// Tokenizes an example for SFT: the rendered prompt, then the gold `target` and the end-of-turn
 /// token, tokenized separately exactly as generation sees them. Returns `None` for examples
 /// without a target. Sequences longer than `max_len` keep the prompt and lose the target's end.
-pub fn tokenize_pair(
-    policy: &Policy,
-    example: &Example,
-    max_len: usize,
-) -> Result<Option<TokenizedPair>, StageError> {
-    let Some(target) = &example.target else {
-        return Ok(None);
-    };
+pub fn tokenize_pair(policy: &Policy, example: &Example, max_len: usize) -> Result<Option<TokenizedPair>, StageError> {
+    let Some(target) = &example.target else { return Ok(None) };
     let prompt = policy.encode(&policy.render(example)?)?;
     let mut ids = prompt.clone();
     ids.extend(policy.encode(target)?);
@@ -52,10 +43,7 @@ pub fn tokenize_pair(
         )));
     }
     ids.truncate(max_len);
-    Ok(Some(TokenizedPair {
-        ids,
-        prompt_len: prompt.len(),
-    }))
+    Ok(Some(TokenizedPair { ids, prompt_len: prompt.len() }))
 }
 
 /// A right-padded batch ready for `token_logprobs`.
@@ -73,16 +61,10 @@ pub struct TokenBatch {
 
 /// Pads pairs on the right to a common length and builds the masks that align with the
 /// `[B, T-1]` output of `CausalLm::token_logprobs`.
-pub fn collate(
-    pairs: &[&TokenizedPair],
-    pad_id: u32,
-    device: &Device,
-) -> Result<TokenBatch, StageError> {
+pub fn collate(pairs: &[&TokenizedPair], pad_id: u32, device: &Device) -> Result<TokenBatch, StageError> {
     let t = pairs.iter().map(|p| p.ids.len()).max().unwrap_or(0);
     if t < 2 {
-        return Err(StageError::msg(
-            "cannot train on sequences shorter than two tokens",
-        ));
+        return Err(StageError::msg("cannot train on sequences shorter than two tokens"));
     }
     let b = pairs.len();
     let mut ids = Vec::with_capacity(b * t);
@@ -91,12 +73,7 @@ pub fn collate(
     let mut tokens = 0;
     for p in pairs {
         let n = p.ids.len();
-        ids.extend(
-            p.ids
-                .iter()
-                .copied()
-                .chain(std::iter::repeat_n(pad_id, t - n)),
-        );
+        ids.extend(p.ids.iter().copied().chain(std::iter::repeat_n(pad_id, t - n)));
         attention.extend((0..t).map(|i| if i < n { 1f32 } else { 0.0 }));
         for pos in 0..t - 1 {
             let predicts = pos + 1;
@@ -105,9 +82,7 @@ pub fn collate(
             loss_mask.push(if on { 1f32 } else { 0.0 });
         }
     }
-    let mk = |v: Vec<f32>, cols: usize| {
-        Tensor::from_vec(v, (b, cols), device).ctx(|| "building a batch tensor".to_string())
-    };
+    let mk = |v: Vec<f32>, cols: usize| Tensor::from_vec(v, (b, cols), device).ctx(|| "building a batch tensor".to_string());
     Ok(TokenBatch {
         ids: Tensor::from_vec(ids, (b, t), device).ctx(|| "building the id tensor".to_string())?,
         attention: mk(attention, t)?,
@@ -166,11 +141,7 @@ pub struct LoraSpec {
 impl LoraSpec {
     /// The keel-model configuration this spec asks for.
     pub fn config(&self) -> keel_model::LoraConfig {
-        let mut c = keel_model::LoraConfig {
-            r: self.r,
-            alpha: self.alpha.unwrap_or(2.0 * self.r as f64),
-            ..Default::default()
-        };
+        let mut c = keel_model::LoraConfig { r: self.r, alpha: self.alpha.unwrap_or(2.0 * self.r as f64), ..Default::default() };
         if let Some(t) = &self.target_modules {
             c.target_modules = t.clone();
         }
@@ -179,10 +150,7 @@ impl LoraSpec {
 
     /// Attaches fresh adapters (seeded) to `policy`, freezing its base weights.
     pub fn attach(&self, policy: &mut Policy, seed: u64) -> Result<(), StageError> {
-        policy
-            .model
-            .add_lora(&self.config(), seed)
-            .ctx(|| "attaching LoRA adapters (the `lora` parameter)".to_string())
+        policy.model.add_lora(&self.config(), seed).ctx(|| "attaching LoRA adapters (the `lora` parameter)".to_string())
     }
 }
 
@@ -207,9 +175,7 @@ pub fn run_sft(
     mut on_step: impl FnMut(u64) -> Result<(), StageError>,
 ) -> Result<SftOutcome, StageError> {
     if config.batch_size == 0 || config.steps == 0 {
-        return Err(StageError::msg(
-            "sft: steps and batch_size must be at least 1",
-        ));
+        return Err(StageError::msg("sft: steps and batch_size must be at least 1"));
     }
     let mut pairs = Vec::new();
     for e in examples {
@@ -218,9 +184,7 @@ pub fn run_sft(
         }
     }
     if pairs.is_empty() {
-        return Err(StageError::msg(
-            "sft: none of the input examples has a `target` completion to imitate",
-        ));
+        return Err(StageError::msg("sft: none of the input examples has a `target` completion to imitate"));
     }
     if let Some(lora) = &config.lora {
         lora.attach(policy, seeds.seed("lora"))?;
@@ -228,11 +192,7 @@ pub fn run_sft(
     let params = policy.model.named_vars();
     let mut opt = AdamW::with_decay_rule(
         params.clone(),
-        AdamWConfig {
-            lr: config.lr,
-            weight_decay: config.weight_decay,
-            ..AdamWConfig::default()
-        },
+        AdamWConfig { lr: config.lr, weight_decay: config.weight_decay, ..AdamWConfig::default() },
         &DecayRule::default(),
     )
     .ctx(|| "building the AdamW optimiser".to_string())?;
@@ -242,16 +202,7 @@ pub fn run_sft(
         min_lr_ratio: config.min_lr_ratio,
     };
     let mut ema = match config.ema_alpha {
-        Some(alpha) => Some(
-            Ema::new(
-                &params,
-                EmaConfig {
-                    alpha,
-                    blend_back: None,
-                },
-            )
-            .ctx(|| "starting the EMA of weights".to_string())?,
-        ),
+        Some(alpha) => Some(Ema::new(&params, EmaConfig { alpha, blend_back: None }).ctx(|| "starting the EMA of weights".to_string())?),
         None => None,
     };
     let mut rng = seeds.rng("sft-order");
@@ -272,19 +223,11 @@ pub fn run_sft(
             batch.push(&pairs[order[cursor]]);
             cursor += 1;
         }
-        let micro = if config.micro_batch_size == 0 {
-            batch.len()
-        } else {
-            config.micro_batch_size.min(batch.len())
-        };
+        let micro = if config.micro_batch_size == 0 { batch.len() } else { config.micro_batch_size.min(batch.len()) };
         let parts: Vec<&[&TokenizedPair]> = batch.chunks(micro).collect();
         // Token-mean loss: a micro-batch's loss is weighted by its share of the batch's target
         // tokens, so the summed gradients equal the whole batch's.
-        let target_tokens = |ps: &[&TokenizedPair]| {
-            ps.iter()
-                .map(|p| p.ids.len().saturating_sub(p.prompt_len))
-                .sum::<usize>() as f64
-        };
+        let target_tokens = |ps: &[&TokenizedPair]| ps.iter().map(|p| p.ids.len().saturating_sub(p.prompt_len)).sum::<usize>() as f64;
         let batch_tokens = target_tokens(&batch).max(1.0);
         let mut accumulated: Vec<Option<Tensor>> = vec![None; params.len()];
         let (mut grads, mut loss_v, mut tokens) = (None, 0.0, 0usize);
@@ -294,42 +237,31 @@ pub fn run_sft(
                 .model
                 .token_logprobs(&tb.ids, Some(&tb.attention))
                 .ctx(|| format!("sft step {step}: forward pass"))?;
-            let mut loss = sft_loss(&logp, &tb.loss_mask, SftReduction::Token)
-                .ctx(|| format!("sft step {step}: loss"))?;
+            let mut loss = sft_loss(&logp, &tb.loss_mask, SftReduction::Token).ctx(|| format!("sft step {step}: loss"))?;
             tokens += tb.tokens;
             if parts.len() == 1 {
                 loss_v = scalar(&loss)?;
-                grads = Some(
-                    loss.backward()
-                        .ctx(|| format!("sft step {step}: backward pass"))?,
-                );
+                grads = Some(loss.backward().ctx(|| format!("sft step {step}: backward pass"))?);
                 break;
             }
             let w = target_tokens(part) / batch_tokens;
             loss = (loss * w).ctx(|| "weighting a micro-batch".to_string())?;
             loss_v += scalar(&loss)?;
-            let mut g = loss
-                .backward()
-                .ctx(|| format!("sft step {step}: backward pass"))?;
+            let mut g = loss.backward().ctx(|| format!("sft step {step}: backward pass"))?;
             accumulate_grads(&params, &mut accumulated, &mut g, pi + 1 == parts.len())?;
             grads = Some(g);
         }
-        let mut grads =
-            grads.ok_or_else(|| StageError::msg(format!("sft step {step}: empty batch")))?;
+        let mut grads = grads.ok_or_else(|| StageError::msg(format!("sft step {step}: empty batch")))?;
         let grad_norm = if config.grad_clip > 0.0 {
-            clip_grad_norm(&params, &mut grads, config.grad_clip)
-                .ctx(|| format!("sft step {step}: gradient clipping"))?
+            clip_grad_norm(&params, &mut grads, config.grad_clip).ctx(|| format!("sft step {step}: gradient clipping"))?
         } else {
-            keel_optim::grad_norm(&params, &grads)
-                .ctx(|| format!("sft step {step}: gradient norm"))?
+            keel_optim::grad_norm(&params, &grads).ctx(|| format!("sft step {step}: gradient norm"))?
         };
         let lr = schedule.lr(config.lr, step);
         opt.set_lr(lr);
-        opt.step(&grads)
-            .ctx(|| format!("sft step {step}: optimiser update"))?;
+        opt.step(&grads).ctx(|| format!("sft step {step}: optimiser update"))?;
         if let Some(e) = ema.as_mut() {
-            e.update(&params)
-                .ctx(|| format!("sft step {step}: EMA update"))?;
+            e.update(&params).ctx(|| format!("sft step {step}: EMA update"))?;
         }
         if !loss_v.is_finite() {
             return Err(StageError::msg(format!(
@@ -352,11 +284,7 @@ pub fn run_sft(
             window_n = 0;
         }
     }
-    Ok(SftOutcome {
-        ema,
-        final_loss,
-        samples: config.steps * config.batch_size as u64,
-    })
+    Ok(SftOutcome { ema, final_loss, samples: config.steps * config.batch_size as u64 })
 }
 
 /// One micro-batch's share of gradient accumulation: moves the parameters' gradients out of `g`
@@ -387,7 +315,5 @@ pub(crate) fn accumulate_grads(
 
 /// Reads a scalar tensor as f64.
 pub fn scalar(t: &Tensor) -> Result<f64, StageError> {
-    t.to_dtype(DType::F64)
-        .and_then(|x| x.to_scalar::<f64>())
-        .ctx(|| "reading a scalar".to_string())
+    t.to_dtype(DType::F64).and_then(|x| x.to_scalar::<f64>()).ctx(|| "reading a scalar".to_string())
 }

@@ -21,43 +21,24 @@ fn every_shipped_pipeline_validates() {
     let mut files = Vec::new();
     yaml_files(&root, &mut files);
     files.sort();
-    assert!(
-        files.len() >= 6,
-        "expected the quickstart and the ablation sweeps, found {files:?}"
-    );
+    assert!(files.len() >= 6, "expected the quickstart and the ablation sweeps, found {files:?}");
     let registry = keel_stages::registry();
     for f in &files {
-        let p = keel_pipeline::load(f, &[], &registry)
-            .unwrap_or_else(|d| panic!("{} does not validate:\n{d}", f.display()));
+        let p = keel_pipeline::load(f, &[], &registry).unwrap_or_else(|d| panic!("{} does not validate:\n{d}", f.display()));
         if p.sweep.is_some() {
-            let cells = keel_pipeline::expand_sweep(&p, &registry)
-                .unwrap_or_else(|d| panic!("{}: sweep does not expand:\n{d}", f.display()));
+            let cells = keel_pipeline::expand_sweep(&p, &registry).unwrap_or_else(|d| panic!("{}: sweep does not expand:\n{d}", f.display()));
             // Ablations compare >= 3 settings, other sweeps (e.g. reasoning safety) >= 2; all over 3 seeds.
-            let min = if f.components().any(|c| c.as_os_str() == "ablations") {
-                9
-            } else {
-                6
-            };
-            assert!(
-                cells.len() >= min,
-                "{}: {} cells; expected >= {min} (settings x 3 seeds)",
-                f.display(),
-                cells.len()
-            );
+            let min = if f.components().any(|c| c.as_os_str() == "ablations") { 9 } else { 6 };
+            assert!(cells.len() >= min, "{}: {} cells; expected >= {min} (settings x 3 seeds)", f.display(), cells.len());
         }
     }
 }
 
 #[test]
 fn readme_example_validates() {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
-            .expect("README.md");
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).expect("README.md");
     let start = readme.find("```yaml\n").expect("README has a YAML example") + "```yaml\n".len();
-    let end = start
-        + readme[start..]
-            .find("```")
-            .expect("the YAML block is closed");
+    let end = start + readme[start..].find("```").expect("the YAML block is closed");
     let registry = keel_stages::registry();
     keel_pipeline::load_str("README.md", &readme[start..end], &[], &registry)
         .unwrap_or_else(|d| panic!("the README's pipeline example does not validate:\n{d}"));

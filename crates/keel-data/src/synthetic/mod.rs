@@ -45,14 +45,8 @@ mod tests {
 
     #[test]
     fn formats() {
-        assert_eq!(
-            ReasoningFormat::Plain.render("a.", "Answer: 1"),
-            "a. Answer: 1"
-        );
+        assert_eq!(ReasoningFormat::Plain.render("a.", "Answer: 1"), "a. Answer: 1");
         assert_eq!(ReasoningFormat::Plain.render("", "No."), "No.");
-        assert_eq!(
-            ReasoningFormat::Think.render("a.", "Answer: 1"),
-            "<think>a.</think> Answer: 1"
-        );
+        assert_eq!(ReasoningFormat::Think.render("a.", "Answer: 1"), "<think>a.</think> Answer: 1");
     }
 }

@@ -73,11 +73,7 @@ fn world_data() -> Result<WorldData> {
         name: "datasets/synthetic/safety_world.yaml".into(),
         message: e.to_string(),
     })?;
-    if d.phrasings.is_empty()
-        || d.refusals.is_empty()
-        || d.harmful.is_empty()
-        || d.benign.is_empty()
-    {
+    if d.phrasings.is_empty() || d.refusals.is_empty() || d.harmful.is_empty() || d.benign.is_empty() {
         return Err(DataError::Manifest {
             name: "datasets/synthetic/safety_world.yaml".into(),
             message: "phrasings, refusals, harmful and benign must all be non-empty".into(),
@@ -155,17 +151,9 @@ impl Default for SafetyWorldConfig {
 
 impl SafetyWorldConfig {
     fn validate(&self) -> Result<()> {
-        let bad = |message: String| {
-            Err(DataError::Invalid {
-                what: "safety world config",
-                message,
-            })
-        };
+        let bad = |message: String| Err(DataError::Invalid { what: "safety world config", message });
         if !(0.0..1.0).contains(&self.heldout_fraction) {
-            return bad(format!(
-                "heldout_fraction {} must be in [0, 1)",
-                self.heldout_fraction
-            ));
+            return bad(format!("heldout_fraction {} must be in [0, 1)", self.heldout_fraction));
         }
         if self.harmful_phrasings == 0 || self.benign_phrasings == 0 {
             return bad("harmful_phrasings and benign_phrasings must be at least 1".into());
@@ -174,10 +162,7 @@ impl SafetyWorldConfig {
             return bad("max_prompt_chars and max_target_chars must be at least 8".into());
         }
         if !(self.benign_ratio >= 0.0 && self.benign_ratio.is_finite()) {
-            return bad(format!(
-                "benign_ratio {} must be a finite number >= 0",
-                self.benign_ratio
-            ));
+            return bad(format!("benign_ratio {} must be a finite number >= 0", self.benign_ratio));
         }
         Ok(())
     }
@@ -233,13 +218,7 @@ fn phrasings<'a>(rng: &mut ChaCha8Rng, all: &'a [String], k: usize) -> Vec<&'a s
     idx.into_iter().take(k).map(|i| all[i].as_str()).collect()
 }
 
-fn synthetic_example(
-    id: String,
-    prompt: String,
-    target: String,
-    safety: SafetyLabel,
-    category: &str,
-) -> Example {
+fn synthetic_example(id: String, prompt: String, target: String, safety: SafetyLabel, category: &str) -> Example {
     Example {
         id,
         prompt: Prompt::Text(prompt),
@@ -291,24 +270,11 @@ impl SafetyWorld {
         let n_held = held_count(combos.len(), config.heldout_fraction);
         let (mut train, mut eval_harmful, mut eval_benign) = (Vec::new(), Vec::new(), Vec::new());
         for (ci, (category, task)) in combos.iter().enumerate() {
-            for (pi, p) in phrasings(&mut rng, &data.phrasings, config.harmful_phrasings)
-                .into_iter()
-                .enumerate()
-            {
+            for (pi, p) in phrasings(&mut rng, &data.phrasings, config.harmful_phrasings).into_iter().enumerate() {
                 let prompt = p.replace("{task}", task);
                 let target = config.harmful_target(pick(&mut rng, &data.refusals));
-                let (dest, tag) = if ci < n_held {
-                    (&mut eval_harmful, "eval-h")
-                } else {
-                    (&mut train, "h")
-                };
-                dest.push(synthetic_example(
-                    format!("safety-{tag}-{ci}-{pi}"),
-                    prompt,
-                    target,
-                    SafetyLabel::Harmful,
-                    category,
-                ));
+                let (dest, tag) = if ci < n_held { (&mut eval_harmful, "eval-h") } else { (&mut train, "h") };
+                dest.push(synthetic_example(format!("safety-{tag}-{ci}-{pi}"), prompt, target, SafetyLabel::Harmful, category));
             }
         }
 
@@ -317,24 +283,11 @@ impl SafetyWorld {
         let n_held = held_count(tasks.len(), config.heldout_fraction);
         for (rank, &ti) in tasks.iter().enumerate() {
             let t = &data.benign[ti];
-            for (pi, p) in phrasings(&mut rng, &data.phrasings, config.benign_phrasings)
-                .into_iter()
-                .enumerate()
-            {
+            for (pi, p) in phrasings(&mut rng, &data.phrasings, config.benign_phrasings).into_iter().enumerate() {
                 let prompt = p.replace("{task}", &t.task);
                 let target = config.benign_target(&t.answer);
-                let (dest, tag) = if rank < n_held {
-                    (&mut eval_benign, "eval-b")
-                } else {
-                    (&mut train, "b")
-                };
-                dest.push(synthetic_example(
-                    format!("safety-{tag}-{ti}-{pi}"),
-                    prompt,
-                    target,
-                    SafetyLabel::Benign,
-                    &t.category,
-                ));
+                let (dest, tag) = if rank < n_held { (&mut eval_benign, "eval-b") } else { (&mut train, "b") };
+                dest.push(synthetic_example(format!("safety-{tag}-{ti}-{pi}"), prompt, target, SafetyLabel::Benign, &t.category));
             }
         }
 
@@ -344,18 +297,8 @@ impl SafetyWorld {
         for (rank, &ki) in facts.iter().enumerate() {
             let k = &data.knowledge[ki];
             let target = config.benign_target(&k.answer);
-            let (dest, tag) = if rank < n_held {
-                (&mut eval_benign, "eval-k")
-            } else {
-                (&mut train, "k")
-            };
-            dest.push(synthetic_example(
-                format!("safety-{tag}-{ki}"),
-                k.prompt.clone(),
-                target,
-                SafetyLabel::Benign,
-                "knowledge",
-            ));
+            let (dest, tag) = if rank < n_held { (&mut eval_benign, "eval-k") } else { (&mut train, "k") };
+            dest.push(synthetic_example(format!("safety-{tag}-{ki}"), k.prompt.clone(), target, SafetyLabel::Benign, "knowledge"));
         }
 
         shuffle(&mut train, seeds.seed("train-order"));
@@ -369,18 +312,14 @@ impl SafetyWorld {
         let catalog = Catalog::embedded()?;
         let seeds = SeedStream::new(seed).child("keel-data/safety-world-real");
         let mut rng = seeds.rng("targets");
-        let short_prompt =
-            |e: &Example| e.prompt.user_text().chars().count() <= config.max_prompt_chars;
+        let short_prompt = |e: &Example| e.prompt.user_text().chars().count() <= config.max_prompt_chars;
 
         let advbench = catalog.load("advbench", cache)?.examples;
         let jbb_harmful = catalog.load("jbb-harmful", cache)?.examples;
         let jbb_benign = catalog.load("jbb-benign", cache)?.examples;
         let xstest = catalog.load("xstest", cache)?.examples;
         let alpaca = catalog.load("alpaca-5000", cache)?.examples;
-        let xstest_safe: Vec<Example> = xstest
-            .into_iter()
-            .filter(|e| e.safety == Some(SafetyLabel::Benign))
-            .collect();
+        let xstest_safe: Vec<Example> = xstest.into_iter().filter(|e| e.safety == Some(SafetyLabel::Benign)).collect();
 
         let overlaps = vec![
             overlap("jbb-harmful", &jbb_harmful, "advbench", &advbench),
@@ -388,32 +327,14 @@ impl SafetyWorld {
             overlap("xstest-safe", &xstest_safe, "alpaca-5000", &alpaca),
         ];
 
-        let (harmful, _dups) = dedup(
-            advbench
-                .into_iter()
-                .chain(jbb_harmful)
-                .filter(|e| short_prompt(e))
-                .collect(),
-        );
-        let harmful_split = split(
-            &harmful,
-            config.heldout_fraction,
-            seeds.seed("harmful-split"),
-        )?;
+        let (harmful, _dups) = dedup(advbench.into_iter().chain(jbb_harmful).filter(|e| short_prompt(e)).collect());
+        let harmful_split = split(&harmful, config.heldout_fraction, seeds.seed("harmful-split"))?;
         let refuse = |mut e: Example, rng: &mut ChaCha8Rng| {
             e.target = Some(config.harmful_target(pick(rng, &refusal_texts)));
             e
         };
-        let train_harmful: Vec<Example> = harmful_split
-            .train
-            .into_iter()
-            .map(|e| refuse(e, &mut rng))
-            .collect();
-        let eval_harmful: Vec<Example> = harmful_split
-            .test
-            .into_iter()
-            .map(|e| refuse(e, &mut rng))
-            .collect();
+        let train_harmful: Vec<Example> = harmful_split.train.into_iter().map(|e| refuse(e, &mut rng)).collect();
+        let eval_harmful: Vec<Example> = harmful_split.test.into_iter().map(|e| refuse(e, &mut rng)).collect();
 
         let jbb_benign: Vec<Example> = jbb_benign
             .into_iter()
@@ -424,11 +345,7 @@ impl SafetyWorld {
                 Some(e)
             })
             .collect();
-        let jbb_split = split(
-            &jbb_benign,
-            config.heldout_fraction,
-            seeds.seed("jbb-benign-split"),
-        )?;
+        let jbb_split = split(&jbb_benign, config.heldout_fraction, seeds.seed("jbb-benign-split"))?;
         let mut eval_benign = jbb_split.test;
         eval_benign.extend(xstest_safe);
 
@@ -442,8 +359,7 @@ impl SafetyWorld {
             })
             .collect();
         let (alpaca_ok, _) = exclude_overlapping(alpaca_ok, &[&eval_benign, &eval_harmful]);
-        let n_alpaca = ((train_harmful.len() as f64 * config.benign_ratio).round() as usize)
-            .min(alpaca_ok.len());
+        let n_alpaca = ((train_harmful.len() as f64 * config.benign_ratio).round() as usize).min(alpaca_ok.len());
         let mut train = subset(&alpaca_ok, n_alpaca, seeds.seed("alpaca-subset"))?;
         train.extend(jbb_split.train);
         train.extend(train_harmful);
@@ -452,40 +368,18 @@ impl SafetyWorld {
     }
 
     /// Final guarantee: nothing held out occurs in training after normalisation.
-    fn finish(
-        train: Vec<Example>,
-        eval_harmful: Vec<Example>,
-        eval_benign: Vec<Example>,
-        overlaps: Vec<OverlapReport>,
-    ) -> Result<SafetyWorld> {
+    fn finish(train: Vec<Example>, eval_harmful: Vec<Example>, eval_benign: Vec<Example>, overlaps: Vec<OverlapReport>) -> Result<SafetyWorld> {
         let (train, removed) = exclude_overlapping(train, &[&eval_harmful, &eval_benign]);
         if !removed.is_empty() {
-            tracing::info!(
-                removed = removed.len(),
-                "dropped training prompts that duplicate held-out prompts"
-            );
+            tracing::info!(removed = removed.len(), "dropped training prompts that duplicate held-out prompts");
         }
-        Ok(SafetyWorld {
-            train,
-            eval_harmful,
-            eval_benign,
-            overlaps,
-        })
+        Ok(SafetyWorld { train, eval_harmful, eval_benign, overlaps })
     }
 
     /// Counts for logs: `(train harmful, train benign, eval harmful, eval benign)`.
     pub fn counts(&self) -> (usize, usize, usize, usize) {
-        let harmful = self
-            .train
-            .iter()
-            .filter(|e| e.safety == Some(SafetyLabel::Harmful))
-            .count();
-        (
-            harmful,
-            self.train.len() - harmful,
-            self.eval_harmful.len(),
-            self.eval_benign.len(),
-        )
+        let harmful = self.train.iter().filter(|e| e.safety == Some(SafetyLabel::Harmful)).count();
+        (harmful, self.train.len() - harmful, self.eval_harmful.len(), self.eval_benign.len())
     }
 }
 
@@ -495,18 +389,9 @@ mod tests {
 
     #[test]
     fn shorten_keeps_whole_sentences() {
-        assert_eq!(
-            shorten("Short answer.", 50).as_deref(),
-            Some("Short answer.")
-        );
-        assert_eq!(
-            shorten("One. Two is longer. Three.", 20).as_deref(),
-            Some("One. Two is longer.")
-        );
-        assert_eq!(
-            shorten("1. Eat well. 2. Sleep.\nmore", 14).as_deref(),
-            Some("1. Eat well.")
-        );
+        assert_eq!(shorten("Short answer.", 50).as_deref(), Some("Short answer."));
+        assert_eq!(shorten("One. Two is longer. Three.", 20).as_deref(), Some("One. Two is longer."));
+        assert_eq!(shorten("1. Eat well. 2. Sleep.\nmore", 14).as_deref(), Some("1. Eat well."));
         assert_eq!(shorten("A very long first sentence without end", 10), None);
         assert_eq!(shorten("\n\n", 10), None);
     }
@@ -519,9 +404,6 @@ mod tests {
         assert_eq!(w.counts(), (249, 32 * 8 + 19, 21 * 3, 8 * 8 + 5));
         let (_, leaked) = exclude_overlapping(w.eval_harmful.clone(), &[&w.train]);
         assert!(leaked.is_empty());
-        assert!(w
-            .train
-            .iter()
-            .all(|e| e.target.as_deref().is_some_and(|t| t.len() <= 80)));
+        assert!(w.train.iter().all(|e| e.target.as_deref().is_some_and(|t| t.len() <= 80)));
     }
 }

@@ -109,11 +109,7 @@ pub struct SortConfig {
 
 impl Default for SortConfig {
     fn default() -> Self {
-        SortConfig {
-            min_len: default_sort_min(),
-            max_len: default_sort_max(),
-            max_value: default_max_value(),
-        }
+        SortConfig { min_len: default_sort_min(), max_len: default_sort_max(), max_value: default_max_value() }
     }
 }
 
@@ -144,11 +140,7 @@ pub struct CountConfig {
 
 impl Default for CountConfig {
     fn default() -> Self {
-        CountConfig {
-            min_len: default_count_min(),
-            max_len: default_count_max(),
-            alphabet: default_alphabet(),
-        }
+        CountConfig { min_len: default_count_min(), max_len: default_count_max(), alphabet: default_alphabet() }
     }
 }
 
@@ -175,38 +167,22 @@ impl TaskDomain {
     }
 
     fn validate(&self) -> Result<()> {
-        let bad = |message: String| {
-            Err(DataError::Invalid {
-                what: "task domain",
-                message,
-            })
-        };
+        let bad = |message: String| Err(DataError::Invalid { what: "task domain", message });
         match self {
             TaskDomain::Arithmetic(c) => {
                 if c.min_operands < 2 || c.max_operands < c.min_operands || c.max_operands > 12 {
-                    return bad(format!(
-                        "operands {}..={} must satisfy 2 <= min <= max <= 12",
-                        c.min_operands, c.max_operands
-                    ));
+                    return bad(format!("operands {}..={} must satisfy 2 <= min <= max <= 12", c.min_operands, c.max_operands));
                 }
                 if !(1..=1_000_000).contains(&c.max_value) {
                     return bad(format!("max_value {} must be in 1..=1000000", c.max_value));
                 }
-                if c.operators.is_empty()
-                    || !c.operators.chars().all(|o| matches!(o, '+' | '-' | '*'))
-                {
-                    return bad(format!(
-                        "operators `{}` must be a non-empty subset of +-*",
-                        c.operators
-                    ));
+                if c.operators.is_empty() || !c.operators.chars().all(|o| matches!(o, '+' | '-' | '*')) {
+                    return bad(format!("operators `{}` must be a non-empty subset of +-*", c.operators));
                 }
             }
             TaskDomain::Sorting(c) => {
                 if c.min_len < 2 || c.max_len < c.min_len || c.max_len > 32 {
-                    return bad(format!(
-                        "list length {}..={} must satisfy 2 <= min <= max <= 32",
-                        c.min_len, c.max_len
-                    ));
+                    return bad(format!("list length {}..={} must satisfy 2 <= min <= max <= 32", c.min_len, c.max_len));
                 }
                 if !(1..=1_000_000).contains(&c.max_value) {
                     return bad(format!("max_value {} must be in 1..=1000000", c.max_value));
@@ -214,16 +190,10 @@ impl TaskDomain {
             }
             TaskDomain::Counting(c) => {
                 if c.min_len < 1 || c.max_len < c.min_len || c.max_len > 64 {
-                    return bad(format!(
-                        "word length {}..={} must satisfy 1 <= min <= max <= 64",
-                        c.min_len, c.max_len
-                    ));
+                    return bad(format!("word length {}..={} must satisfy 1 <= min <= max <= 64", c.min_len, c.max_len));
                 }
                 if c.alphabet.is_empty() || !c.alphabet.chars().all(|l| l.is_ascii_lowercase()) {
-                    return bad(format!(
-                        "alphabet `{}` must be non-empty lowercase ASCII letters",
-                        c.alphabet
-                    ));
+                    return bad(format!("alphabet `{}` must be non-empty lowercase ASCII letters", c.alphabet));
                 }
             }
         }
@@ -270,27 +240,18 @@ fn gen_arith(c: &ArithConfig, rng: &mut ChaCha8Rng) -> Item {
     let ops_pool: Vec<char> = c.operators.chars().collect();
     let n = rng.random_range(c.min_operands..=c.max_operands);
     let nums: Vec<i64> = (0..n).map(|_| rng.random_range(0..=c.max_value)).collect();
-    let ops: Vec<char> = (1..n)
-        .map(|_| ops_pool[rng.random_range(0..ops_pool.len())])
-        .collect();
+    let ops: Vec<char> = (1..n).map(|_| ops_pool[rng.random_range(0..ops_pool.len())]).collect();
     let mut expr = nums[0].to_string();
     for (o, x) in ops.iter().zip(&nums[1..]) {
         expr.push(*o);
         expr.push_str(&x.to_string());
     }
     let (steps, value) = arith_steps(nums, ops);
-    Item {
-        prompt: format!("Compute {expr}."),
-        reasoning: format!("{}.", steps.join(". ")),
-        answer: value.to_string(),
-    }
+    Item { prompt: format!("Compute {expr}."), reasoning: format!("{}.", steps.join(". ")), answer: value.to_string() }
 }
 
 fn join(v: &[i64]) -> String {
-    v.iter()
-        .map(|x| x.to_string())
-        .collect::<Vec<_>>()
-        .join(" ")
+    v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" ")
 }
 
 fn gen_sort(c: &SortConfig, rng: &mut ChaCha8Rng) -> Item {
@@ -299,11 +260,7 @@ fn gen_sort(c: &SortConfig, rng: &mut ChaCha8Rng) -> Item {
     let mut sorted = items.clone();
     sorted.sort();
     let steps: Vec<String> = (1..=n).map(|k| join(&sorted[..k])).collect();
-    Item {
-        prompt: format!("Sort {}.", join(&items)),
-        reasoning: format!("{}.", steps.join(". ")),
-        answer: join(&sorted),
-    }
+    Item { prompt: format!("Sort {}.", join(&items)), reasoning: format!("{}.", steps.join(". ")), answer: join(&sorted) }
 }
 
 fn count_walk(word: &str, letter: char) -> (Vec<String>, usize) {
@@ -325,9 +282,7 @@ fn count_walk(word: &str, letter: char) -> (Vec<String>, usize) {
 fn gen_count(c: &CountConfig, rng: &mut ChaCha8Rng) -> Item {
     let alphabet: Vec<char> = c.alphabet.chars().collect();
     let n = rng.random_range(c.min_len..=c.max_len);
-    let word: String = (0..n)
-        .map(|_| alphabet[rng.random_range(0..alphabet.len())])
-        .collect();
+    let word: String = (0..n).map(|_| alphabet[rng.random_range(0..alphabet.len())]).collect();
     let word_letters: Vec<char> = word.chars().collect();
     // Mostly ask about a letter that occurs, sometimes about any letter (so 0 is a possible answer).
     let letter = if rng.random_bool(0.8) {
@@ -348,15 +303,9 @@ fn gen_count(c: &CountConfig, rng: &mut ChaCha8Rng) -> Item {
 /// Each example has `target` (reasoning then `Answer: …`, rendered with `format`), `answer`, the
 /// domain as `category`, `source` = `synthetic/<domain>` and id `<domain>-<seed>-<i>`. Fails if the
 /// configured space has fewer than `n` distinct prompts (make the task harder or ask for fewer).
-pub fn generate_tasks(
-    domain: &TaskDomain,
-    n: usize,
-    seed: u64,
-    format: ReasoningFormat,
-) -> Result<Vec<Example>> {
+pub fn generate_tasks(domain: &TaskDomain, n: usize, seed: u64, format: ReasoningFormat) -> Result<Vec<Example>> {
     domain.validate()?;
-    let mut rng =
-        keel_core::SeedStream::new(seed).rng(&format!("keel-data/tasks/{}", domain.name()));
+    let mut rng = keel_core::SeedStream::new(seed).rng(&format!("keel-data/tasks/{}", domain.name()));
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(n);
     let max_attempts = n.saturating_mul(50).max(1000);
@@ -405,22 +354,14 @@ pub struct TaskWorld {
 }
 
 /// Generates `n_train + n_test` unique tasks and splits them (disjoint by construction).
-pub fn task_world(
-    domain: &TaskDomain,
-    n_train: usize,
-    n_test: usize,
-    seed: u64,
-    format: ReasoningFormat,
-) -> Result<TaskWorld> {
+pub fn task_world(domain: &TaskDomain, n_train: usize, n_test: usize, seed: u64, format: ReasoningFormat) -> Result<TaskWorld> {
     let mut all = generate_tasks(domain, n_train + n_test, seed, format)?;
     let test = all.split_off(n_train);
     Ok(TaskWorld { train: all, test })
 }
 
 fn parse_int(s: &str) -> std::result::Result<i64, String> {
-    s.trim()
-        .parse::<i64>()
-        .map_err(|_| format!("`{s}` is not an integer"))
+    s.trim().parse::<i64>().map_err(|_| format!("`{s}` is not an integer"))
 }
 
 /// Splits `a<op>b` where `a` may carry a leading minus sign.
@@ -429,11 +370,7 @@ fn parse_binary(lhs: &str) -> std::result::Result<(i64, char, i64), String> {
     let pos = (1..bytes.len())
         .find(|&i| matches!(bytes[i], b'+' | b'-' | b'*') && bytes[i - 1].is_ascii_digit())
         .ok_or_else(|| format!("step `{lhs}` has no operator"))?;
-    Ok((
-        parse_int(&lhs[..pos])?,
-        bytes[pos] as char,
-        parse_int(&lhs[pos + 1..])?,
-    ))
+    Ok((parse_int(&lhs[..pos])?, bytes[pos] as char, parse_int(&lhs[pos + 1..])?))
 }
 
 fn reasoning_of(target: &str) -> std::result::Result<String, String> {
@@ -464,9 +401,7 @@ pub fn verify_task(example: &Example) -> std::result::Result<(), String> {
     let answer = example.answer.as_deref().ok_or("no answer")?;
     let final_answer = extract_answer(target).ok_or("target has no final answer")?;
     if final_answer != answer {
-        return Err(format!(
-            "target says `{final_answer}`, answer field says `{answer}`"
-        ));
+        return Err(format!("target says `{final_answer}`, answer field says `{answer}`"));
     }
     let prompt = example.prompt.user_text();
     let reasoning = reasoning_of(target)?;
@@ -508,9 +443,7 @@ pub fn verify_task(example: &Example) -> std::result::Result<(), String> {
             }
             let mut last = None;
             for step in steps {
-                let (lhs, rhs) = step
-                    .split_once('=')
-                    .ok_or_else(|| format!("step `{step}` has no `=`"))?;
+                let (lhs, rhs) = step.split_once('=').ok_or_else(|| format!("step `{step}` has no `=`"))?;
                 let (a, op, b) = parse_binary(lhs)?;
                 let r = parse_int(rhs)?;
                 if apply(op, a, b) != r {
@@ -523,10 +456,7 @@ pub fn verify_task(example: &Example) -> std::result::Result<(), String> {
             }
         }
         Some("sorting") => {
-            let mut items: Vec<i64> = prompt_body(prompt, "Sort ")?
-                .split(' ')
-                .map(parse_int)
-                .collect::<std::result::Result<_, _>>()?;
+            let mut items: Vec<i64> = prompt_body(prompt, "Sort ")?.split(' ').map(parse_int).collect::<std::result::Result<_, _>>()?;
             items.sort();
             if join(&items) != answer {
                 return Err(format!("sorted list is `{}`, not `{answer}`", join(&items)));
@@ -543,9 +473,7 @@ pub fn verify_task(example: &Example) -> std::result::Result<(), String> {
         }
         Some("counting") => {
             let body = prompt_body(prompt, "Count ")?;
-            let (letter, word) = body
-                .split_once(" in ")
-                .ok_or("counting prompt has no ` in `")?;
+            let (letter, word) = body.split_once(" in ").ok_or("counting prompt has no ` in `")?;
             let letter = letter.chars().next().ok_or("no letter")?;
             let expected = word.chars().filter(|&c| c == letter).count();
             if expected.to_string() != answer {
@@ -554,11 +482,7 @@ pub fn verify_task(example: &Example) -> std::result::Result<(), String> {
             let tokens: Vec<&str> = reasoning.split(' ').collect();
             let chars: Vec<char> = word.chars().collect();
             if tokens.len() != chars.len() {
-                return Err(format!(
-                    "{} tokens for a word of {} letters",
-                    tokens.len(),
-                    chars.len()
-                ));
+                return Err(format!("{} tokens for a word of {} letters", tokens.len(), chars.len()));
             }
             let mut running = 0;
             for (tok, ch) in tokens.iter().zip(chars) {
@@ -594,14 +518,8 @@ mod tests {
 
     #[test]
     fn answer_extraction_convention() {
-        assert_eq!(
-            extract_answer("4*2=8. 3+8=11. Answer: 11").as_deref(),
-            Some("11")
-        );
-        assert_eq!(
-            extract_answer("<think>Answer: 3</think> Answer: -4.\nbye").as_deref(),
-            Some("-4")
-        );
+        assert_eq!(extract_answer("4*2=8. 3+8=11. Answer: 11").as_deref(), Some("11"));
+        assert_eq!(extract_answer("<think>Answer: 3</think> Answer: -4.\nbye").as_deref(), Some("-4"));
         assert_eq!(extract_answer("<think>Answer: 3</think> no idea"), None);
         assert_eq!(extract_answer("Answer:   "), None);
         assert_eq!(extract_answer("x Answer: 3 5 9").as_deref(), Some("3 5 9"));
@@ -622,22 +540,10 @@ mod tests {
 
     #[test]
     fn too_small_space_is_an_error() {
-        let d = TaskDomain::Sorting(SortConfig {
-            min_len: 2,
-            max_len: 2,
-            max_value: 1,
-        });
-        let err = generate_tasks(&d, 10, 0, ReasoningFormat::Plain)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("found only 4 distinct sorting prompts"),
-            "{err}"
-        );
-        let bad = TaskDomain::Arithmetic(ArithConfig {
-            operators: "/".into(),
-            ..Default::default()
-        });
+        let d = TaskDomain::Sorting(SortConfig { min_len: 2, max_len: 2, max_value: 1 });
+        let err = generate_tasks(&d, 10, 0, ReasoningFormat::Plain).unwrap_err().to_string();
+        assert!(err.contains("found only 4 distinct sorting prompts"), "{err}");
+        let bad = TaskDomain::Arithmetic(ArithConfig { operators: "/".into(), ..Default::default() });
         assert!(generate_tasks(&bad, 1, 0, ReasoningFormat::Plain).is_err());
     }
 }

@@ -27,13 +27,7 @@ use super::{bad_dtype, cslice, use_fused, Fl};
 ///
 /// Returns `[B, H, D]`. A sequence whose keys are all masked gets zeros (as [`super::masked_softmax`]
 /// gives). Equal to [`decode_attention_slow`] up to float rounding; not differentiable.
-pub fn decode_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    key_mask: &Tensor,
-    scale: f64,
-) -> Result<Tensor> {
+pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, key_mask: &Tensor, scale: f64) -> Result<Tensor> {
     decode_attention_shared(q, k, v, key_mask, scale, None)
 }
 
@@ -64,13 +58,7 @@ pub fn decode_attention_shared(
 ) -> Result<Tensor> {
     let (b, h, d) = q.dims3()?;
     let (kb, kv, s, kd) = k.dims4()?;
-    if kb != b
-        || kd != d
-        || v.dims() != k.dims()
-        || kv == 0
-        || h % kv != 0
-        || key_mask.dims() != [b, s]
-    {
+    if kb != b || kd != d || v.dims() != k.dims() || kv == 0 || h % kv != 0 || key_mask.dims() != [b, s] {
         return Err(candle_core::Error::Msg(format!(
             "decode_attention: q {:?}, k {:?}, v {:?} and key mask {:?} do not fit together",
             q.dims(),
@@ -88,19 +76,10 @@ pub fn decode_attention_shared(
             )));
         }
     }
-    if use_fused(q) && k.dtype() == q.dtype() && v.dtype() == q.dtype() && rows_ok(k) && rows_ok(v)
-    {
+    if use_fused(q) && k.dtype() == q.dtype() && v.dtype() == q.dtype() && rows_ok(k) && rows_ok(v) {
         let mask: Vec<f32> = key_mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let shared = shared.cloned();
-        q.contiguous()?.apply_op3_no_bwd(
-            k,
-            v,
-            &DecodeAttention {
-                mask,
-                scale,
-                shared,
-            },
-        )
+        q.contiguous()?.apply_op3_no_bwd(k, v, &DecodeAttention { mask, scale, shared })
     } else {
         decode_attention_slow(q, k, v, key_mask, scale)
     }
@@ -108,25 +87,13 @@ pub fn decode_attention_shared(
 
 /// [`decode_attention`] composed from candle primitives: the batched-matmul path the decoder used
 /// before (reference and fallback for other devices and dtypes).
-pub fn decode_attention_slow(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    key_mask: &Tensor,
-    scale: f64,
-) -> Result<Tensor> {
+pub fn decode_attention_slow(q: &Tensor, k: &Tensor, v: &Tensor, key_mask: &Tensor, scale: f64) -> Result<Tensor> {
     let (b, h, d) = q.dims3()?;
     let (_, kv, s, _) = k.dims4()?;
     let rep = h / kv;
-    let scores = q
-        .reshape((b, kv, rep, d))?
-        .matmul(&k.t()?)?
-        .reshape((b, h, 1, s))?;
+    let scores = q.reshape((b, kv, rep, d))?.matmul(&k.t()?)?.reshape((b, h, 1, s))?;
     let probs = super::masked_softmax(&scores, key_mask, scale, true)?;
-    probs
-        .reshape((b, kv, rep, s))?
-        .matmul(v)?
-        .reshape((b, h, d))
+    probs.reshape((b, kv, rep, s))?.matmul(v)?.reshape((b, h, d))
 }
 
 struct DecodeAttention {
@@ -149,12 +116,7 @@ struct Rows {
 impl Rows {
     fn of(l: &Layout) -> Rows {
         let st = l.stride();
-        Rows {
-            start: l.start_offset(),
-            sb: st[0],
-            skv: st[1],
-            ss: st[2],
-        }
+        Rows { start: l.start_offset(), sb: st[0], skv: st[1], ss: st[2] }
     }
 
     #[inline(always)]
@@ -249,9 +211,7 @@ fn kernel<T: Fl>(
         }
     };
     if b > 1 && 2 * b * h * s * d >= PARALLEL_MIN_WORK {
-        out.par_chunks_mut(h * d)
-            .enumerate()
-            .for_each_init(Vec::new, |p, (bi, ob)| one(bi, ob, p));
+        out.par_chunks_mut(h * d).enumerate().for_each_init(Vec::new, |p, (bi, ob)| one(bi, ob, p));
     } else {
         let mut p = Vec::new();
         for (bi, ob) in out.chunks_mut(h * d).enumerate() {
@@ -278,42 +238,34 @@ impl CustomOp3 for DecodeAttention {
         let (b, h, d) = l1.shape().dims3()?;
         let (_, kvh, s, _) = l2.shape().dims4()?;
         if self.mask.len() != b * s {
-            return Err(candle_core::Error::Msg(format!(
-                "{}: key mask has {} entries, expected {b}×{s}",
-                self.name(),
-                self.mask.len()
-            )));
+            return Err(candle_core::Error::Msg(format!("{}: key mask has {} entries, expected {b}×{s}", self.name(), self.mask.len())));
         }
         let dims = [b, h, kvh, s, d];
         let (kr, vr) = (Rows::of(l2), Rows::of(l3));
         let n = self.name();
         let out = match (s1, s2, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(k), CpuStorage::F32(v)) => {
-                CpuStorage::F32(kernel::<f32>(
-                    cslice(s1, l1, n)?,
-                    k,
-                    kr,
-                    v,
-                    vr,
-                    &self.mask,
-                    dims,
-                    self.scale,
-                    self.shared.as_ref(),
-                ))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(k), CpuStorage::F64(v)) => {
-                CpuStorage::F64(kernel::<f64>(
-                    cslice(s1, l1, n)?,
-                    k,
-                    kr,
-                    v,
-                    vr,
-                    &self.mask,
-                    dims,
-                    self.scale,
-                    self.shared.as_ref(),
-                ))
-            }
+            (CpuStorage::F32(_), CpuStorage::F32(k), CpuStorage::F32(v)) => CpuStorage::F32(kernel::<f32>(
+                cslice(s1, l1, n)?,
+                k,
+                kr,
+                v,
+                vr,
+                &self.mask,
+                dims,
+                self.scale,
+                self.shared.as_ref(),
+            )),
+            (CpuStorage::F64(_), CpuStorage::F64(k), CpuStorage::F64(v)) => CpuStorage::F64(kernel::<f64>(
+                cslice(s1, l1, n)?,
+                k,
+                kr,
+                v,
+                vr,
+                &self.mask,
+                dims,
+                self.scale,
+                self.shared.as_ref(),
+            )),
             _ => return Err(bad_dtype(n, s1)),
         };
         Ok((out, l1.shape().clone()))
@@ -342,37 +294,15 @@ mod tests {
             m[0] = 0.0;
             m[1] = 0.0;
             m[2 * s..].iter_mut().for_each(|x| *x = 0.0);
-            let mask = Tensor::from_vec(m, (b, s), &Device::Cpu)
-                .unwrap()
-                .to_dtype(dtype)
-                .unwrap();
+            let mask = Tensor::from_vec(m, (b, s), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
             let fused = decode_attention(&q, &k, &v, &mask, 0.3).unwrap();
-            let slow = decode_attention_slow(
-                &q,
-                &k.contiguous().unwrap(),
-                &v.contiguous().unwrap(),
-                &mask,
-                0.3,
-            )
-            .unwrap();
+            let slow = decode_attention_slow(&q, &k.contiguous().unwrap(), &v.contiguous().unwrap(), &mask, 0.3).unwrap();
             assert_eq!(fused.dims(), &[b, h, d]);
             let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
             let e = rel_err(&fused, &slow);
             assert!(e < tol, "{dtype:?}: rel err {e}");
-            let last: Vec<f64> = fused
-                .get(2)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_dtype(DType::F64)
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            assert_eq!(
-                last,
-                vec![0.0; h * d],
-                "a fully padded sequence attends to nothing"
-            );
+            let last: Vec<f64> = fused.get(2).unwrap().flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap();
+            assert_eq!(last, vec![0.0; h * d], "a fully padded sequence attends to nothing");
         }
     }
 
@@ -381,12 +311,8 @@ mod tests {
     fn parallel_path_matches_composed() {
         let (b, h, s, d) = (16usize, 8usize, 40usize, 32usize);
         let q = rand_f64(&[b, h, d], 4, 2.0).to_dtype(DType::F32).unwrap();
-        let k = rand_f64(&[b, h, s, d], 5, 2.0)
-            .to_dtype(DType::F32)
-            .unwrap();
-        let v = rand_f64(&[b, h, s, d], 6, 2.0)
-            .to_dtype(DType::F32)
-            .unwrap();
+        let k = rand_f64(&[b, h, s, d], 5, 2.0).to_dtype(DType::F32).unwrap();
+        let v = rand_f64(&[b, h, s, d], 6, 2.0).to_dtype(DType::F32).unwrap();
         assert!(2 * b * h * s * d >= PARALLEL_MIN_WORK);
         let mask = Tensor::ones((b, s), DType::F32, &Device::Cpu).unwrap();
         let e = rel_err(
@@ -402,31 +328,18 @@ mod tests {
     fn shared_rows_read_their_source() {
         let (b, h, s, d, lead) = (4usize, 2usize, 9usize, 8usize, 5usize);
         let q = rand_f64(&[b, h, d], 7, 1.0).to_dtype(DType::F32).unwrap();
-        let base_k = rand_f64(&[b, h, s, d], 8, 1.0)
-            .to_dtype(DType::F32)
-            .unwrap();
-        let base_v = rand_f64(&[b, h, s, d], 9, 1.0)
-            .to_dtype(DType::F32)
-            .unwrap();
+        let base_k = rand_f64(&[b, h, s, d], 8, 1.0).to_dtype(DType::F32).unwrap();
+        let base_v = rand_f64(&[b, h, s, d], 9, 1.0).to_dtype(DType::F32).unwrap();
         // Rows 1 and 3 copy rows 0 and 2 on the first `lead` positions.
         let source = vec![0u32, 0, 2, 2];
         let idx = Tensor::new(source.as_slice(), &Device::Cpu).unwrap();
         let copy = |t: &Tensor| {
-            let head = t
-                .narrow(2, 0, lead)
-                .unwrap()
-                .contiguous()
-                .unwrap()
-                .index_select(&idx, 0)
-                .unwrap();
+            let head = t.narrow(2, 0, lead).unwrap().contiguous().unwrap().index_select(&idx, 0).unwrap();
             Tensor::cat(&[&head, &t.narrow(2, lead, s - lead).unwrap()], 2).unwrap()
         };
         let (k, v) = (copy(&base_k), copy(&base_v));
         let mask = Tensor::ones((b, s), DType::F32, &Device::Cpu).unwrap();
-        let sh = SharedKeys {
-            source: source.clone(),
-            len: lead,
-        };
+        let sh = SharedKeys { source: source.clone(), len: lead };
         let plain = decode_attention(&q, &k, &v, &mask, 0.4).unwrap();
         let shared = decode_attention_shared(&q, &k, &v, &mask, 0.4, Some(&sh)).unwrap();
         assert!(rel_err(&shared, &plain) < 1e-6);
@@ -445,13 +358,9 @@ mod tests {
                 .collect();
             Tensor::stack(&rows, 0).unwrap()
         };
-        let poisoned =
-            decode_attention_shared(&q, &poison(&k), &poison(&v), &mask, 0.4, Some(&sh)).unwrap();
+        let poisoned = decode_attention_shared(&q, &poison(&k), &poison(&v), &mask, 0.4, Some(&sh)).unwrap();
         assert!(rel_err(&poisoned, &plain) < 1e-6);
-        let bad = SharedKeys {
-            source: vec![0, 0, 4, 2],
-            len: lead,
-        };
+        let bad = SharedKeys { source: vec![0, 0, 4, 2], len: lead };
         assert!(decode_attention_shared(&q, &k, &v, &mask, 0.4, Some(&bad)).is_err());
     }
 
@@ -460,9 +369,6 @@ mod tests {
         let q = Tensor::zeros((2, 4, 8), DType::F32, &Device::Cpu).unwrap();
         let k = Tensor::zeros((2, 3, 5, 8), DType::F32, &Device::Cpu).unwrap();
         let mask = Tensor::ones((2, 5), DType::F32, &Device::Cpu).unwrap();
-        assert!(
-            decode_attention(&q, &k, &k, &mask, 1.0).is_err(),
-            "4 heads cannot share 3 KV heads"
-        );
+        assert!(decode_attention(&q, &k, &k, &mask, 1.0).is_err(), "4 heads cannot share 3 KV heads");
     }
 }

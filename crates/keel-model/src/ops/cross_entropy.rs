@@ -6,9 +6,7 @@
 //! avoidable allocation of a training step. The fused kernels compute each row's log-sum-exp on
 //! the fly and, in backward, write the `[B, T, V]` logits gradient once.
 
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
-};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use super::{bad_dtype, cslice, rows_per_task, use_fused, Fl};
@@ -33,9 +31,7 @@ fn out_len(t: usize, shift: bool) -> usize {
 pub fn token_logprobs(logits: &Tensor, ids: &Tensor, shift: bool) -> Result<Tensor> {
     if use_fused(logits) && logits.rank() == 3 {
         let ids = ids.to_dtype(DType::U32)?.contiguous()?;
-        logits
-            .contiguous()?
-            .apply_op2(&ids, TokenLogprobs { shift })
+        logits.contiguous()?.apply_op2(&ids, TokenLogprobs { shift })
     } else {
         token_logprobs_slow(logits, ids, shift)
     }
@@ -46,14 +42,9 @@ pub fn token_logprobs_slow(logits: &Tensor, ids: &Tensor, shift: bool) -> Result
     let (_b, t, _v) = logits.dims3()?;
     let n = out_len(t, shift);
     let lg = logits.narrow(1, 0, n)?;
-    let tg = if shift {
-        ids.narrow(1, 1, n)?
-    } else {
-        ids.clone()
-    };
+    let tg = if shift { ids.narrow(1, 1, n)? } else { ids.clone() };
     let lsm = candle_nn::ops::log_softmax(&lg, D::Minus1)?;
-    lsm.gather(&tg.to_dtype(DType::U32)?.contiguous()?.unsqueeze(2)?, 2)?
-        .squeeze(2)
+    lsm.gather(&tg.to_dtype(DType::U32)?.contiguous()?.unsqueeze(2)?, 2)?.squeeze(2)
 }
 
 /// Entropy `H = −Σ_v p_v log p_v` of each row of `logits` (`[B, T, V]`), in nats.
@@ -91,21 +82,14 @@ fn lse<T: Fl>(row: &[T]) -> T {
             *a = if b > *a { b } else { *a };
         }
     }
-    let m = mx
-        .iter()
-        .chain(rem)
-        .fold(T::neg_infinity(), |a, &b| if b > a { b } else { a });
+    let m = mx.iter().chain(rem).fold(T::neg_infinity(), |a, &b| if b > a { b } else { a });
     let mut acc = [T::zero(); LANES];
     for c in row.chunks_exact(LANES) {
         for (a, &b) in acc.iter_mut().zip(c) {
             *a = *a + (b - m).fast_exp();
         }
     }
-    let s = rem
-        .iter()
-        .fold(acc.iter().fold(T::zero(), |a, &b| a + b), |a, &b| {
-            a + (b - m).fast_exp()
-        });
+    let s = rem.iter().fold(acc.iter().fold(T::zero(), |a, &b| a + b), |a, &b| a + (b - m).fast_exp());
     m + s.ln()
 }
 
@@ -115,9 +99,7 @@ struct TokenLogprobs {
 
 fn check_ids(ids: &[u32], v: usize) -> Result<()> {
     match ids.iter().find(|&&i| i as usize >= v) {
-        Some(bad) => Err(candle_core::Error::Msg(format!(
-            "token id {bad} out of range for vocabulary {v}"
-        ))),
+        Some(bad) => Err(candle_core::Error::Msg(format!("token id {bad} out of range for vocabulary {v}"))),
         None => Ok(()),
     }
 }
@@ -140,13 +122,7 @@ impl CustomOp2 for TokenLogprobs {
         "keel-token-logprobs"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, t, v) = l1.shape().dims3()?;
         if l2.shape().dims2()? != (b, t) {
             return Err(candle_core::Error::Msg(format!(
@@ -160,24 +136,14 @@ impl CustomOp2 for TokenLogprobs {
         let ids = cslice::<u32>(s2, l2, n)?;
         check_ids(ids, v)?;
         let out = match s1 {
-            CpuStorage::F32(_) => {
-                CpuStorage::F32(lp_fwd::<f32>(cslice(s1, l1, n)?, ids, b, t, v, self.shift))
-            }
-            CpuStorage::F64(_) => {
-                CpuStorage::F64(lp_fwd::<f64>(cslice(s1, l1, n)?, ids, b, t, v, self.shift))
-            }
+            CpuStorage::F32(_) => CpuStorage::F32(lp_fwd::<f32>(cslice(s1, l1, n)?, ids, b, t, v, self.shift)),
+            CpuStorage::F64(_) => CpuStorage::F64(lp_fwd::<f64>(cslice(s1, l1, n)?, ids, b, t, v, self.shift)),
             _ => return Err(bad_dtype(n, s1)),
         };
         Ok((out, Shape::from((b, out_len(t, self.shift)))))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        ids: &Tensor,
-        res: &Tensor,
-        g: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, ids: &Tensor, res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // The forward output carries each row's log-sum-exp (`lse = x[target] − logprob`), so the
         // backward pass gets it from `[g, logprob]` pairs instead of recomputing a max and 4096
         // exponentials per row.
@@ -198,25 +164,23 @@ fn lp_bwd<T: Fl>(x: &[T], ids: &[u32], g_lp: &[T], t: usize, v: usize, shift: bo
     let sh = usize::from(shift);
     let mut dx = vec![T::zero(); x.len()];
     let rows = rows_per_task(v);
-    dx.par_chunks_mut(v * rows)
-        .enumerate()
-        .for_each(|(ci, dc)| {
-            for (ri, dr) in dc.chunks_mut(v).enumerate() {
-                let r = ci * rows + ri;
-                let (bi, ti) = (r / t, r % t);
-                if ti >= n {
-                    continue;
-                }
-                let (gv, lp) = (g_lp[2 * (bi * n + ti)], g_lp[2 * (bi * n + ti) + 1]);
-                let row = &x[r * v..(r + 1) * v];
-                let tgt = ids[bi * t + ti + sh] as usize;
-                let l = row[tgt] - lp;
-                for (d, &xv) in dr.iter_mut().zip(row) {
-                    *d = -gv * (xv - l).fast_exp();
-                }
-                dr[tgt] += gv;
+    dx.par_chunks_mut(v * rows).enumerate().for_each(|(ci, dc)| {
+        for (ri, dr) in dc.chunks_mut(v).enumerate() {
+            let r = ci * rows + ri;
+            let (bi, ti) = (r / t, r % t);
+            if ti >= n {
+                continue;
             }
-        });
+            let (gv, lp) = (g_lp[2 * (bi * n + ti)], g_lp[2 * (bi * n + ti) + 1]);
+            let row = &x[r * v..(r + 1) * v];
+            let tgt = ids[bi * t + ti + sh] as usize;
+            let l = row[tgt] - lp;
+            for (d, &xv) in dr.iter_mut().zip(row) {
+                *d = -gv * (xv - l).fast_exp();
+            }
+            dr[tgt] += gv;
+        }
+    });
     dx
 }
 
@@ -238,22 +202,12 @@ impl CustomOp3 for TokenLogprobsBwd {
         let n = self.name();
         let ids = cslice::<u32>(s2, l2, n)?;
         let out = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(lp_bwd::<f32>(
-                cslice(s1, l1, n)?,
-                ids,
-                cslice(s3, l3, n)?,
-                t,
-                v,
-                self.shift,
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(lp_bwd::<f64>(
-                cslice(s1, l1, n)?,
-                ids,
-                cslice(s3, l3, n)?,
-                t,
-                v,
-                self.shift,
-            )),
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(lp_bwd::<f32>(cslice(s1, l1, n)?, ids, cslice(s3, l3, n)?, t, v, self.shift))
+            }
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(lp_bwd::<f64>(cslice(s1, l1, n)?, ids, cslice(s3, l3, n)?, t, v, self.shift))
+            }
             _ => return Err(bad_dtype(n, s1)),
         };
         Ok((out, l1.shape().clone()))
@@ -272,9 +226,7 @@ fn ent_fwd<T: Fl>(x: &[T], b: usize, t: usize, v: usize, shift: bool) -> Vec<T> 
         let row = &x[(bi * t + ti) * v..(bi * t + ti + 1) * v];
         let l = lse(row);
         // H = lse − Σ p x
-        let px = row
-            .iter()
-            .fold(T::zero(), |a, &xv| a + (xv - l).fast_exp() * xv);
+        let px = row.iter().fold(T::zero(), |a, &xv| a + (xv - l).fast_exp() * xv);
         *o = l - px;
     });
     out
@@ -289,12 +241,8 @@ impl CustomOp1 for Entropy {
         let (b, t, v) = l.shape().dims3()?;
         let n = self.name();
         let out = match s {
-            CpuStorage::F32(_) => {
-                CpuStorage::F32(ent_fwd::<f32>(cslice(s, l, n)?, b, t, v, self.shift))
-            }
-            CpuStorage::F64(_) => {
-                CpuStorage::F64(ent_fwd::<f64>(cslice(s, l, n)?, b, t, v, self.shift))
-            }
+            CpuStorage::F32(_) => CpuStorage::F32(ent_fwd::<f32>(cslice(s, l, n)?, b, t, v, self.shift)),
+            CpuStorage::F64(_) => CpuStorage::F64(ent_fwd::<f64>(cslice(s, l, n)?, b, t, v, self.shift)),
             _ => return Err(bad_dtype(n, s)),
         };
         Ok((out, Shape::from((b, out_len(t, self.shift)))))
@@ -315,24 +263,22 @@ fn ent_bwd<T: Fl>(x: &[T], h: &[T], g: &[T], t: usize, v: usize, shift: bool) ->
     let n = out_len(t, shift);
     let mut dx = vec![T::zero(); x.len()];
     let rows = rows_per_task(v);
-    dx.par_chunks_mut(v * rows)
-        .enumerate()
-        .for_each(|(ci, dc)| {
-            for (ri, dr) in dc.chunks_mut(v).enumerate() {
-                let r = ci * rows + ri;
-                let (bi, ti) = (r / t, r % t);
-                if ti >= n {
-                    continue;
-                }
-                let (gv, hv) = (g[bi * n + ti], h[bi * n + ti]);
-                let row = &x[r * v..(r + 1) * v];
-                let l = lse(row);
-                for (d, &xv) in dr.iter_mut().zip(row) {
-                    let lp = xv - l;
-                    *d = -gv * lp.fast_exp() * (lp + hv);
-                }
+    dx.par_chunks_mut(v * rows).enumerate().for_each(|(ci, dc)| {
+        for (ri, dr) in dc.chunks_mut(v).enumerate() {
+            let r = ci * rows + ri;
+            let (bi, ti) = (r / t, r % t);
+            if ti >= n {
+                continue;
             }
-        });
+            let (gv, hv) = (g[bi * n + ti], h[bi * n + ti]);
+            let row = &x[r * v..(r + 1) * v];
+            let l = lse(row);
+            for (d, &xv) in dr.iter_mut().zip(row) {
+                let lp = xv - l;
+                *d = -gv * lp.fast_exp() * (lp + hv);
+            }
+        }
+    });
     dx
 }
 
@@ -389,8 +335,7 @@ mod tests {
     fn fused_matches_slow_values_and_grads() {
         for dtype in [DType::F32, DType::F64] {
             for shift in [true, false] {
-                let x = Var::from_tensor(&rand_f64(&[2, 4, 7], 21, 3.0).to_dtype(dtype).unwrap())
-                    .unwrap();
+                let x = Var::from_tensor(&rand_f64(&[2, 4, 7], 21, 3.0).to_dtype(dtype).unwrap()).unwrap();
                 let n = if shift { 3 } else { 4 };
                 let r = rand_f64(&[2, n], 22, 1.0).to_dtype(dtype).unwrap();
                 let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
@@ -401,14 +346,8 @@ mod tests {
                 let ef = entropy(&x, shift).unwrap();
                 let es = entropy_slow(&x, shift).unwrap();
                 assert!(rel_err(&ef, &es) < tol);
-                let lossf = ((lf * &r).unwrap() + (ef * &r).unwrap())
-                    .unwrap()
-                    .sum_all()
-                    .unwrap();
-                let losss = ((ls * &r).unwrap() + (es * &r).unwrap())
-                    .unwrap()
-                    .sum_all()
-                    .unwrap();
+                let lossf = ((lf * &r).unwrap() + (ef * &r).unwrap()).unwrap().sum_all().unwrap();
+                let losss = ((ls * &r).unwrap() + (es * &r).unwrap()).unwrap().sum_all().unwrap();
                 let (gf, gs) = (lossf.backward().unwrap(), losss.backward().unwrap());
                 let e = rel_err(gf.get(&x).unwrap(), gs.get(&x).unwrap());
                 assert!(e < tol * 10.0, "{dtype:?} shift {shift}: grad rel err {e}");
@@ -420,26 +359,9 @@ mod tests {
     fn finite_differences_f64() {
         let x0 = rand_f64(&[2, 4, 7], 23, 3.0);
         let r = rand_f64(&[2, 3], 24, 1.0);
-        let e1 = fd_check(&x0, &|x| {
-            token_logprobs(x, &ids(), true)
-                .unwrap()
-                .mul(&r)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-        });
-        let e2 = fd_check(&x0, &|x| {
-            entropy(x, true)
-                .unwrap()
-                .mul(&r)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-        });
-        assert!(
-            e1 < 1e-5 && e2 < 1e-5,
-            "fd rel err logprobs {e1} entropy {e2}"
-        );
+        let e1 = fd_check(&x0, &|x| token_logprobs(x, &ids(), true).unwrap().mul(&r).unwrap().sum_all().unwrap());
+        let e2 = fd_check(&x0, &|x| entropy(x, true).unwrap().mul(&r).unwrap().sum_all().unwrap());
+        assert!(e1 < 1e-5 && e2 < 1e-5, "fd rel err logprobs {e1} entropy {e2}");
     }
 
     #[test]

@@ -136,9 +136,7 @@ pub(crate) fn cslice<'a, T: WithDType>(
     let all = s.as_slice::<T>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&all[a..b]),
-        None => Err(candle_core::Error::Msg(format!(
-            "{op}: kernel input must be contiguous"
-        ))),
+        None => Err(candle_core::Error::Msg(format!("{op}: kernel input must be contiguous"))),
     }
 }
 
@@ -155,12 +153,7 @@ pub(crate) fn rows_per_task(row_len: usize) -> usize {
 /// Why: handing work to rayon from a thread outside its pool (the caller of a candle op) costs a
 /// cross-thread wake-up and hand-back. That is noise for a training batch but dominated the
 /// fused ops at a decoding step, whose tensors hold a few thousand elements (16 rows × 256).
-pub(crate) fn for_chunks<T: Send, U: Sync>(
-    out: &mut [T],
-    inp: &[U],
-    chunk: usize,
-    f: impl Fn(usize, &mut [T], &[U]) + Sync,
-) {
+pub(crate) fn for_chunks<T: Send, U: Sync>(out: &mut [T], inp: &[U], chunk: usize, f: impl Fn(usize, &mut [T], &[U]) + Sync) {
     let chunk = chunk.max(1);
     if out.len() <= chunk {
         if !out.is_empty() {
@@ -168,18 +161,12 @@ pub(crate) fn for_chunks<T: Send, U: Sync>(
         }
         return;
     }
-    out.par_chunks_mut(chunk)
-        .zip(inp.par_chunks(chunk))
-        .enumerate()
-        .for_each(|(i, (o, x))| f(i, o, x));
+    out.par_chunks_mut(chunk).zip(inp.par_chunks(chunk)).enumerate().for_each(|(i, (o, x))| f(i, o, x));
 }
 
 /// Error for a kernel called on a dtype it does not implement.
 pub(crate) fn bad_dtype(op: &str, s: &CpuStorage) -> candle_core::Error {
-    candle_core::Error::Msg(format!(
-        "{op}: fused kernel supports f32/f64, got {:?}",
-        candle_core::backend::BackendStorage::dtype(s)
-    ))
+    candle_core::Error::Msg(format!("{op}: fused kernel supports f32/f64, got {:?}", candle_core::backend::BackendStorage::dtype(s)))
 }
 
 #[cfg(test)]
@@ -198,26 +185,10 @@ pub(crate) mod testutil {
 
     /// Max |a-b| / max(max|b|, tiny).
     pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-        let a: Vec<f64> = a
-            .flatten_all()
-            .unwrap()
-            .to_dtype(candle_core::DType::F64)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let b: Vec<f64> = b
-            .flatten_all()
-            .unwrap()
-            .to_dtype(candle_core::DType::F64)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let a: Vec<f64> = a.flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap().to_vec1().unwrap();
+        let b: Vec<f64> = b.flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap().to_vec1().unwrap();
         assert_eq!(a.len(), b.len());
-        let d = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f64::max);
+        let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
         let m = b.iter().map(|x| x.abs()).fold(0.0, f64::max).max(1e-30);
         d / m
     }
@@ -239,9 +210,7 @@ pub(crate) mod testutil {
                 .to_scalar()
                 .unwrap();
             p[i] -= 2.0 * eps;
-            let lm: f64 = f(&Tensor::from_vec(p, x.shape(), &Device::Cpu).unwrap())
-                .to_scalar()
-                .unwrap();
+            let lm: f64 = f(&Tensor::from_vec(p, x.shape(), &Device::Cpu).unwrap()).to_scalar().unwrap();
             num[i] = (lp - lm) / (2.0 * eps);
         }
         let num = Tensor::from_vec(num, x.shape(), &Device::Cpu).unwrap();
@@ -264,10 +233,7 @@ mod exp_tests {
             worst = worst.max(((got - want) / want).abs());
             x += 0.013;
         }
-        assert!(
-            worst < 4.0 * f32::EPSILON as f64,
-            "max relative error {worst:e}"
-        );
+        assert!(worst < 4.0 * f32::EPSILON as f64, "max relative error {worst:e}");
         assert_eq!(exp_f32(0.0), 1.0);
         assert_eq!(exp_f32(-100.0), 0.0);
         assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);

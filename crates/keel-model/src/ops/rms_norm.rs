@@ -57,31 +57,15 @@ impl CustomOp2 for RmsNorm {
         "keel-rms-norm"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let h = l1.shape().dims().last().copied().unwrap_or(1);
         let out = match s1 {
             CpuStorage::F32(_) => {
-                let y = fwd_kernel::<f32>(
-                    cslice(s1, l1, self.name())?,
-                    cslice(s2, l2, self.name())?,
-                    h,
-                    self.eps,
-                );
+                let y = fwd_kernel::<f32>(cslice(s1, l1, self.name())?, cslice(s2, l2, self.name())?, h, self.eps);
                 CpuStorage::F32(y)
             }
             CpuStorage::F64(_) => {
-                let y = fwd_kernel::<f64>(
-                    cslice(s1, l1, self.name())?,
-                    cslice(s2, l2, self.name())?,
-                    h,
-                    self.eps,
-                );
+                let y = fwd_kernel::<f64>(cslice(s1, l1, self.name())?, cslice(s2, l2, self.name())?, h, self.eps);
                 CpuStorage::F64(y)
             }
             _ => return Err(bad_dtype(self.name(), s1)),
@@ -89,30 +73,10 @@ impl CustomOp2 for RmsNorm {
         Ok((out, l1.shape().clone()))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = g.contiguous()?;
-        let dx = x.apply_op3_no_bwd(
-            w,
-            &g,
-            &RmsNormBwd {
-                eps: self.eps,
-                want_w: false,
-            },
-        )?;
-        let dw = x.apply_op3_no_bwd(
-            w,
-            &g,
-            &RmsNormBwd {
-                eps: self.eps,
-                want_w: true,
-            },
-        )?;
+        let dx = x.apply_op3_no_bwd(w, &g, &RmsNormBwd { eps: self.eps, want_w: false })?;
+        let dw = x.apply_op3_no_bwd(w, &g, &RmsNormBwd { eps: self.eps, want_w: true })?;
         Ok((Some(dx), Some(dw)))
     }
 }
@@ -128,10 +92,8 @@ fn bwd_dx<T: Fl>(x: &[T], w: &[T], g: &[T], h: usize, eps: f64) -> Vec<T> {
     let rows = rows_per_task(h);
     let eps = T::from(eps).unwrap_or_else(T::zero);
     let hf = T::from(h).unwrap_or_else(T::one);
-    dx.par_chunks_mut(h * rows)
-        .zip(x.par_chunks(h * rows))
-        .zip(g.par_chunks(h * rows))
-        .for_each(|((dc, xc), gc)| {
+    dx.par_chunks_mut(h * rows).zip(x.par_chunks(h * rows)).zip(g.par_chunks(h * rows)).for_each(
+        |((dc, xc), gc)| {
             for ((dr, xr), gr) in dc.chunks_mut(h).zip(xc.chunks(h)).zip(gc.chunks(h)) {
                 let mut ss = T::zero();
                 let mut gwx = T::zero();
@@ -145,7 +107,8 @@ fn bwd_dx<T: Fl>(x: &[T], w: &[T], g: &[T], h: usize, eps: f64) -> Vec<T> {
                     dr[j] = r * gr[j] * w[j] - xr[j] * c;
                 }
             }
-        });
+        },
+    );
     dx
 }
 
@@ -165,11 +128,8 @@ fn bwd_dw<T: Fl>(x: &[T], g: &[T], h: usize, eps: f64) -> Vec<T> {
         acc
     };
     // Fixed chunking and an ordered reduction keep results deterministic across runs.
-    let parts: Vec<Vec<T>> = x
-        .par_chunks(h * rows)
-        .zip(g.par_chunks(h * rows))
-        .map(|(xc, gc)| partial(xc, gc))
-        .collect();
+    let parts: Vec<Vec<T>> =
+        x.par_chunks(h * rows).zip(g.par_chunks(h * rows)).map(|(xc, gc)| partial(xc, gc)).collect();
     let mut dw = vec![T::zero(); h];
     for p in parts {
         for j in 0..h {
@@ -197,36 +157,16 @@ impl CustomOp3 for RmsNormBwd {
         let n = self.name();
         let out = match s1 {
             CpuStorage::F32(_) => {
-                let (x, w, g) = (
-                    cslice::<f32>(s1, l1, n)?,
-                    cslice::<f32>(s2, l2, n)?,
-                    cslice::<f32>(s3, l3, n)?,
-                );
-                CpuStorage::F32(if self.want_w {
-                    bwd_dw(x, g, h, self.eps)
-                } else {
-                    bwd_dx(x, w, g, h, self.eps)
-                })
+                let (x, w, g) = (cslice::<f32>(s1, l1, n)?, cslice::<f32>(s2, l2, n)?, cslice::<f32>(s3, l3, n)?);
+                CpuStorage::F32(if self.want_w { bwd_dw(x, g, h, self.eps) } else { bwd_dx(x, w, g, h, self.eps) })
             }
             CpuStorage::F64(_) => {
-                let (x, w, g) = (
-                    cslice::<f64>(s1, l1, n)?,
-                    cslice::<f64>(s2, l2, n)?,
-                    cslice::<f64>(s3, l3, n)?,
-                );
-                CpuStorage::F64(if self.want_w {
-                    bwd_dw(x, g, h, self.eps)
-                } else {
-                    bwd_dx(x, w, g, h, self.eps)
-                })
+                let (x, w, g) = (cslice::<f64>(s1, l1, n)?, cslice::<f64>(s2, l2, n)?, cslice::<f64>(s3, l3, n)?);
+                CpuStorage::F64(if self.want_w { bwd_dw(x, g, h, self.eps) } else { bwd_dx(x, w, g, h, self.eps) })
             }
             _ => return Err(bad_dtype(n, s1)),
         };
-        let shape = if self.want_w {
-            l2.shape().clone()
-        } else {
-            l1.shape().clone()
-        };
+        let shape = if self.want_w { l2.shape().clone() } else { l1.shape().clone() };
         Ok((out, shape))
     }
 }
@@ -240,8 +180,7 @@ mod tests {
     #[test]
     fn fused_matches_slow_values_and_grads_f32_and_f64() {
         for dtype in [DType::F32, DType::F64] {
-            let x =
-                Var::from_tensor(&rand_f64(&[3, 5, 16], 1, 2.0).to_dtype(dtype).unwrap()).unwrap();
+            let x = Var::from_tensor(&rand_f64(&[3, 5, 16], 1, 2.0).to_dtype(dtype).unwrap()).unwrap();
             let w = Var::from_tensor(&rand_f64(&[16], 2, 1.5).to_dtype(dtype).unwrap()).unwrap();
             let r = rand_f64(&[3, 5, 16], 3, 1.0).to_dtype(dtype).unwrap();
             let yf = rms_norm(&x, &w, 1e-5).unwrap();
@@ -262,22 +201,8 @@ mod tests {
         let x0 = rand_f64(&[4, 8], 4, 2.0);
         let w0 = rand_f64(&[8], 5, 1.5);
         let r = rand_f64(&[4, 8], 6, 1.0);
-        let ex = fd_check(&x0, &|x| {
-            rms_norm(x, &w0, 1e-6)
-                .unwrap()
-                .mul(&r)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-        });
-        let ew = fd_check(&w0, &|w| {
-            rms_norm(&x0, w, 1e-6)
-                .unwrap()
-                .mul(&r)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-        });
+        let ex = fd_check(&x0, &|x| rms_norm(x, &w0, 1e-6).unwrap().mul(&r).unwrap().sum_all().unwrap());
+        let ew = fd_check(&w0, &|w| rms_norm(&x0, w, 1e-6).unwrap().mul(&r).unwrap().sum_all().unwrap());
         assert!(ex < 1e-5 && ew < 1e-5, "fd rel err x {ex} w {ew}");
     }
 }

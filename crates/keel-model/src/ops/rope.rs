@@ -121,13 +121,7 @@ impl CustomOp3 for Rope {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // The rotation is orthogonal: its transpose is the rotation by −θ.
-        let dx = g.contiguous()?.apply_op3_no_bwd(
-            cos,
-            sin,
-            &Rope {
-                inverse: !self.inverse,
-            },
-        )?;
+        let dx = g.contiguous()?.apply_op3_no_bwd(cos, sin, &Rope { inverse: !self.inverse })?;
         Ok((Some(dx), None, None))
     }
 }
@@ -141,39 +135,18 @@ mod tests {
     #[test]
     fn fused_matches_slow_and_candle_reference() {
         for dtype in [DType::F32, DType::F64] {
-            let x = Var::from_tensor(&rand_f64(&[2, 3, 4, 8], 11, 1.0).to_dtype(dtype).unwrap())
-                .unwrap();
+            let x = Var::from_tensor(&rand_f64(&[2, 3, 4, 8], 11, 1.0).to_dtype(dtype).unwrap()).unwrap();
             let ang = rand_f64(&[2, 3, 4], 12, 3.0);
-            let (c, s) = (
-                ang.cos().unwrap().to_dtype(dtype).unwrap(),
-                ang.sin().unwrap().to_dtype(dtype).unwrap(),
-            );
+            let (c, s) = (ang.cos().unwrap().to_dtype(dtype).unwrap(), ang.sin().unwrap().to_dtype(dtype).unwrap());
             let r = rand_f64(&[2, 3, 4, 8], 13, 1.0).to_dtype(dtype).unwrap();
             let yf = rope(&x, &c, &s).unwrap();
             let ys = rope_slow(&x, &c, &s).unwrap();
             let tol = if dtype == DType::F32 { 1e-6 } else { 1e-13 };
             assert!(rel_err(&yf, &ys) < tol);
             // candle-nn's rope_slow expects [B, H, T, D] and [T, D/2] tables: compare batch 0.
-            let xb = x
-                .as_tensor()
-                .get(0)
-                .unwrap()
-                .transpose(0, 1)
-                .unwrap()
-                .contiguous()
-                .unwrap()
-                .unsqueeze(0)
-                .unwrap();
-            let reference =
-                candle_nn::rotary_emb::rope_slow(&xb, &c.get(0).unwrap(), &s.get(0).unwrap())
-                    .unwrap();
-            let ours = yf
-                .get(0)
-                .unwrap()
-                .transpose(0, 1)
-                .unwrap()
-                .unsqueeze(0)
-                .unwrap();
+            let xb = x.as_tensor().get(0).unwrap().transpose(0, 1).unwrap().contiguous().unwrap().unsqueeze(0).unwrap();
+            let reference = candle_nn::rotary_emb::rope_slow(&xb, &c.get(0).unwrap(), &s.get(0).unwrap()).unwrap();
+            let ours = yf.get(0).unwrap().transpose(0, 1).unwrap().unsqueeze(0).unwrap();
             assert!(rel_err(&ours, &reference) < tol);
             let gf = (yf * &r).unwrap().sum_all().unwrap().backward().unwrap();
             let gs = (ys * &r).unwrap().sum_all().unwrap().backward().unwrap();
@@ -187,9 +160,7 @@ mod tests {
         let ang = rand_f64(&[1, 3, 3], 15, 3.0);
         let (c, s) = (ang.cos().unwrap(), ang.sin().unwrap());
         let r = rand_f64(&[1, 3, 2, 6], 16, 1.0);
-        let e = fd_check(&x0, &|x| {
-            rope(x, &c, &s).unwrap().mul(&r).unwrap().sum_all().unwrap()
-        });
+        let e = fd_check(&x0, &|x| rope(x, &c, &s).unwrap().mul(&r).unwrap().sum_all().unwrap());
         assert!(e < 1e-5, "fd rel err {e}");
     }
 }

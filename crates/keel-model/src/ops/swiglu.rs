@@ -39,10 +39,7 @@ fn fwd<T: Fl>(a: &[T], b: &[T]) -> Vec<T> {
         // One chunk: stay on the calling thread (see `ops::for_chunks`).
         body(((&mut y[..], a), b));
     } else {
-        y.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK))
-            .zip(b.par_chunks(CHUNK))
-            .for_each(body);
+        y.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).zip(b.par_chunks(CHUNK)).for_each(body);
     }
     y
 }
@@ -52,33 +49,17 @@ impl CustomOp2 for SwiGlu {
         "keel-swiglu"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let n = self.name();
         let out = match s1 {
-            CpuStorage::F32(_) => {
-                CpuStorage::F32(fwd::<f32>(cslice(s1, l1, n)?, cslice(s2, l2, n)?))
-            }
-            CpuStorage::F64(_) => {
-                CpuStorage::F64(fwd::<f64>(cslice(s1, l1, n)?, cslice(s2, l2, n)?))
-            }
+            CpuStorage::F32(_) => CpuStorage::F32(fwd::<f32>(cslice(s1, l1, n)?, cslice(s2, l2, n)?)),
+            CpuStorage::F64(_) => CpuStorage::F64(fwd::<f64>(cslice(s1, l1, n)?, cslice(s2, l2, n)?)),
             _ => return Err(bad_dtype(n, s1)),
         };
         Ok((out, l1.shape().clone()))
     }
 
-    fn bwd(
-        &self,
-        a: &Tensor,
-        b: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // One pass computes both gradients (the sigmoid is evaluated once per element) into a
         // `[2, ...]` buffer; the two halves are contiguous views of it.
         let both = a.apply_op3_no_bwd(b, &g.contiguous()?, &SwiGluBwd)?;
@@ -99,9 +80,7 @@ fn bwd<T: Fl>(a: &[T], b: &[T], g: &[T]) -> Vec<T> {
         .zip(b.par_chunks(CHUNK))
         .zip(g.par_chunks(CHUNK))
         .for_each(|((((dac, dbc), ac), bc), gc)| {
-            for ((((da, db), &a), &b), &g) in
-                dac.iter_mut().zip(dbc.iter_mut()).zip(ac).zip(bc).zip(gc)
-            {
+            for ((((da, db), &a), &b), &g) in dac.iter_mut().zip(dbc.iter_mut()).zip(ac).zip(bc).zip(gc) {
                 let s = sigmoid(a);
                 *db = g * a * s;
                 *da = g * b * s * (T::one() + a * (T::one() - s));
@@ -126,16 +105,12 @@ impl CustomOp3 for SwiGluBwd {
     ) -> Result<(CpuStorage, Shape)> {
         let n = self.name();
         let out = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(bwd::<f32>(
-                cslice(s1, l1, n)?,
-                cslice(s2, l2, n)?,
-                cslice(s3, l3, n)?,
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(bwd::<f64>(
-                cslice(s1, l1, n)?,
-                cslice(s2, l2, n)?,
-                cslice(s3, l3, n)?,
-            )),
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(bwd::<f32>(cslice(s1, l1, n)?, cslice(s2, l2, n)?, cslice(s3, l3, n)?))
+            }
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(bwd::<f64>(cslice(s1, l1, n)?, cslice(s2, l2, n)?, cslice(s3, l3, n)?))
+            }
             _ => return Err(bad_dtype(n, s1)),
         };
         let mut dims = vec![2];
@@ -153,10 +128,8 @@ mod tests {
     #[test]
     fn fused_matches_slow_and_finite_differences() {
         for dtype in [DType::F32, DType::F64] {
-            let a =
-                Var::from_tensor(&rand_f64(&[3, 10], 31, 4.0).to_dtype(dtype).unwrap()).unwrap();
-            let b =
-                Var::from_tensor(&rand_f64(&[3, 10], 32, 2.0).to_dtype(dtype).unwrap()).unwrap();
+            let a = Var::from_tensor(&rand_f64(&[3, 10], 31, 4.0).to_dtype(dtype).unwrap()).unwrap();
+            let b = Var::from_tensor(&rand_f64(&[3, 10], 32, 2.0).to_dtype(dtype).unwrap()).unwrap();
             let r = rand_f64(&[3, 10], 33, 1.0).to_dtype(dtype).unwrap();
             let tol = if dtype == DType::F32 { 1e-6 } else { 1e-13 };
             let yf = swiglu(&a, &b).unwrap();
@@ -171,12 +144,8 @@ mod tests {
         let a0 = rand_f64(&[2, 6], 34, 4.0);
         let b0 = rand_f64(&[2, 6], 35, 2.0);
         let r = rand_f64(&[2, 6], 36, 1.0);
-        let ea = fd_check(&a0, &|a| {
-            swiglu(a, &b0).unwrap().mul(&r).unwrap().sum_all().unwrap()
-        });
-        let eb = fd_check(&b0, &|b| {
-            swiglu(&a0, b).unwrap().mul(&r).unwrap().sum_all().unwrap()
-        });
+        let ea = fd_check(&a0, &|a| swiglu(a, &b0).unwrap().mul(&r).unwrap().sum_all().unwrap());
+        let eb = fd_check(&b0, &|b| swiglu(&a0, b).unwrap().mul(&r).unwrap().sum_all().unwrap());
         assert!(ea < 1e-5 && eb < 1e-5, "fd rel err {ea} {eb}");
     }
 }

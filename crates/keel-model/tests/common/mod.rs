@@ -36,42 +36,21 @@ pub fn random_tensors(cfg: &ModelConfig, seed: u64, dtype: DType) -> HashMap<Str
         } else {
             (0.0, 0.2)
         };
-        let v: Vec<f64> = (0..n)
-            .map(|_| base + std * (rng.random::<f64>() * 2.0 - 1.0) * 1.7)
-            .collect();
-        let t = Tensor::from_vec(v, spec.shape.as_slice(), &Device::Cpu)
-            .unwrap()
-            .to_dtype(dtype)
-            .unwrap();
+        let v: Vec<f64> = (0..n).map(|_| base + std * (rng.random::<f64>() * 2.0 - 1.0) * 1.7).collect();
+        let t = Tensor::from_vec(v, spec.shape.as_slice(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
         out.insert(spec.name, t);
     }
     out
 }
 
 pub fn random_model(cfg: &ModelConfig, seed: u64, dtype: DType) -> CausalLm {
-    CausalLm::from_tensors_on(
-        cfg.clone(),
-        random_tensors(cfg, seed, dtype),
-        &Device::Cpu,
-        dtype,
-    )
-    .unwrap()
+    CausalLm::from_tensors_on(cfg.clone(), random_tensors(cfg, seed, dtype), &Device::Cpu, dtype).unwrap()
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
-    a.to_dtype(DType::F64)
-        .unwrap()
-        .sub(&b.to_dtype(DType::F64).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
+    a.to_dtype(DType::F64).unwrap().sub(&b.to_dtype(DType::F64).unwrap()).unwrap().abs().unwrap()
+        .flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
 }
 
 pub fn ids(rows: &[&[u32]]) -> Tensor {

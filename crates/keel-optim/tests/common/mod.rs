@@ -21,17 +21,11 @@ pub fn v2(rows: &[Vec<f64>]) -> Var {
 }
 
 pub fn rows(t: &Tensor) -> Vec<Vec<f64>> {
-    t.to_dtype(candle_core::DType::F64)
-        .unwrap()
-        .to_vec2::<f64>()
-        .unwrap()
+    t.to_dtype(candle_core::DType::F64).unwrap().to_vec2::<f64>().unwrap()
 }
 
 pub fn scalar(t: &Tensor) -> f64 {
-    t.to_dtype(candle_core::DType::F64)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
+    t.to_dtype(candle_core::DType::F64).unwrap().to_scalar::<f64>().unwrap()
 }
 
 pub fn assert_close(got: f64, want: f64, tol: f64, what: &str) {

@@ -2,14 +2,9 @@
 
 use std::path::PathBuf;
 
+use keel_data::{Cache, Catalog, DataError, ReasoningFormat, SafetyWorld, SafetyWorldConfig, TaskDomain};
 use keel_core::SafetyLabel;
-use keel_data::{
-    Cache, Catalog, DataError, ReasoningFormat, SafetyWorld, SafetyWorldConfig, TaskDomain,
-};
-use keel_pipeline::{
-    DryRun, ParamProblem, ParamSpec, ParamType, Params, PortSpec, Stage, StageContext, StageError,
-    StageKind,
-};
+use keel_pipeline::{DryRun, ParamProblem, ParamSpec, ParamType, Params, PortSpec, Stage, StageContext, StageError, StageKind};
 use rand::seq::SliceRandom;
 use serde::Deserialize;
 
@@ -43,10 +38,7 @@ impl WorldParams {
     fn safety_config(&self) -> Result<SafetyWorldConfig, String> {
         let mut map = self.safety_config.clone();
         if !map.contains_key("format") {
-            map.insert(
-                "format".into(),
-                serde_yaml::to_value(self.format).map_err(|e| e.to_string())?,
-            );
+            map.insert("format".into(), serde_yaml::to_value(self.format).map_err(|e| e.to_string())?);
         }
         serde_yaml::from_value(serde_yaml::Value::Mapping(map)).map_err(|e| e.to_string())
     }
@@ -63,32 +55,12 @@ impl StageKind for SyntheticWorld {
     }
     fn outputs(&self) -> Vec<PortSpec> {
         vec![
-            PortSpec::new(
-                "task_train",
-                EXAMPLES,
-                "task examples with gold worked solutions",
-            ),
+            PortSpec::new("task_train", EXAMPLES, "task examples with gold worked solutions"),
             PortSpec::new("task_test", EXAMPLES, "held-out task examples"),
-            PortSpec::new(
-                "safety_train",
-                EXAMPLES,
-                "harmful→refusal and benign→answer pairs",
-            ),
-            PortSpec::new(
-                "harmful_eval",
-                EXAMPLES,
-                "held-out harmful prompts, disjoint from training",
-            ),
-            PortSpec::new(
-                "benign_eval",
-                EXAMPLES,
-                "held-out benign prompts (over-refusal)",
-            ),
-            PortSpec::new(
-                "base_mix",
-                EXAMPLES,
-                "task subset + safety training set, shuffled",
-            ),
+            PortSpec::new("safety_train", EXAMPLES, "harmful→refusal and benign→answer pairs"),
+            PortSpec::new("harmful_eval", EXAMPLES, "held-out harmful prompts, disjoint from training"),
+            PortSpec::new("benign_eval", EXAMPLES, "held-out benign prompts (over-refusal)"),
+            PortSpec::new("base_mix", EXAMPLES, "task subset + safety training set, shuffled"),
         ]
     }
     fn params(&self) -> Vec<ParamSpec> {
@@ -113,22 +85,13 @@ impl StageKind for SyntheticWorld {
         match params.parse::<WorldParams>() {
             Ok(p) => {
                 if let Err(e) = p.domain() {
-                    out.push(ParamProblem::new(
-                        "task_config",
-                        format!("invalid task configuration: {e}"),
-                    ));
+                    out.push(ParamProblem::new("task_config", format!("invalid task configuration: {e}")));
                 }
                 if let Err(e) = p.safety_config() {
-                    out.push(ParamProblem::new(
-                        "safety_config",
-                        format!("invalid safety configuration: {e}"),
-                    ));
+                    out.push(ParamProblem::new("safety_config", format!("invalid safety configuration: {e}")));
                 }
                 if p.n_base_task > p.n_train {
-                    out.push(ParamProblem::new(
-                        "n_base_task",
-                        format!("{} exceeds n_train = {}", p.n_base_task, p.n_train),
-                    ));
+                    out.push(ParamProblem::new("n_base_task", format!("{} exceeds n_train = {}", p.n_base_task, p.n_train)));
                 }
             }
             Err(e) => out.push(ParamProblem::new("task", e.to_string())),
@@ -136,9 +99,7 @@ impl StageKind for SyntheticWorld {
         out
     }
     fn dry_run(&self, params: &Params) -> Result<DryRun, ParamProblem> {
-        let p = params
-            .parse::<WorldParams>()
-            .map_err(|e| ParamProblem::new("task", e.to_string()))?;
+        let p = params.parse::<WorldParams>().map_err(|e| ParamProblem::new("task", e.to_string()))?;
         let n_train = p.n_train.min(200);
         Ok(DryRun::unchanged()
             .set("n_train", n_train)
@@ -158,20 +119,11 @@ impl Stage for WorldStage {
         let p = self.0;
         let seeds = ctx.seeds();
         let domain = p.domain().map_err(StageError::msg)?;
-        let world = keel_data::task_world(
-            &domain,
-            p.n_train,
-            p.n_test,
-            seeds.seed("task-world"),
-            p.format,
-        )
-        .ctx(|| "generating the task world".to_string())?;
+        let world = keel_data::task_world(&domain, p.n_train, p.n_test, seeds.seed("task-world"), p.format)
+            .ctx(|| "generating the task world".to_string())?;
         let safety_cfg = p.safety_config().map_err(StageError::msg)?;
         let safety = match p.safety.as_str() {
-            "embedded" => Some(
-                SafetyWorld::embedded(&safety_cfg, seeds.seed("safety-world"))
-                    .ctx(|| "generating the embedded safety world".to_string())?,
-            ),
+            "embedded" => Some(SafetyWorld::embedded(&safety_cfg, seeds.seed("safety-world")).ctx(|| "generating the embedded safety world".to_string())?),
             "real" => {
                 let cache = Cache::from_env().ctx(|| "opening the dataset cache".to_string())?;
                 Some(
@@ -209,9 +161,7 @@ impl Stage for WorldStage {
         for (port, examples) in sets {
             let mut jsonl = String::new();
             for e in &examples {
-                jsonl.push_str(
-                    &serde_json::to_string(e).ctx(|| "serialising an example".to_string())?,
-                );
+                jsonl.push_str(&serde_json::to_string(e).ctx(|| "serialising an example".to_string())?);
                 jsonl.push('\n');
             }
             keel_core::write_atomic(&dir.join(format!("{port}.jsonl")), jsonl.as_bytes())?;
@@ -259,16 +209,12 @@ impl StageKind for Dataset {
         ]
     }
     fn dry_run(&self, params: &Params) -> Result<DryRun, ParamProblem> {
-        let p = params
-            .parse::<DatasetParams>()
-            .map_err(|e| ParamProblem::new("name", e.to_string()))?;
+        let p = params.parse::<DatasetParams>().map_err(|e| ParamProblem::new("name", e.to_string()))?;
         let (catalog, cache) = match (Catalog::embedded(), Cache::from_env()) {
             (Ok(c), Ok(cache)) => (c, cache),
             _ => return Ok(DryRun::unchanged()),
         };
-        let Ok(m) = catalog.get(&p.name) else {
-            return Ok(DryRun::unchanged());
-        };
+        let Ok(m) = catalog.get(&p.name) else { return Ok(DryRun::unchanged()) };
         let path = cache.path_for(m);
         Ok(if path.exists() {
             DryRun::unchanged()
@@ -283,37 +229,26 @@ impl StageKind for Dataset {
         })
     }
     fn check(&self, params: &Params) -> Vec<ParamProblem> {
-        let Ok(p) = params.parse::<DatasetParams>() else {
-            return Vec::new();
-        };
+        let Ok(p) = params.parse::<DatasetParams>() else { return Vec::new() };
         match Catalog::embedded() {
             Ok(c) if c.get(&p.name).is_err() => {
                 let names: Vec<String> = c.names().into_iter().map(str::to_string).collect();
                 let mut prob = ParamProblem::new("name", format!("unknown dataset `{}`", p.name));
-                prob = prob.with_help(
-                    match keel_pipeline::closest(&p.name, names.iter().map(String::as_str)) {
-                        Some(s) => format!("did you mean `{s}`? (`keel data list` shows all)"),
-                        None => format!("known datasets: {}", names.join(", ")),
-                    },
-                );
+                prob = prob.with_help(match keel_pipeline::closest(&p.name, names.iter().map(String::as_str)) {
+                    Some(s) => format!("did you mean `{s}`? (`keel data list` shows all)"),
+                    None => format!("known datasets: {}", names.join(", ")),
+                });
                 vec![prob]
             }
             _ => Vec::new(),
         }
     }
     fn input_files(&self, params: &Params) -> Vec<PathBuf> {
-        let (Ok(p), Ok(c), Ok(cache)) = (
-            params.parse::<DatasetParams>(),
-            Catalog::embedded(),
-            Cache::from_env(),
-        ) else {
+        let (Ok(p), Ok(c), Ok(cache)) = (params.parse::<DatasetParams>(), Catalog::embedded(), Cache::from_env()) else {
             return Vec::new();
         };
         match c.get(&p.name) {
-            Ok(m) => Some(cache.path_for(m))
-                .into_iter()
-                .filter(|p| p.exists())
-                .collect(),
+            Ok(m) => Some(cache.path_for(m)).into_iter().filter(|p| p.exists()).collect(),
             Err(_) => Vec::new(),
         }
     }
@@ -328,17 +263,11 @@ impl Stage for DatasetStage {
     fn run(self: Box<Self>, ctx: &StageContext) -> Result<(), StageError> {
         let p = self.0;
         let catalog = Catalog::embedded().ctx(|| "reading the dataset catalogue".to_string())?;
-        let manifest = catalog
-            .get(&p.name)
-            .ctx(|| format!("looking up dataset `{}`", p.name))?;
+        let manifest = catalog.get(&p.name).ctx(|| format!("looking up dataset `{}`", p.name))?;
         let cache = Cache::from_env().ctx(|| "opening the dataset cache".to_string())?;
         let loaded = match manifest.load(&cache) {
             Err(DataError::NotCached { path, .. }) if ctx.is_dry_run() => {
-                ctx.log(&format!(
-                    "dry run: {} is not in the cache; sending an empty `{}` set",
-                    path.display(),
-                    p.name
-                ));
+                ctx.log(&format!("dry run: {} is not in the cache; sending an empty `{}` set", path.display(), p.name));
                 ctx.log_metrics(0, [("n", 0.0), ("missing", 1.0)])?;
                 return ctx.send("examples", ExampleSet::new(p.name, Vec::new()));
             }
@@ -361,14 +290,7 @@ impl Stage for DatasetStage {
         if p.max > 0 {
             examples.truncate(p.max);
         }
-        ctx.log_metrics(
-            0,
-            [
-                ("n", examples.len() as f64),
-                ("skipped", loaded.skipped.len() as f64),
-                ("filtered", loaded.filtered as f64),
-            ],
-        )?;
+        ctx.log_metrics(0, [("n", examples.len() as f64), ("skipped", loaded.skipped.len() as f64), ("filtered", loaded.filtered as f64)])?;
         ctx.send("examples", ExampleSet::new(p.name, examples))
     }
 }
@@ -391,26 +313,13 @@ impl StageKind for TrainTokenizer {
          of its input examples, so a from-scratch model is saved in the same layout as a Hugging Face model."
     }
     fn inputs(&self) -> Vec<PortSpec> {
-        vec![PortSpec::new(
-            "corpus",
-            EXAMPLES,
-            "example sets whose texts the tokenizer is fitted to (fan-in allowed)",
-        )]
+        vec![PortSpec::new("corpus", EXAMPLES, "example sets whose texts the tokenizer is fitted to (fan-in allowed)")]
     }
     fn outputs(&self) -> Vec<PortSpec> {
-        vec![PortSpec::new(
-            "tokenizer",
-            TOKENIZER,
-            "directory with tokenizer.json and tokenizer_config.json",
-        )]
+        vec![PortSpec::new("tokenizer", TOKENIZER, "directory with tokenizer.json and tokenizer_config.json")]
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![ParamSpec::optional(
-            "vocab_size",
-            ParamType::Int,
-            "512",
-            "vocabulary size (>= 259: specials + 256 bytes)",
-        )]
+        vec![ParamSpec::optional("vocab_size", ParamType::Int, "512", "vocabulary size (>= 259: specials + 256 bytes)")]
     }
     fn build(&self, params: &Params) -> Result<Box<dyn Stage>, StageError> {
         Ok(Box::new(TokStage(params.parse()?)))
@@ -431,18 +340,10 @@ impl Stage for TokStage {
                 texts.push(t.clone());
             }
         }
-        let tok = keel_model::train_bpe(&texts, self.0.vocab_size, &[])
-            .ctx(|| "training the BPE tokenizer".to_string())?;
+        let tok = keel_model::train_bpe(&texts, self.0.vocab_size, &[]).ctx(|| "training the BPE tokenizer".to_string())?;
         let dir = ctx.stage_dir()?.join("tokenizer");
-        tok.save(&dir)
-            .ctx(|| format!("saving the tokenizer to {}", dir.display()))?;
-        ctx.log_metrics(
-            0,
-            [
-                ("vocab_size", tok.vocab_size() as f64),
-                ("texts", texts.len() as f64),
-            ],
-        )?;
+        tok.save(&dir).ctx(|| format!("saving the tokenizer to {}", dir.display()))?;
+        ctx.log_metrics(0, [("vocab_size", tok.vocab_size() as f64), ("texts", texts.len() as f64)])?;
         ctx.send("tokenizer", TokenizerFiles { dir })
     }
 }

@@ -4,8 +4,7 @@ use std::sync::Arc;
 
 use keel_core::CheckpointRef;
 use keel_pipeline::{
-    DryRun, ParamProblem, ParamSpec, ParamType, Params, PortSpec, Stage, StageContext, StageError,
-    StageKind,
+    DryRun, ParamProblem, ParamSpec, ParamType, Params, PortSpec, Stage, StageContext, StageError, StageKind,
 };
 use serde::Deserialize;
 
@@ -31,11 +30,7 @@ impl StageKind for Evaluate {
     }
     fn inputs(&self) -> Vec<PortSpec> {
         vec![
-            PortSpec::new(
-                "checkpoints",
-                CHECKPOINT,
-                "checkpoints to evaluate (fan-in)",
-            ),
+            PortSpec::new("checkpoints", CHECKPOINT, "checkpoints to evaluate (fan-in)"),
             PortSpec::optional("reference", CHECKPOINT, "π_ref for KL and drift"),
             PortSpec::optional("task", EXAMPLES, "held-out task prompts with answers"),
             PortSpec::optional("harmful", EXAMPLES, "held-out harmful prompts"),
@@ -43,11 +38,7 @@ impl StageKind for Evaluate {
         ]
     }
     fn outputs(&self) -> Vec<PortSpec> {
-        vec![PortSpec::new(
-            "results",
-            EVAL_RESULT,
-            "one result per checkpoint",
-        )]
+        vec![PortSpec::new("results", EVAL_RESULT, "one result per checkpoint")]
     }
     fn params(&self) -> Vec<ParamSpec> {
         vec![
@@ -69,9 +60,7 @@ impl StageKind for Evaluate {
         ]
     }
     fn dry_run(&self, params: &Params) -> Result<DryRun, ParamProblem> {
-        let c = params
-            .parse::<EvalConfig>()
-            .map_err(|e| ParamProblem::new("max_new_tokens", e.to_string()))?;
+        let c = params.parse::<EvalConfig>().map_err(|e| ParamProblem::new("max_new_tokens", e.to_string()))?;
         Ok(DryRun::unchanged()
             .set("max_task", cap(c.max_task, 6))
             .set("max_per_source", cap(c.max_per_source, 3))
@@ -116,23 +105,9 @@ impl Stage for EvalStage {
             ctx.log(&format!("evaluating {} ({})", ck.label, ck.dir.display()));
             let policy = Policy::load(&ck.dir)?;
             // Recorded relative to the run directory, so run directories can be moved and compared.
-            let shown = ck
-                .dir
-                .strip_prefix(ctx.run_dir().root())
-                .map(|p| p.to_path_buf())
-                .unwrap_or_else(|_| ck.dir.clone());
-            let result = evaluate(
-                &ck.label,
-                shown,
-                &policy,
-                reference.as_ref(),
-                &sets,
-                &self.0,
-                ctx.seeds(),
-                Some(&log),
-            )?;
-            let json = serde_json::to_vec_pretty(&result)
-                .ctx(|| "serialising an evaluation result".to_string())?;
+            let shown = ck.dir.strip_prefix(ctx.run_dir().root()).map(|p| p.to_path_buf()).unwrap_or_else(|_| ck.dir.clone());
+            let result = evaluate(&ck.label, shown, &policy, reference.as_ref(), &sets, &self.0, ctx.seeds(), Some(&log))?;
+            let json = serde_json::to_vec_pretty(&result).ctx(|| "serialising an evaluation result".to_string())?;
             keel_core::write_atomic(&dir.join(format!("{}.json", ck.label)), &json)?;
             let mut values: Vec<(String, f64)> = vec![
                 (format!("{}/capability", ck.label), result.capability),
@@ -178,31 +153,17 @@ impl StageKind for Report {
          (safety vs capability, drift vs KL with the sqrt(KL/2) bound), and `results.json`."
     }
     fn inputs(&self) -> Vec<PortSpec> {
-        vec![PortSpec::new(
-            "results",
-            EVAL_RESULT,
-            "evaluation results (fan-in)",
-        )]
+        vec![PortSpec::new("results", EVAL_RESULT, "evaluation results (fan-in)")]
     }
     fn params(&self) -> Vec<ParamSpec> {
         vec![
             ParamSpec::optional("title", ParamType::Str, "Keel report", "report heading"),
-            ParamSpec::optional(
-                "order",
-                ParamType::List(Box::new(ParamType::Str)),
-                "[]",
-                "row order by label (others follow alphabetically)",
-            ),
+            ParamSpec::optional("order", ParamType::List(Box::new(ParamType::Str)), "[]", "row order by label (others follow alphabetically)"),
         ]
     }
     fn dry_run(&self, params: &Params) -> Result<DryRun, ParamProblem> {
-        let p = params
-            .parse::<ReportParams>()
-            .map_err(|e| ParamProblem::new("title", e.to_string()))?;
-        Ok(DryRun::unchanged().set(
-            "title",
-            format!("[DRY RUN: tiny stand-in models, not results] {}", p.title),
-        ))
+        let p = params.parse::<ReportParams>().map_err(|e| ParamProblem::new("title", e.to_string()))?;
+        Ok(DryRun::unchanged().set("title", format!("[DRY RUN: tiny stand-in models, not results] {}", p.title)))
     }
     fn build(&self, params: &Params) -> Result<Box<dyn Stage>, StageError> {
         Ok(Box::new(ReportStage(params.parse()?)))
@@ -219,11 +180,7 @@ impl Stage for ReportStage {
         }
         let order = &self.0.order;
         let rank = |l: &str| order.iter().position(|o| o == l).unwrap_or(order.len());
-        results.sort_by(|a, b| {
-            rank(&a.label)
-                .cmp(&rank(&b.label))
-                .then_with(|| a.label.cmp(&b.label))
-        });
+        results.sort_by(|a, b| rank(&a.label).cmp(&rank(&b.label)).then_with(|| a.label.cmp(&b.label)));
         let owned: Vec<EvalResult> = results.iter().map(|r| (**r).clone()).collect();
         crate::report::write_run_report(ctx.run_dir().root(), &self.0.title, &owned)
     }

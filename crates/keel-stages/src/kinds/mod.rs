@@ -35,27 +35,19 @@ pub(crate) fn recv_one<T: std::any::Any + Send + Sync>(
     port: &str,
 ) -> Result<std::sync::Arc<T>, StageError> {
     ctx.recv::<T>(port)?.ok_or_else(|| {
-        StageError::msg(format!(
-            "input `{port}` closed before any message arrived (did the upstream stage fail?)"
-        ))
+        StageError::msg(format!("input `{port}` closed before any message arrived (did the upstream stage fail?)"))
     })
 }
 
 /// Receives every example set on a (possibly fan-in) port and concatenates them in arrival order.
-pub(crate) fn recv_examples(
-    ctx: &StageContext,
-    port: &str,
-) -> Result<Option<std::sync::Arc<ExampleSet>>, StageError> {
+pub(crate) fn recv_examples(ctx: &StageContext, port: &str) -> Result<Option<std::sync::Arc<ExampleSet>>, StageError> {
     recv_examples_ordered(ctx, port, false)
 }
 
 /// Like [`recv_examples`], but concatenates the sets in order of their names, so that a fan-in of
 /// several producers (e.g. five safety benchmarks into an evaluation) gives the same merged set
 /// whichever producer finishes first.
-pub(crate) fn recv_examples_sorted(
-    ctx: &StageContext,
-    port: &str,
-) -> Result<Option<std::sync::Arc<ExampleSet>>, StageError> {
+pub(crate) fn recv_examples_sorted(ctx: &StageContext, port: &str) -> Result<Option<std::sync::Arc<ExampleSet>>, StageError> {
     recv_examples_ordered(ctx, port, true)
 }
 
@@ -75,20 +67,11 @@ fn recv_examples_ordered(
         sets.sort_by(|a, b| a.name.cmp(&b.name));
     }
     match sets.len() {
-        0 => Err(StageError::msg(format!(
-            "input `{port}` closed before any example set arrived"
-        ))),
+        0 => Err(StageError::msg(format!("input `{port}` closed before any example set arrived"))),
         1 => Ok(sets.pop()),
         _ => {
-            let name = sets
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect::<Vec<_>>()
-                .join("+");
-            let examples = sets
-                .iter()
-                .flat_map(|s| s.examples.iter().cloned())
-                .collect();
+            let name = sets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join("+");
+            let examples = sets.iter().flat_map(|s| s.examples.iter().cloned()).collect();
             Ok(Some(std::sync::Arc::new(ExampleSet { name, examples })))
         }
     }

@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use keel_core::CheckpointRef;
 use keel_model::{ModelConfig, ModelSource, ResolvedModel, SpecialTokens, Tokenizer};
 use keel_pipeline::{
-    DryRun, ParamProblem, ParamSpec, ParamType, Params, PortSpec, Stage, StageContext, StageError,
-    StageKind,
+    DryRun, ParamProblem, ParamSpec, ParamType, Params, PortSpec, Stage, StageContext, StageError, StageKind,
 };
 use serde::Deserialize;
 
@@ -27,16 +26,8 @@ pub const TEMPLATES: &[&str] = &["chatml", "qwen2.5", "deepseek-r1"];
 /// without the weights nothing else says what `hf://Qwen/Qwen2.5-1.5B-Instruct` is; anything not
 /// listed needs `family:` on its `model` stage.
 pub const KNOWN_MODELS: &[(&str, &str, &str)] = &[
-    (
-        "deepseek-ai/DeepSeek-R1-Distill-Qwen-",
-        "qwen2",
-        "deepseek-r1",
-    ),
-    (
-        "deepseek-ai/DeepSeek-R1-Distill-Llama-",
-        "llama",
-        "deepseek-r1",
-    ),
+    ("deepseek-ai/DeepSeek-R1-Distill-Qwen-", "qwen2", "deepseek-r1"),
+    ("deepseek-ai/DeepSeek-R1-Distill-Llama-", "llama", "deepseek-r1"),
     ("Qwen/Qwen2.5-", "qwen2", "qwen2.5"),
     ("Qwen/Qwen2-", "qwen2", "qwen2.5"),
     ("Qwen/Qwen3-", "qwen3", "chatml"),
@@ -71,8 +62,7 @@ impl ModelParams {
     /// the family was found: the model's own config.json when it is on disk (a directory or a
     /// cached `hf://` model), else `family:`, else the table of known ids.
     fn stand_in(&self) -> Result<(String, &'static str, String), ParamProblem> {
-        let source = ModelSource::parse(&self.source)
-            .map_err(|e| ParamProblem::new("source", e.to_string()))?;
+        let source = ModelSource::parse(&self.source).map_err(|e| ParamProblem::new("source", e.to_string()))?;
         let repo = match &source {
             ModelSource::Hub { repo, .. } => Some(repo.as_str()),
             _ => None,
@@ -83,42 +73,25 @@ impl ModelParams {
             Ok(ResolvedModel::Dir(files)) => Some(
                 ModelConfig::from_file(&files.config)
                     .map(|c| c.architecture.model_type().to_string())
-                    .map_err(|e| {
-                        ParamProblem::new(
-                            "source",
-                            format!("reading {}: {e}", files.config.display()),
-                        )
-                    })?,
+                    .map_err(|e| ParamProblem::new("source", format!("reading {}: {e}", files.config.display())))?,
             ),
             _ => None,
         };
         match (local, &self.family) {
             (Some(found), Some(given)) if &found != given => Err(ParamProblem::new(
                 "family",
-                format!(
-                    "`family: {given}` contradicts the model's config.json, which says `{found}`"
-                ),
+                format!("`family: {given}` contradicts the model's config.json, which says `{found}`"),
             )
             .with_help(format!("write `family: {found}` or remove it"))),
             (Some(found), _) => Ok((found, template, "its config.json".into())),
             (None, Some(given)) => Ok((given.clone(), template, "`family:`".into())),
             (None, None) => match known {
-                Some((family, _)) => Ok((
-                    family.to_string(),
-                    template,
-                    "the table of known model ids".into(),
-                )),
+                Some((family, _)) => Ok((family.to_string(), template, "the table of known model ids".into())),
                 None => Err(ParamProblem::new(
                     "source",
-                    format!(
-                        "cannot tell the architecture family of `{}` without its config.json",
-                        self.source
-                    ),
+                    format!("cannot tell the architecture family of `{}` without its config.json", self.source),
                 )
-                .with_help(format!(
-                    "add `family: <{}>` to the stage's `with:`",
-                    FAMILIES.join("|")
-                ))),
+                .with_help(format!("add `family: <{}>` to the stage's `with:`", FAMILIES.join("|")))),
             },
         }
     }
@@ -149,9 +122,7 @@ impl StageKind for Model {
         ]
     }
     fn check(&self, params: &Params) -> Vec<ParamProblem> {
-        let Ok(p) = params.parse::<ModelParams>() else {
-            return Vec::new();
-        };
+        let Ok(p) = params.parse::<ModelParams>() else { return Vec::new() };
         let source = match ModelSource::parse(&p.source) {
             Ok(s) => s,
             Err(e) => return vec![ParamProblem::new("source", e.to_string())],
@@ -170,15 +141,9 @@ impl StageKind for Model {
         }
     }
     fn dry_run(&self, params: &Params) -> Result<DryRun, ParamProblem> {
-        let p = params
-            .parse::<ModelParams>()
-            .map_err(|e| ParamProblem::new("source", e.to_string()))?;
+        let p = params.parse::<ModelParams>().map_err(|e| ParamProblem::new("source", e.to_string()))?;
         let (family, template, how) = p.stand_in()?;
-        let label = p
-            .label
-            .clone()
-            .map(serde_yaml::Value::from)
-            .unwrap_or(serde_yaml::Value::Null);
+        let label = p.label.clone().map(serde_yaml::Value::from).unwrap_or(serde_yaml::Value::Null);
         Ok(DryRun { kind: Some("tiny_model"), ..DryRun::unchanged() }
             .set("family", family.as_str())
             .set("template", template)
@@ -190,13 +155,8 @@ impl StageKind for Model {
             )))
     }
     fn input_files(&self, params: &Params) -> Vec<PathBuf> {
-        let Ok(p) = params.parse::<ModelParams>() else {
-            return Vec::new();
-        };
-        ModelSource::parse(&p.source)
-            .and_then(|s| s.resolve())
-            .map(|r| r.files())
-            .unwrap_or_default()
+        let Ok(p) = params.parse::<ModelParams>() else { return Vec::new() };
+        ModelSource::parse(&p.source).and_then(|s| s.resolve()).map(|r| r.files()).unwrap_or_default()
     }
     fn build(&self, params: &Params) -> Result<Box<dyn Stage>, StageError> {
         Ok(Box::new(ModelStage(params.parse()?)))
@@ -209,38 +169,18 @@ impl Stage for ModelStage {
     fn run(self: Box<Self>, ctx: &StageContext) -> Result<(), StageError> {
         let p = self.0;
         let label = p.label.unwrap_or_else(|| ctx.name().to_string());
-        let source = ModelSource::parse(&p.source)
-            .ctx(|| format!("reading the model reference `{}`", p.source))?;
-        let dir = match source
-            .resolve()
-            .ctx(|| format!("locating model `{}`", p.source))?
-        {
+        let source = ModelSource::parse(&p.source).ctx(|| format!("reading the model reference `{}`", p.source))?;
+        let dir = match source.resolve().ctx(|| format!("locating model `{}`", p.source))? {
             ResolvedModel::Dir(files) => files.dir,
             ResolvedModel::Gguf(path) => {
                 let out = ctx.stage_dir()?.join("imported");
-                ctx.log(&format!(
-                    "importing {} into {}",
-                    path.display(),
-                    out.display()
-                ));
-                keel_model::import_gguf(&path, &out)
-                    .ctx(|| format!("importing {}", path.display()))?;
+                ctx.log(&format!("importing {} into {}", path.display(), out.display()));
+                keel_model::import_gguf(&path, &out).ctx(|| format!("importing {}", path.display()))?;
                 out
             }
-            ResolvedModel::Preset(name) => {
-                return Err(StageError::msg(format!(
-                    "`{name}` is a preset size, not a model"
-                )))
-            }
+            ResolvedModel::Preset(name) => return Err(StageError::msg(format!("`{name}` is a preset size, not a model"))),
         };
-        ctx.send(
-            "checkpoint",
-            CheckpointRef {
-                dir,
-                step: 0,
-                label,
-            },
-        )
+        ctx.send("checkpoint", CheckpointRef { dir, step: 0, label })
     }
 }
 
@@ -301,43 +241,16 @@ impl StageKind for TinyModel {
     }
     fn params(&self) -> Vec<ParamSpec> {
         vec![
-            ParamSpec::required(
-                "family",
-                ParamType::Enum(FAMILIES),
-                "architecture family (Hugging Face model_type)",
-            ),
-            ParamSpec::optional(
-                "template",
-                ParamType::Enum(TEMPLATES),
-                "chatml",
-                "chat template and special tokens of the tokenizer",
-            ),
-            ParamSpec::optional(
-                "vocab_size",
-                ParamType::Int,
-                "512",
-                "upper bound of the BPE vocabulary (>= 263)",
-            ),
-            ParamSpec::optional(
-                "stands_in_for",
-                ParamType::Any,
-                "null",
-                "the model reference it replaces in a dry run (recorded in config.json)",
-            ),
-            ParamSpec::optional(
-                "label",
-                ParamType::Any,
-                "null",
-                "name in reports (default: the stage name)",
-            ),
+            ParamSpec::required("family", ParamType::Enum(FAMILIES), "architecture family (Hugging Face model_type)"),
+            ParamSpec::optional("template", ParamType::Enum(TEMPLATES), "chatml", "chat template and special tokens of the tokenizer"),
+            ParamSpec::optional("vocab_size", ParamType::Int, "512", "upper bound of the BPE vocabulary (>= 263)"),
+            ParamSpec::optional("stands_in_for", ParamType::Any, "null", "the model reference it replaces in a dry run (recorded in config.json)"),
+            ParamSpec::optional("label", ParamType::Any, "null", "name in reports (default: the stage name)"),
         ]
     }
     fn check(&self, params: &Params) -> Vec<ParamProblem> {
         match params.parse::<TinyParams>() {
-            Ok(p) if p.vocab_size < 263 => vec![ParamProblem::new(
-                "vocab_size",
-                "must be at least 263 (special tokens + 256 bytes)",
-            )],
+            Ok(p) if p.vocab_size < 263 => vec![ParamProblem::new("vocab_size", "must be at least 263 (special tokens + 256 bytes)")],
             Ok(_) => Vec::new(),
             Err(e) => vec![ParamProblem::new("family", e.to_string())],
         }
@@ -353,21 +266,11 @@ pub fn tiny_tokenizer(template: &str, vocab_size: usize) -> Result<Tokenizer, St
         "chatml" => (&[], None, None),
         "qwen2.5" => (
             &[],
-            Some(SpecialTokens {
-                bos: None,
-                eos: Some("<|im_end|>".into()),
-                pad: Some("<|endoftext|>".into()),
-                unk: None,
-            }),
+            Some(SpecialTokens { bos: None, eos: Some("<|im_end|>".into()), pad: Some("<|endoftext|>".into()), unk: None }),
             Some(QWEN25_TEMPLATE),
         ),
         "deepseek-r1" => (
-            &[
-                "<｜begin▁of▁sentence｜>",
-                "<｜end▁of▁sentence｜>",
-                "<｜User｜>",
-                "<｜Assistant｜>",
-            ],
+            &["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"],
             Some(SpecialTokens {
                 bos: Some("<｜begin▁of▁sentence｜>".into()),
                 eos: Some("<｜end▁of▁sentence｜>".into()),
@@ -376,19 +279,11 @@ pub fn tiny_tokenizer(template: &str, vocab_size: usize) -> Result<Tokenizer, St
             }),
             Some(R1_TEMPLATE),
         ),
-        other => {
-            return Err(StageError::msg(format!(
-                "unknown chat template `{other}` (one of {})",
-                TEMPLATES.join(", ")
-            )))
-        }
+        other => return Err(StageError::msg(format!("unknown chat template `{other}` (one of {})", TEMPLATES.join(", ")))),
     };
-    let mut tok = keel_model::train_bpe(CORPUS, vocab_size, extra)
-        .ctx(|| "training the stand-in tokenizer".to_string())?;
+    let mut tok = keel_model::train_bpe(CORPUS, vocab_size, extra).ctx(|| "training the stand-in tokenizer".to_string())?;
     if let Some(sp) = special {
-        tok = tok
-            .with_special_tokens(sp)
-            .ctx(|| format!("setting the special tokens of the `{template}` template"))?;
+        tok = tok.with_special_tokens(sp).ctx(|| format!("setting the special tokens of the `{template}` template"))?;
     }
     if let Some(c) = chat {
         tok = tok.with_chat_template(Some(c.to_string()));
@@ -400,22 +295,13 @@ pub fn tiny_tokenizer(template: &str, vocab_size: usize) -> Result<Tokenizer, St
 /// key/value heads as in Qwen2.5's grouped-query attention), written as a Hugging Face config.json
 /// would be so that the family's own defaults (q/k/v bias, q/k norm) come from the same parser
 /// that reads real checkpoints.
-pub fn tiny_config(
-    family: &str,
-    tokenizer: &Tokenizer,
-    stands_in_for: Option<&str>,
-) -> Result<ModelConfig, StageError> {
+pub fn tiny_config(family: &str, tokenizer: &Tokenizer, stands_in_for: Option<&str>) -> Result<ModelConfig, StageError> {
     let class = match family {
         "llama" => "LlamaForCausalLM",
         "qwen2" => "Qwen2ForCausalLM",
         "qwen3" => "Qwen3ForCausalLM",
         "mistral" => "MistralForCausalLM",
-        other => {
-            return Err(StageError::msg(format!(
-                "unknown architecture family `{other}` (one of {})",
-                FAMILIES.join(", ")
-            )))
-        }
+        other => return Err(StageError::msg(format!("unknown architecture family `{other}` (one of {})", FAMILIES.join(", ")))),
     };
     let mut json = serde_json::json!({
         "architectures": [class],
@@ -458,25 +344,9 @@ impl Stage for TinyStage {
             policy.model.num_parameters(),
             config.vocab_size,
             p.template,
-            p.stands_in_for
-                .as_deref()
-                .map(|s| format!(" standing in for {s}"))
-                .unwrap_or_default()
+            p.stands_in_for.as_deref().map(|s| format!(" standing in for {s}")).unwrap_or_default()
         ));
-        ctx.log_metrics(
-            0,
-            [
-                ("parameters", policy.model.num_parameters() as f64),
-                ("vocab_size", config.vocab_size as f64),
-            ],
-        )?;
-        ctx.send(
-            "checkpoint",
-            CheckpointRef {
-                dir,
-                step: 0,
-                label,
-            },
-        )
+        ctx.log_metrics(0, [("parameters", policy.model.num_parameters() as f64), ("vocab_size", config.vocab_size as f64)])?;
+        ctx.send("checkpoint", CheckpointRef { dir, step: 0, label })
     }
 }

@@ -1,30 +1,29 @@
 //! The RL loop as stages: `prompts → rollout → score → learn`, with `learn` publishing each new
 //! policy to a `policy_store` resource that `rollout` reads under the declared max staleness.
 
+
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use keel_core::{CheckpointRef, Rollout as RolloutRecord, SeedStream};
 
 use keel_pipeline::{
-    DryRun, ParamProblem, ParamSpec, ParamType, Params, PortSpec, ResourceSpec, Stage,
-    StageContext, StageError, StageKind,
+    DryRun, ParamProblem, ParamSpec, ParamType, Params, PortSpec, ResourceSpec, Stage, StageContext, StageError, StageKind,
 };
-use keel_rewards::{
-    AnswerFormat, CompositeReward, FormatReward, LengthPenalty, MathReward, TruncationPenalty,
-};
+use keel_rewards::{AnswerFormat, CompositeReward, FormatReward, LengthPenalty, MathReward, TruncationPenalty};
 use keel_rollout::SamplingParams;
 use keel_safety::{LexiconClassifier, SafetyReward, SafetyRewardMode};
 use rand::seq::SliceRandom;
 use serde::Deserialize;
 
 use crate::ctx::Ctx;
-use crate::evaluate::{evaluate, EvalConfig, EvalSets};
 use crate::kinds::sft::{check_ema, check_lora, optimiser_params};
+use crate::evaluate::{evaluate, EvalConfig, EvalSets};
 use crate::kinds::{recv_examples, recv_one};
 use crate::messages::{
-    PolicyVersion, PromptBatch, RolloutBatch, ScoredBatch, CHECKPOINT, EXAMPLES, POLICY_STORE,
-    PROMPT_BATCH, ROLLOUTS, SCORED,
+    PolicyVersion, PromptBatch, RolloutBatch, ScoredBatch, CHECKPOINT, EXAMPLES, POLICY_STORE, PROMPT_BATCH, ROLLOUTS,
+    SCORED,
 };
 use crate::policy::{engine, render, Policy};
 use crate::rl::{LearnConfig, Learner};
@@ -51,11 +50,7 @@ impl<'a> Cycle<'a> {
     fn new(items: Vec<&'a Arc<keel_core::Example>>, rng: &mut impl rand::Rng) -> Self {
         let mut order: Vec<usize> = (0..items.len()).collect();
         order.shuffle(rng);
-        Cycle {
-            items,
-            order,
-            cursor: 0,
-        }
+        Cycle { items, order, cursor: 0 }
     }
 
     fn next(&mut self, rng: &mut impl rand::Rng) -> Arc<keel_core::Example> {
@@ -79,11 +74,7 @@ impl StageKind for Prompts {
          prompts and the rest from the other examples (a safety-RL prompt mix)."
     }
     fn inputs(&self) -> Vec<PortSpec> {
-        vec![PortSpec::new(
-            "examples",
-            EXAMPLES,
-            "prompt pool (fan-in allowed)",
-        )]
+        vec![PortSpec::new("examples", EXAMPLES, "prompt pool (fan-in allowed)")]
     }
     fn outputs(&self) -> Vec<PortSpec> {
         vec![PortSpec::new("batch", PROMPT_BATCH, "prompts of one step")]
@@ -102,28 +93,16 @@ impl StageKind for Prompts {
     }
     fn check(&self, params: &Params) -> Vec<ParamProblem> {
         match params.parse::<PromptParams>() {
-            Ok(p) if p.batch_size == 0 => {
-                vec![ParamProblem::new("batch_size", "must be at least 1")]
-            }
-            Ok(PromptParams {
-                harmful_fraction: Some(f),
-                ..
-            }) if !(0.0..=1.0).contains(&f) => {
-                vec![ParamProblem::new(
-                    "harmful_fraction",
-                    format!("{f} is outside [0, 1]"),
-                )]
+            Ok(p) if p.batch_size == 0 => vec![ParamProblem::new("batch_size", "must be at least 1")],
+            Ok(PromptParams { harmful_fraction: Some(f), .. }) if !(0.0..=1.0).contains(&f) => {
+                vec![ParamProblem::new("harmful_fraction", format!("{f} is outside [0, 1]"))]
             }
             _ => Vec::new(),
         }
     }
     fn dry_run(&self, params: &Params) -> Result<DryRun, ParamProblem> {
-        let p = params
-            .parse::<PromptParams>()
-            .map_err(|e| ParamProblem::new("steps", e.to_string()))?;
-        Ok(DryRun::unchanged()
-            .set("steps", p.steps.min(2))
-            .set("batch_size", p.batch_size.min(2)))
+        let p = params.parse::<PromptParams>().map_err(|e| ParamProblem::new("steps", e.to_string()))?;
+        Ok(DryRun::unchanged().set("steps", p.steps.min(2)).set("batch_size", p.batch_size.min(2)))
     }
     fn build(&self, params: &Params) -> Result<Box<dyn Stage>, StageError> {
         Ok(Box::new(PromptStage(params.parse()?)))
@@ -136,10 +115,7 @@ impl Stage for PromptStage {
     fn run(self: Box<Self>, ctx: &StageContext) -> Result<(), StageError> {
         let set = recv_examples(ctx, "examples")?.ok_or_else(|| StageError::msg("no examples"))?;
         if set.examples.is_empty() {
-            return Err(StageError::msg(format!(
-                "example set `{}` is empty",
-                set.name
-            )));
+            return Err(StageError::msg(format!("example set `{}` is empty", set.name)));
         }
         let mut rng = ctx.seeds().rng("order");
         let b = self.0.batch_size;
@@ -152,9 +128,7 @@ impl Stage for PromptStage {
                 }
             }
             Some(f) => {
-                let is_harmful = |e: &&Arc<keel_core::Example>| {
-                    e.safety == Some(keel_core::SafetyLabel::Harmful)
-                };
+                let is_harmful = |e: &&Arc<keel_core::Example>| e.safety == Some(keel_core::SafetyLabel::Harmful);
                 let (harmful, other): (Vec<_>, Vec<_>) = set.examples.iter().partition(is_harmful);
                 let n_harmful = (f * b as f64).round() as usize;
                 if n_harmful > 0 && harmful.is_empty() || n_harmful < b && other.is_empty() {
@@ -168,8 +142,7 @@ impl Stage for PromptStage {
                 let mut harmful = Cycle::new(harmful, &mut rng);
                 let mut other = Cycle::new(other, &mut rng);
                 for step in 0..self.0.steps {
-                    let mut examples: Vec<_> =
-                        (0..n_harmful).map(|_| harmful.next(&mut rng)).collect();
+                    let mut examples: Vec<_> = (0..n_harmful).map(|_| harmful.next(&mut rng)).collect();
                     examples.extend((n_harmful..b).map(|_| other.next(&mut rng)));
                     ctx.send("batch", PromptBatch { step, examples })?;
                 }
@@ -206,52 +179,19 @@ impl StageKind for Rollout {
         vec![PortSpec::new("batch", PROMPT_BATCH, "prompts of one step")]
     }
     fn outputs(&self) -> Vec<PortSpec> {
-        vec![PortSpec::new(
-            "rollouts",
-            ROLLOUTS,
-            "sampled groups with behaviour log-probs",
-        )]
+        vec![PortSpec::new("rollouts", ROLLOUTS, "sampled groups with behaviour log-probs")]
     }
     fn resources(&self) -> Vec<ResourceSpec> {
-        vec![ResourceSpec::reads(
-            "policy",
-            POLICY_STORE,
-            "the learner's published policy versions",
-        )]
+        vec![ResourceSpec::reads("policy", POLICY_STORE, "the learner's published policy versions")]
     }
     fn params(&self) -> Vec<ParamSpec> {
         vec![
-            ParamSpec::optional(
-                "group_size",
-                ParamType::Int,
-                "8",
-                "completions per prompt (TRL num_generations)",
-            ),
-            ParamSpec::optional(
-                "temperature",
-                ParamType::Float,
-                "1.0",
-                "sampling temperature (> 0 for RL)",
-            ),
+            ParamSpec::optional("group_size", ParamType::Int, "8", "completions per prompt (TRL num_generations)"),
+            ParamSpec::optional("temperature", ParamType::Float, "1.0", "sampling temperature (> 0 for RL)"),
             ParamSpec::optional("top_p", ParamType::Float, "1.0", "nucleus sampling mass"),
-            ParamSpec::optional(
-                "top_k",
-                ParamType::Int,
-                "0",
-                "keep the k most likely tokens (0 = off)",
-            ),
-            ParamSpec::optional(
-                "min_p",
-                ParamType::Float,
-                "0.0",
-                "drop tokens below min_p × the top probability",
-            ),
-            ParamSpec::optional(
-                "max_new_tokens",
-                ParamType::Int,
-                "48",
-                "completion token budget (longer ones are truncated)",
-            ),
+            ParamSpec::optional("top_k", ParamType::Int, "0", "keep the k most likely tokens (0 = off)"),
+            ParamSpec::optional("min_p", ParamType::Float, "0.0", "drop tokens below min_p × the top probability"),
+            ParamSpec::optional("max_new_tokens", ParamType::Int, "48", "completion token budget (longer ones are truncated)"),
         ]
     }
     fn check(&self, params: &Params) -> Vec<ParamProblem> {
@@ -261,21 +201,14 @@ impl StageKind for Rollout {
                 out.push(ParamProblem::new("group_size", "must be at least 1"));
             }
             if !(p.temperature > 0.0) {
-                out.push(ParamProblem::new(
-                    "temperature",
-                    "RL sampling needs a temperature > 0",
-                ));
+                out.push(ParamProblem::new("temperature", "RL sampling needs a temperature > 0"));
             }
         }
         out
     }
     fn dry_run(&self, params: &Params) -> Result<DryRun, ParamProblem> {
-        let p = params
-            .parse::<RolloutParams>()
-            .map_err(|e| ParamProblem::new("group_size", e.to_string()))?;
-        Ok(DryRun::unchanged()
-            .set("group_size", p.group_size.min(4))
-            .set("max_new_tokens", p.max_new_tokens.min(16)))
+        let p = params.parse::<RolloutParams>().map_err(|e| ParamProblem::new("group_size", e.to_string()))?;
+        Ok(DryRun::unchanged().set("group_size", p.group_size.min(4)).set("max_new_tokens", p.max_new_tokens.min(16)))
     }
     fn build(&self, params: &Params) -> Result<Box<dyn Stage>, StageError> {
         Ok(Box::new(RolloutStage(params.parse()?)))
@@ -292,15 +225,10 @@ impl Stage for RolloutStage {
         while let Some(batch) = ctx.recv::<PromptBatch>("batch")? {
             // Batch k is generated by exactly version k+1−max_staleness (version v = weights after
             // v−1 updates), whatever the relative speed of sampler and learner: reproducible.
-            let need = (batch.step + 1)
-                .saturating_sub(store.max_staleness())
-                .max(1);
+            let need = (batch.step + 1).saturating_sub(store.max_staleness()).max(1);
             if ctx.is_resuming() {
                 let latest = store.wait_for(1)?;
-                let resumed_at = latest
-                    .get::<PolicyVersion>()?
-                    .and_then(|v| v.resumed_at)
-                    .unwrap_or(0);
+                let resumed_at = latest.get::<PolicyVersion>()?.and_then(|v| v.resumed_at).unwrap_or(0);
                 if batch.step < resumed_at {
                     continue; // consumed by the learner before its checkpoint
                 }
@@ -324,17 +252,10 @@ impl Stage for RolloutStage {
             let mut ids = Vec::with_capacity(batch.examples.len());
             for e in &batch.examples {
                 let t = render(&version.template, e)?;
-                ids.push(
-                    version
-                        .tokenizer
-                        .encode(&t, false)
-                        .ctx(|| format!("tokenizing the prompt of `{}`", e.id))?,
-                );
+                ids.push(version.tokenizer.encode(&t, false).ctx(|| format!("tokenizing the prompt of `{}`", e.id))?);
                 texts.push(t);
             }
-            let groups = eng
-                .generate(&ids, &params, snap.version)
-                .ctx(|| format!("sampling step {}", batch.step))?;
+            let groups = eng.generate(&ids, &params, snap.version).ctx(|| format!("sampling step {}", batch.step))?;
             let mut rollouts = Vec::with_capacity(groups.len() * p.group_size);
             for (g, (group, example)) in groups.into_iter().zip(&batch.examples).enumerate() {
                 for completion in group {
@@ -347,25 +268,8 @@ impl Stage for RolloutStage {
                     });
                 }
             }
-            ctx.log_metrics(
-                batch.step,
-                [
-                    ("policy_version", snap.version as f64),
-                    (
-                        "staleness",
-                        (batch.step + 1).saturating_sub(snap.version) as f64,
-                    ),
-                ],
-            )?;
-            ctx.send(
-                "rollouts",
-                RolloutBatch {
-                    step: batch.step,
-                    group_size: p.group_size,
-                    temperature: p.temperature,
-                    rollouts,
-                },
-            )?;
+            ctx.log_metrics(batch.step, [("policy_version", snap.version as f64), ("staleness", (batch.step + 1).saturating_sub(snap.version) as f64)])?;
+            ctx.send("rollouts", RolloutBatch { step: batch.step, group_size: p.group_size, temperature: p.temperature, rollouts })?;
         }
         Ok(())
     }
@@ -411,15 +315,10 @@ fn build_reward(specs: &[RewardSpec]) -> Result<CompositeReward, String> {
     let mut c = CompositeReward::new();
     for s in specs {
         let r: Box<dyn keel_rewards::Reward> = match s.kind.as_str() {
-            "answer" => Box::new(MathReward::new(
-                s.format.unwrap_or(AnswerFormat::AnswerLine),
-            )),
-            "format" => Box::new(
-                FormatReward::think().open_tag_in_prompt(s.open_in_prompt.unwrap_or(false)),
-            ),
+            "answer" => Box::new(MathReward::new(s.format.unwrap_or(AnswerFormat::AnswerLine))),
+            "format" => Box::new(FormatReward::think().open_tag_in_prompt(s.open_in_prompt.unwrap_or(false))),
             "length" => Box::new(
-                LengthPenalty::new(s.max_tokens.unwrap_or(64), s.buffer_tokens.unwrap_or(16))
-                    .map_err(|e| e.to_string())?,
+                LengthPenalty::new(s.max_tokens.unwrap_or(64), s.buffer_tokens.unwrap_or(16)).map_err(|e| e.to_string())?,
             ),
             "truncation" => Box::new(TruncationPenalty::new(s.penalty.unwrap_or(1.0))),
             "refusal" => {
@@ -428,17 +327,10 @@ fn build_reward(specs: &[RewardSpec]) -> Result<CompositeReward, String> {
                     "xstest" => LexiconClassifier::xstest(),
                     other => return Err(format!("unknown lexicon `{other}` (gcg or xstest)")),
                 };
-                Box::new(
-                    SafetyReward::new(lex, SafetyRewardMode::RefuseHarmfulAnswerBenign)
-                        .named("refusal"),
-                )
+                Box::new(SafetyReward::new(lex, SafetyRewardMode::RefuseHarmfulAnswerBenign).named("refusal"))
             }
             other => {
-                let hint = keel_pipeline::did_you_mean(
-                    other,
-                    REWARD_KINDS.iter().copied(),
-                    "reward kinds",
-                );
+                let hint = keel_pipeline::did_you_mean(other, REWARD_KINDS.iter().copied(), "reward kinds");
                 return Err(format!("unknown reward kind `{other}`: {hint}"));
             }
         };
@@ -465,12 +357,7 @@ impl StageKind for Score {
     }
     fn params(&self) -> Vec<ParamSpec> {
         vec![
-            ParamSpec::optional(
-                "rewards",
-                ParamType::List(Box::new(ParamType::Map)),
-                "[{kind: answer, weight: 1.0}]",
-                "reward components",
-            ),
+            ParamSpec::optional("rewards", ParamType::List(Box::new(ParamType::Map)), "[{kind: answer, weight: 1.0}]", "reward components"),
             ParamSpec::optional("threads", ParamType::Int, "1", "scoring threads"),
         ]
     }
@@ -486,10 +373,7 @@ impl StageKind for Score {
     fn build(&self, params: &Params) -> Result<Box<dyn Stage>, StageError> {
         let p: ScoreParams = params.parse()?;
         let reward = build_reward(&p.rewards).map_err(StageError::msg)?;
-        Ok(Box::new(ScoreStage {
-            reward,
-            threads: p.threads.max(1),
-        }))
+        Ok(Box::new(ScoreStage { reward, threads: p.threads.max(1) }))
     }
 }
 
@@ -507,12 +391,7 @@ impl Stage for ScoreStage {
                 .ctx(|| format!("scoring step {}", batch.step))?;
             ctx.send(
                 "scored",
-                ScoredBatch {
-                    step: batch.step,
-                    group_size: batch.group_size,
-                    temperature: batch.temperature,
-                    scored,
-                },
+                ScoredBatch { step: batch.step, group_size: batch.group_size, temperature: batch.temperature, scored },
             )?;
         }
         Ok(())
@@ -549,34 +428,18 @@ impl StageKind for Learn {
     fn inputs(&self) -> Vec<PortSpec> {
         vec![
             PortSpec::new("scored", SCORED, "scored groups"),
-            PortSpec::new(
-                "init",
-                CHECKPOINT,
-                "starting weights; also the KL reference π_ref",
-            ),
-            PortSpec::optional(
-                "eval_task",
-                EXAMPLES,
-                "held-out task prompts for evaluation during training (eval_every)",
-            ),
+            PortSpec::new("init", CHECKPOINT, "starting weights; also the KL reference π_ref"),
+            PortSpec::optional("eval_task", EXAMPLES, "held-out task prompts for evaluation during training (eval_every)"),
         ]
     }
     fn outputs(&self) -> Vec<PortSpec> {
         vec![
             PortSpec::new("checkpoint", CHECKPOINT, "final weights"),
-            PortSpec::optional(
-                "ema_checkpoint",
-                CHECKPOINT,
-                "EMA weights θ̄ (only with ema_alpha)",
-            ),
+            PortSpec::optional("ema_checkpoint", CHECKPOINT, "EMA weights θ̄ (only with ema_alpha)"),
         ]
     }
     fn resources(&self) -> Vec<ResourceSpec> {
-        vec![ResourceSpec::writes(
-            "policy",
-            POLICY_STORE,
-            "where each new policy version is published",
-        )]
+        vec![ResourceSpec::writes("policy", POLICY_STORE, "where each new policy version is published")]
     }
     fn params(&self) -> Vec<ParamSpec> {
         let mut v = vec![
@@ -624,14 +487,7 @@ impl StageKind for Learn {
                     out.push(ParamProblem::new("eps_low", "must be in [0, 1)"));
                 }
                 if p.epochs == 0 || p.minibatches == 0 {
-                    out.push(ParamProblem::new(
-                        if p.epochs == 0 {
-                            "epochs"
-                        } else {
-                            "minibatches"
-                        },
-                        "must be at least 1",
-                    ));
+                    out.push(ParamProblem::new(if p.epochs == 0 { "epochs" } else { "minibatches" }, "must be at least 1"));
                 }
                 out
             }
@@ -639,9 +495,7 @@ impl StageKind for Learn {
         }
     }
     fn dry_run(&self, params: &Params) -> Result<DryRun, ParamProblem> {
-        let p = params
-            .parse::<LearnParams>()
-            .map_err(|e| ParamProblem::new("algorithm", e.to_string()))?;
+        let p = params.parse::<LearnParams>().map_err(|e| ParamProblem::new("algorithm", e.to_string()))?;
         // One optimiser step per RL step, so two prompt batches give exactly two updates.
         Ok(DryRun::unchanged()
             .set("epochs", 1)
@@ -669,21 +523,13 @@ impl Stage for LearnStage {
         // The last max_staleness+1 published versions, so a checkpoint can restore exactly what
         // a stale sampler will ask for.
         let keep = store.max_staleness() as usize + 1;
-        let mut published: std::collections::VecDeque<(u64, Arc<PolicyVersion>)> =
-            Default::default();
-        let resumed = if ctx.is_resuming() {
-            latest_state(&state_root)?
-        } else {
-            None
-        };
+        let mut published: std::collections::VecDeque<(u64, Arc<PolicyVersion>)> = Default::default();
+        let resumed = if ctx.is_resuming() { latest_state(&state_root)? } else { None };
         match &resumed {
             Some(step_dir) => {
                 learner.load_state(step_dir)?;
                 let k = learner.updates();
-                ctx.log(&format!(
-                    "resumed from {} after {k} updates",
-                    step_dir.display()
-                ));
+                ctx.log(&format!("resumed from {} after {k} updates", step_dir.display()));
                 for (v, model_dir) in saved_versions(step_dir)? {
                     let mut version = Policy::load(&model_dir)?.version(v - 1)?;
                     version.resumed_at = Some(k);
@@ -720,44 +566,16 @@ impl Stage for LearnStage {
         };
         // Greedy held-out accuracy of the live weights and of the EMA copy, into metrics.jsonl.
         let eval_now = |learner: &Learner, step: u64| -> Result<(), StageError> {
-            let Some(task) = &eval_task else {
-                return Ok(());
-            };
-            let sets = EvalSets {
-                task: Some(task.clone()),
-                ..EvalSets::default()
-            };
+            let Some(task) = &eval_task else { return Ok(()) };
+            let sets = EvalSets { task: Some(task.clone()), ..EvalSets::default() };
             let seeds = ctx.seeds();
-            let live = evaluate(
-                "live",
-                PathBuf::new(),
-                &learner.policy,
-                None,
-                &sets,
-                &eval_config,
-                seeds,
-                None,
-            )?;
+            let live = evaluate("live", PathBuf::new(), &learner.policy, None, &sets, &eval_config, seeds, None)?;
             let mut values = vec![("eval_accuracy".to_string(), live.capability)];
             if let Some(ema) = &learner.ema {
                 let mut ema_policy = learner.policy.clone();
-                ema_policy.model = learner
-                    .policy
-                    .model
-                    .deep_copy()
-                    .ctx(|| "copying weights for the EMA evaluation".to_string())?;
-                ema.copy_into(&ema_policy.model.named_vars())
-                    .ctx(|| "loading EMA weights for evaluation".to_string())?;
-                let r = evaluate(
-                    "ema",
-                    PathBuf::new(),
-                    &ema_policy,
-                    None,
-                    &sets,
-                    &eval_config,
-                    seeds,
-                    None,
-                )?;
+                ema_policy.model = learner.policy.model.deep_copy().ctx(|| "copying weights for the EMA evaluation".to_string())?;
+                ema.copy_into(&ema_policy.model.named_vars()).ctx(|| "loading EMA weights for evaluation".to_string())?;
+                let r = evaluate("ema", PathBuf::new(), &ema_policy, None, &sets, &eval_config, seeds, None)?;
                 values.push(("eval_accuracy_ema".to_string(), r.capability));
             }
             ctx.log_metrics(step, values)
@@ -766,9 +584,7 @@ impl Stage for LearnStage {
             eval_now(&learner, 0)?;
         }
         let rollout_log = if p.save_rollouts {
-            Some(keel_core::JsonlWriter::append(
-                ctx.run_dir().root().join("rollouts.jsonl"),
-            )?)
+            Some(keel_core::JsonlWriter::append(ctx.run_dir().root().join("rollouts.jsonl"))?)
         } else {
             None
         };
@@ -785,11 +601,7 @@ impl Stage for LearnStage {
             ctx.log_metrics(batch.step + 1, metrics)?;
             if let Some(w) = &rollout_log {
                 for s in &batch.scored {
-                    w.write(&RolloutLine {
-                        stage: ctx.name(),
-                        step: batch.step,
-                        scored: s,
-                    })?;
+                    w.write(&RolloutLine { stage: ctx.name(), step: batch.step, scored: s })?;
                 }
             }
             if p.eval_every > 0 && learner.updates() % p.eval_every == 0 {
@@ -806,27 +618,12 @@ impl Stage for LearnStage {
         let live = dir.join("checkpoint");
         learner.policy.save(&live)?;
         let steps = learner.updates();
-        ctx.send(
-            "checkpoint",
-            CheckpointRef {
-                dir: live,
-                step: steps,
-                label: label.clone(),
-            },
-        )?;
+        ctx.send("checkpoint", CheckpointRef { dir: live, step: steps, label: label.clone() })?;
         if let Some(ema) = learner.ema.take() {
-            ema.copy_into(&learner.policy.model.named_vars())
-                .map_err(|e| StageError::with_source("copying EMA weights", e))?;
+            ema.copy_into(&learner.policy.model.named_vars()).map_err(|e| StageError::with_source("copying EMA weights", e))?;
             let ema_dir = dir.join("ema_checkpoint");
             learner.policy.save(&ema_dir)?;
-            ctx.send(
-                "ema_checkpoint",
-                CheckpointRef {
-                    dir: ema_dir,
-                    step: steps,
-                    label: format!("{label}-ema"),
-                },
-            )?;
+            ctx.send("ema_checkpoint", CheckpointRef { dir: ema_dir, step: steps, label: format!("{label}-ema") })?;
         }
         Ok(())
     }
@@ -852,14 +649,8 @@ fn save_learner_state(
             continue; // the current weights, saved above
         }
         let d = tmp.join("versions").join(format!("v{v:06}"));
-        version
-            .model
-            .save(&d)
-            .ctx(|| format!("saving policy version {v}"))?;
-        version
-            .tokenizer
-            .save(&d)
-            .ctx(|| format!("saving policy version {v}"))?;
+        version.model.save(&d).ctx(|| format!("saving policy version {v}"))?;
+        version.tokenizer.save(&d).ctx(|| format!("saving policy version {v}"))?;
     }
     let fin = root.join(&name);
     if fin.exists() {
@@ -883,15 +674,10 @@ fn latest_state(root: &Path) -> Result<Option<PathBuf>, StageError> {
     if !pointer.exists() {
         return Ok(None);
     }
-    let name =
-        std::fs::read_to_string(&pointer).ctx(|| format!("reading {}", pointer.display()))?;
+    let name = std::fs::read_to_string(&pointer).ctx(|| format!("reading {}", pointer.display()))?;
     let dir = root.join(name.trim());
     if !dir.is_dir() {
-        return Err(StageError::msg(format!(
-            "{} points to missing state {}",
-            pointer.display(),
-            dir.display()
-        )));
+        return Err(StageError::msg(format!("{} points to missing state {}", pointer.display(), dir.display())));
     }
     Ok(Some(dir))
 }
@@ -921,3 +707,4 @@ struct RolloutLine<'a> {
     #[serde(flatten)]
     scored: &'a keel_core::Scored,
 }
+

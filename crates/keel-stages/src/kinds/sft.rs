@@ -3,10 +3,7 @@
 use std::sync::Arc;
 
 use keel_core::CheckpointRef;
-use keel_pipeline::{
-    DryRun, ParamProblem, ParamSpec, ParamType, Params, PortSpec, Stage, StageContext, StageError,
-    StageKind,
-};
+use keel_pipeline::{DryRun, ParamProblem, ParamSpec, ParamType, Params, PortSpec, Stage, StageContext, StageError, StageKind};
 use serde::Deserialize;
 
 use crate::kinds::{recv_examples, recv_one};
@@ -50,19 +47,13 @@ pub(crate) fn check_lora(lora: Option<&crate::train::LoraSpec>) -> Vec<ParamProb
     let Some(l) = lora else { return Vec::new() };
     let mut out = Vec::new();
     if l.r == 0 {
-        out.push(
-            ParamProblem::new("lora", "rank `r` must be at least 1")
-                .with_help("typical ranks are 8 to 64"),
-        );
+        out.push(ParamProblem::new("lora", "rank `r` must be at least 1").with_help("typical ranks are 8 to 64"));
     }
     if let Some(t) = &l.target_modules {
         let known = keel_model::LORA_TARGETS;
         for m in t {
             if !known.contains(&m.as_str()) {
-                out.push(
-                    ParamProblem::new("lora", format!("unknown target module `{m}`"))
-                        .with_help(format!("valid: {}", known.join(", "))),
-                );
+                out.push(ParamProblem::new("lora", format!("unknown target module `{m}`")).with_help(format!("valid: {}", known.join(", "))));
             }
         }
         if t.is_empty() {
@@ -76,10 +67,7 @@ pub(crate) fn check_lora(lora: Option<&crate::train::LoraSpec>) -> Vec<ParamProb
 pub(crate) fn check_ema(alpha: Option<f64>) -> Vec<ParamProblem> {
     match alpha {
         Some(a) if !(0.0..1.0).contains(&a) => {
-            vec![
-                ParamProblem::new("ema_alpha", format!("{a} is outside [0, 1)"))
-                    .with_help("typical values are 0.99 to 0.999"),
-            ]
+            vec![ParamProblem::new("ema_alpha", format!("{a} is outside [0, 1)")).with_help("typical values are 0.99 to 0.999")]
         }
         _ => Vec::new(),
     }
@@ -96,27 +84,15 @@ impl StageKind for Sft {
     }
     fn inputs(&self) -> Vec<PortSpec> {
         vec![
-            PortSpec::new(
-                "examples",
-                EXAMPLES,
-                "training examples with targets (fan-in allowed)",
-            ),
+            PortSpec::new("examples", EXAMPLES, "training examples with targets (fan-in allowed)"),
             PortSpec::optional("init", CHECKPOINT, "checkpoint to start from"),
-            PortSpec::optional(
-                "tokenizer",
-                TOKENIZER,
-                "tokenizer for a model trained from scratch (when no init)",
-            ),
+            PortSpec::optional("tokenizer", TOKENIZER, "tokenizer for a model trained from scratch (when no init)"),
         ]
     }
     fn outputs(&self) -> Vec<PortSpec> {
         vec![
             PortSpec::new("checkpoint", CHECKPOINT, "the trained weights"),
-            PortSpec::optional(
-                "ema_checkpoint",
-                CHECKPOINT,
-                "the EMA weights θ̄ (only with ema_alpha)",
-            ),
+            PortSpec::optional("ema_checkpoint", CHECKPOINT, "the EMA weights θ̄ (only with ema_alpha)"),
         ]
     }
     fn params(&self) -> Vec<ParamSpec> {
@@ -142,10 +118,7 @@ impl StageKind for Sft {
                 }
                 if keel_model::ModelConfig::preset(&p.model, 512).is_err() {
                     let names: Vec<&str> = keel_model::PRESETS.to_vec();
-                    out.push(
-                        ParamProblem::new("model", format!("unknown preset `{}`", p.model))
-                            .with_help(format!("presets: {}", names.join(", "))),
-                    );
+                    out.push(ParamProblem::new("model", format!("unknown preset `{}`", p.model)).with_help(format!("presets: {}", names.join(", "))));
                 }
                 out
             }
@@ -153,9 +126,7 @@ impl StageKind for Sft {
         }
     }
     fn dry_run(&self, params: &Params) -> Result<DryRun, ParamProblem> {
-        let p = params
-            .parse::<SftParams>()
-            .map_err(|e| ParamProblem::new("steps", e.to_string()))?;
+        let p = params.parse::<SftParams>().map_err(|e| ParamProblem::new("steps", e.to_string()))?;
         Ok(DryRun::unchanged()
             .set("steps", p.train.steps.min(2))
             .set("batch_size", p.train.batch_size.min(2))
@@ -175,28 +146,13 @@ impl Stage for SftStage {
         let seeds = ctx.seeds();
         let label = p.label.clone().unwrap_or_else(|| ctx.name().to_string());
         let dir = ctx.stage_dir()?;
-        let examples =
-            recv_examples(ctx, "examples")?.ok_or_else(|| StageError::msg("no examples"))?;
+        let examples = recv_examples(ctx, "examples")?.ok_or_else(|| StageError::msg("no examples"))?;
         if ctx.is_resuming() && dir.join(COMPLETE_MARKER).exists() {
             // Finished before the interruption: its checkpoints are final, send them again.
             ctx.log("already complete; reusing its checkpoints");
-            ctx.send(
-                "checkpoint",
-                CheckpointRef {
-                    dir: dir.join("checkpoint"),
-                    step: p.train.steps,
-                    label: label.clone(),
-                },
-            )?;
+            ctx.send("checkpoint", CheckpointRef { dir: dir.join("checkpoint"), step: p.train.steps, label: label.clone() })?;
             if dir.join("ema_checkpoint").exists() {
-                ctx.send(
-                    "ema_checkpoint",
-                    CheckpointRef {
-                        dir: dir.join("ema_checkpoint"),
-                        step: p.train.steps,
-                        label: format!("{label}-ema"),
-                    },
-                )?;
+                ctx.send("ema_checkpoint", CheckpointRef { dir: dir.join("ema_checkpoint"), step: p.train.steps, label: format!("{label}-ema") })?;
             }
             return Ok(());
         }
@@ -207,15 +163,9 @@ impl Stage for SftStage {
             let tok: Arc<TokenizerFiles> = recv_one(ctx, "tokenizer")?;
             Policy::from_scratch(&p.model, &tok.dir, seeds.seed("init"))?
         } else {
-            return Err(StageError::msg(
-                "wire either `init` (a checkpoint) or `tokenizer` (to train from scratch)",
-            ));
+            return Err(StageError::msg("wire either `init` (a checkpoint) or `tokenizer` (to train from scratch)"));
         };
-        ctx.log(&format!(
-            "training {} parameters on {} examples",
-            policy.model.num_parameters(),
-            examples.examples.len()
-        ));
+        ctx.log(&format!("training {} parameters on {} examples", policy.model.num_parameters(), examples.examples.len()));
         let config = &p.train;
         let bar = ctx.progress("sft", Some(config.steps));
         let outcome = run_sft(
@@ -234,27 +184,15 @@ impl Stage for SftStage {
         policy.save(&live)?;
         let ema_ref = match outcome.ema {
             Some(ema) => {
-                ema.copy_into(&policy.model.named_vars())
-                    .map_err(|e| StageError::with_source("copying EMA weights", e))?;
+                ema.copy_into(&policy.model.named_vars()).map_err(|e| StageError::with_source("copying EMA weights", e))?;
                 let ema_dir = dir.join("ema_checkpoint");
                 policy.save(&ema_dir)?;
-                Some(CheckpointRef {
-                    dir: ema_dir,
-                    step: p.train.steps,
-                    label: format!("{label}-ema"),
-                })
+                Some(CheckpointRef { dir: ema_dir, step: p.train.steps, label: format!("{label}-ema") })
             }
             None => None,
         };
         keel_core::write_atomic(&dir.join(COMPLETE_MARKER), b"complete\n")?;
-        ctx.send(
-            "checkpoint",
-            CheckpointRef {
-                dir: live,
-                step: p.train.steps,
-                label: label.clone(),
-            },
-        )?;
+        ctx.send("checkpoint", CheckpointRef { dir: live, step: p.train.steps, label: label.clone() })?;
         if let Some(r) = ema_ref {
             ctx.send("ema_checkpoint", r)?;
         }
