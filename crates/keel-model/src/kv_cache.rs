@@ -94,27 +94,25 @@ impl KvCache {
         self.shared = None;
     }
 
-    /// Keeps only the batch rows listed in `rows` (u32 indices), e.g. to drop finished sequences
-    /// or to expand one prompt into a group; the caller must select the same rows of its mask.
-    pub fn select_rows(&mut self, rows: &Tensor) -> ModelResult<()> {
-        let n = rows.dims1().ctx(|| "KvCache::select_rows: rows must be 1-D".to_string())?;
+    /// Keeps only the batch rows listed in `rows` (row `i` of the result is old row `rows[i]`;
+    /// rows may repeat), e.g. to drop finished sequences or to expand one prompt into a group; the
+    /// caller must select the same rows of its mask.
+    pub fn select_rows(&mut self, rows: &[u32]) -> ModelResult<()> {
         for (i, l) in self.layers.iter_mut().enumerate() {
             if let Some((k, v)) = l {
-                let k2 = k.index_select(rows, 0).ctx(|| format!("selecting cache rows (layer {i})"))?;
-                let v2 = v.index_select(rows, 0).ctx(|| format!("selecting cache rows (layer {i})"))?;
+                let ctx = || format!("selecting cache rows (layer {i})");
+                let idx = Tensor::new(rows, k.device()).ctx(ctx)?;
+                let k2 = k.index_select(&idx, 0).ctx(ctx)?;
+                let v2 = v.index_select(&idx, 0).ctx(ctx)?;
                 *l = Some((k2, v2));
             }
         }
         if self.batch.is_some() {
-            self.batch = Some(n);
+            self.batch = Some(rows.len());
         }
         // New rows selected from the same old row are equal on every position cached so far.
-        let picked: Vec<u32> = rows
-            .to_dtype(candle_core::DType::U32)
-            .and_then(|r| r.to_vec1())
-            .ctx(|| "reading selected rows".to_string())?;
         let mut first: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
-        let source: Vec<u32> = picked.iter().enumerate().map(|(i, &r)| *first.entry(r).or_insert(i as u32)).collect();
+        let source: Vec<u32> = rows.iter().enumerate().map(|(i, &r)| *first.entry(r).or_insert(i as u32)).collect();
         let repeats = source.iter().enumerate().any(|(i, &s)| s as usize != i);
         self.shared = (repeats && self.len > 0).then(|| Arc::new(SharedKeys { source, len: self.len }));
         Ok(())

@@ -275,35 +275,30 @@ impl<M: DecodeModel, C: TextCodec> Engine<M, C> {
             m.extend(std::iter::repeat_n(1u8, n));
             mask_rows.push(m);
         }
-        // The samples of one prompt share its prefill when the model can copy cache rows: each
-        // distinct prompt is prefilled once, then row `i` takes the cache row and logits of
-        // prompt `source[i]`.
-        let mut distinct: Vec<usize> = Vec::new();
+        // The samples of one prompt share its prefill when the model can copy cache rows: the
+        // first row of each distinct prompt is prefilled, then row `i` takes the cache row and
+        // logits of prefilled row `source[i]`.
+        let mut first_rows: Vec<usize> = Vec::new();
         let mut position: HashMap<usize, u32> = HashMap::new();
         let source: Vec<u32> = rows
             .iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(i, r)| {
                 *position.entry(r.prompt).or_insert_with(|| {
-                    distinct.push(r.prompt);
-                    (distinct.len() - 1) as u32
+                    first_rows.push(i);
+                    (first_rows.len() - 1) as u32
                 })
             })
             .collect();
-        let share = distinct.len() < b && self.model.can_select_cache_rows();
-        let prefill: Vec<usize> = if share {
-            distinct
-        } else {
-            rows.iter().map(|r| r.prompt).collect()
-        };
+        let share = first_rows.len() < b && self.model.can_select_cache_rows();
+        let prefill: Vec<usize> = if share { first_rows } else { (0..b).collect() };
         let mut ids: Vec<u32> = Vec::with_capacity(prefill.len() * prompt_len);
         let mut mask_flat: Vec<u8> = Vec::with_capacity(b * (prompt_len + max_new));
-        for &pi in &prefill {
-            let p = prompts[pi].ids;
-            let n_pad = prompt_len - p.len();
-            ids.extend(std::iter::repeat_n(pad, n_pad));
+        for &ri in &prefill {
+            let p = prompts[rows[ri].prompt].ids;
+            ids.extend(std::iter::repeat_n(pad, prompt_len - p.len()));
             ids.extend_from_slice(p);
-            mask_flat.extend(std::iter::repeat_n(0u8, n_pad));
-            mask_flat.extend(std::iter::repeat_n(1u8, p.len()));
+            mask_flat.extend_from_slice(&mask_rows[ri]);
         }
 
         let mut cache =

@@ -180,8 +180,7 @@ impl DecodeModel for LmDecoder {
     }
 
     fn select_cache_rows(&self, cache: &mut KvCache, rows: &[u32]) -> candle_core::Result<()> {
-        let idx = Tensor::new(rows, self.0.device())?;
-        cache.select_rows(&idx).map_err(candle_core::Error::wrap)
+        cache.select_rows(rows).map_err(candle_core::Error::wrap)
     }
 
     fn vocab_size(&self) -> usize {

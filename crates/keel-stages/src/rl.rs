@@ -250,15 +250,13 @@ impl Learner {
         }
         let device = self.policy.model.device().clone();
         let layout = CompletionLayout::new(batch).ctx(|| format!("learn step {step}"))?;
-        let all_rows: Vec<usize> = (0..b).collect();
-        let t1 = layout.width;
-        let mask_t = layout.loss_mask(&device)?;
+        // The whole batch as model input, for the reference (and PPO's value) forward.
+        let whole = layout.shared_batch(&(0..b).collect::<Vec<_>>(), &device)?;
+        let mask = &layout.loss_mask(&device)?;
         // Behaviour log-probs recorded by the sampler, in the same [B, C] completion layout.
         let old_logp = layout.old_logprobs(batch, &device)?;
         let temperature = batch.temperature as f64;
-        let ref_logp =
-            completion_logprobs(&self.reference, &layout.shared_batch(&all_rows, &device)?, temperature)?.1.detach();
-        let mask = &mask_t;
+        let ref_logp = completion_logprobs(&self.reference, &whole, temperature)?.1.detach();
         let mut rewards: Vec<f64> = batch.scored.iter().map(|s| s.reward).collect();
         let raw_mean = rewards.iter().sum::<f64>() / b as f64;
         let kl_in_reward = self.config.kl_in == KlIn::Reward && self.config.beta > 0.0;
@@ -289,12 +287,12 @@ impl Learner {
                     .policy
                     .model
                     .inference_view()
-                    .forward_hidden_shared(&layout.shared_batch(&all_rows, &device)?)
+                    .forward_hidden_shared(&whole)
                     .ctx(|| "PPO: hidden states".to_string())?;
                 let values = head
                     .forward(&hidden)
                     .ctx(|| "PPO: values".to_string())?
-                    .narrow(1, 0, t1)
+                    .narrow(1, 0, layout.width)
                     .ctx(|| "PPO: aligning values".to_string())?
                     .detach();
                 let tok = self.token_rewards(&rewards, &old_logp, &ref_logp, mask, kl_in_reward)?;
@@ -375,7 +373,7 @@ impl Learner {
                         let v = head
                             .forward(&hidden)
                             .ctx(|| "PPO: values".to_string())?
-                            .narrow(1, 0, t1)
+                            .narrow(1, 0, layout.width)
                             .ctx(|| "PPO: aligning values".to_string())?;
                         let vcfg = ValueLossConfig {
                             clip_range: (self.config.value_clip > 0.0).then_some(self.config.value_clip),

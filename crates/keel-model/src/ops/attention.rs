@@ -78,7 +78,6 @@ pub fn decode_attention_shared(
     }
     if use_fused(q) && k.dtype() == q.dtype() && v.dtype() == q.dtype() && rows_ok(k) && rows_ok(v) {
         let mask: Vec<f32> = key_mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let shared = shared.cloned();
         q.contiguous()?.apply_op3_no_bwd(k, v, &DecodeAttention { mask, scale, shared })
     } else {
         decode_attention_slow(q, k, v, key_mask, scale)
@@ -96,11 +95,11 @@ pub fn decode_attention_slow(q: &Tensor, k: &Tensor, v: &Tensor, key_mask: &Tens
     probs.reshape((b, kv, rep, s))?.matmul(v)?.reshape((b, h, d))
 }
 
-struct DecodeAttention {
+struct DecodeAttention<'a> {
     /// `[B, S]` key mask on the host (1 = real key).
     mask: Vec<f32>,
     scale: f64,
-    shared: Option<SharedKeys>,
+    shared: Option<&'a SharedKeys>,
 }
 
 /// Where a strided `[B, KV, S, D]` view's rows start: offset and the strides of its first three
@@ -148,21 +147,12 @@ fn dot<T: Fl>(a: &[T], b: &[T]) -> T {
 /// (multiply-adds of the `q·k` and `p·v` products together).
 const PARALLEL_MIN_WORK: usize = 1 << 17;
 
-#[allow(clippy::too_many_arguments)]
-fn kernel<T: Fl>(
-    q: &[T],
-    k: &[T],
-    kr: Rows,
-    v: &[T],
-    vr: Rows,
-    mask: &[f32],
-    dims: [usize; 5],
-    scale: f64,
-    shared: Option<&SharedKeys>,
-) -> Vec<T> {
+/// The fused attention for every sequence; `op` holds the key mask, scale and shared rows.
+fn kernel<T: Fl>(op: &DecodeAttention<'_>, q: &[T], k: &[T], kr: Rows, v: &[T], vr: Rows, dims: [usize; 5]) -> Vec<T> {
     let [b, h, kvh, s, d] = dims;
     let rep = h / kvh;
-    let scale = T::from(scale).unwrap_or_else(T::one);
+    let (mask, shared) = (&op.mask, op.shared);
+    let scale = T::from(op.scale).unwrap_or_else(T::one);
     let mut out = vec![T::zero(); b * h * d];
     // One sequence: all its heads. `p` holds the scores, then the unnormalised probabilities.
     let one = |bi: usize, ob: &mut [T], p: &mut Vec<T>| {
@@ -221,7 +211,7 @@ fn kernel<T: Fl>(
     out
 }
 
-impl CustomOp3 for DecodeAttention {
+impl CustomOp3 for DecodeAttention<'_> {
     fn name(&self) -> &'static str {
         "keel-decode-attention"
     }
@@ -244,28 +234,12 @@ impl CustomOp3 for DecodeAttention {
         let (kr, vr) = (Rows::of(l2), Rows::of(l3));
         let n = self.name();
         let out = match (s1, s2, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(k), CpuStorage::F32(v)) => CpuStorage::F32(kernel::<f32>(
-                cslice(s1, l1, n)?,
-                k,
-                kr,
-                v,
-                vr,
-                &self.mask,
-                dims,
-                self.scale,
-                self.shared.as_ref(),
-            )),
-            (CpuStorage::F64(_), CpuStorage::F64(k), CpuStorage::F64(v)) => CpuStorage::F64(kernel::<f64>(
-                cslice(s1, l1, n)?,
-                k,
-                kr,
-                v,
-                vr,
-                &self.mask,
-                dims,
-                self.scale,
-                self.shared.as_ref(),
-            )),
+            (CpuStorage::F32(_), CpuStorage::F32(k), CpuStorage::F32(v)) => {
+                CpuStorage::F32(kernel::<f32>(self, cslice(s1, l1, n)?, k, kr, v, vr, dims))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(k), CpuStorage::F64(v)) => {
+                CpuStorage::F64(kernel::<f64>(self, cslice(s1, l1, n)?, k, kr, v, vr, dims))
+            }
             _ => return Err(bad_dtype(n, s1)),
         };
         Ok((out, l1.shape().clone()))
