@@ -43,22 +43,13 @@ mod safety_cmd;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-extern "C" {
-    /// mimalloc's option setter (linked in by the `mimalloc` crate's bundled C library).
-    fn mi_option_set(option: std::os::raw::c_int, value: std::os::raw::c_long);
-}
-
-/// `mi_option_purge_delay` in mimalloc 2.x and 3.x (`mimalloc.h`, `enum mi_option_e`).
-const MI_OPTION_PURGE_DELAY: std::os::raw::c_int = 15;
-
 /// Process-wide CPU settings that training speed depends on (docs/performance.md): keep freed
 /// memory committed (training re-allocates the same buffers every step; purged pages come back
 /// as page faults and kernel zeroing, up to a quarter of a step), and give candle's spinning
 /// element-wise pool no workers so matmuls get every core. Called first in `main`, before any
 /// other thread exists.
 fn tune_runtime() {
-    // SAFETY: plain setter of a global option; valid for any value at any time.
-    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    keel_model::ops::keep_freed_memory();
     keel_model::ops::tune_cpu_runtime();
 }
 

@@ -30,26 +30,6 @@ use keel_model::{CausalLm, ModelConfig, ModelError};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-extern "C" {
-    /// mimalloc's option setter (linked in by the `mimalloc` crate's bundled C library).
-    fn mi_option_set(option: std::os::raw::c_int, value: std::os::raw::c_long);
-}
-
-/// `mi_option_purge_delay` in mimalloc 2.x and 3.x (`mimalloc.h`, `enum mi_option_e`).
-const MI_OPTION_PURGE_DELAY: std::os::raw::c_int = 15;
-
-/// Keeps freed memory committed instead of returning it to the OS after mimalloc's purge delay.
-///
-/// Why: a training step frees and re-allocates the same few hundred MB every step (logits and
-/// their gradient are 32 MiB each); purged pages come back as fresh page faults, and zeroing
-/// them in the kernel (`clear_page_erms`) was 6–24 % of a step in `perf`. With purging off the
-/// step made ~650 page faults instead of ~30 000, at the cost of a resident set that stays at
-/// its peak.
-fn keep_freed_memory() {
-    // SAFETY: plain setter of a global option; valid for any value and any time.
-    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-}
-
 const BATCH: usize = 16;
 const SEQ: usize = 128;
 const VOCAB: usize = 4096;
@@ -200,7 +180,7 @@ fn parse_n(arg: Option<&String>, default: usize) -> Res<usize> {
 
 fn main() -> Res<()> {
     keel_model::ops::tune_cpu_runtime();
-    keep_freed_memory();
+    keel_model::ops::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("export") => {

@@ -15,6 +15,9 @@ pub mod lora;
 pub mod ops;
 pub mod weights;
 
+// Links mimalloc's C library, whose option setter `ops::keep_freed_memory` calls.
+use mimalloc as _;
+
 pub use config::{Architecture, ModelConfig, RopeScaling, PRESETS};
 pub use decoder::{CausalLm, SharedPrefixBatch};
 pub use error::{ModelError, ModelResult};

@@ -46,21 +46,6 @@ use keel_stages::rl::{Aggregation, Algorithm, KlIn, LearnConfig, Learner};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-extern "C" {
-    /// mimalloc's option setter (linked in by the `mimalloc` crate's bundled C library).
-    fn mi_option_set(option: std::os::raw::c_int, value: std::os::raw::c_long);
-}
-
-/// `mi_option_purge_delay` in mimalloc 2.x and 3.x (`mimalloc.h`, `enum mi_option_e`).
-const MI_OPTION_PURGE_DELAY: std::os::raw::c_int = 15;
-
-/// Keeps freed memory committed instead of returning it to the OS (see `bench_figures.rs`: purged
-/// pages come back as page faults that the kernel zeroes, up to a quarter of a train step).
-fn keep_freed_memory() {
-    // SAFETY: plain setter of a global option; valid for any value and any time.
-    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-}
-
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// Completions per prompt (TRL `num_generations`).
@@ -333,7 +318,7 @@ const USAGE: &str = "usage: bench_grpo export DIR | serve DIR | once DIR [N]";
 
 fn main() -> Res<()> {
     keel_model::ops::tune_cpu_runtime();
-    keep_freed_memory();
+    keel_model::ops::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let dir = args.get(1).map(Path::new).ok_or(USAGE)?;
     match args.first().map(String::as_str) {
