@@ -15,36 +15,12 @@ target/keel-bench/results.json), KEEL_BENCH_BIN (directory holding the Keel bina
 import json
 import os
 import statistics
-import subprocess
 import sys
 
 import torch
 
 import torch_ref
-from keel_proc import HERE, ROOT, keel_bin, keel_env, run_json
-
-
-class KeelServer:
-    def __init__(self, threads):
-        self.p = subprocess.Popen([keel_bin("bench_figures"), "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  text=True, env=keel_env(threads))
-        hello = json.loads(self.p.stdout.readline())
-        if not hello.get("ready"):
-            raise RuntimeError(f"Keel server did not start: {hello}")
-        self.parameters = hello["parameters"]
-
-    def measure(self, what, n):
-        self.p.stdin.write(f"{what} {n}\n")
-        self.p.stdin.flush()
-        r = json.loads(self.p.stdout.readline())
-        if "error" in r:
-            raise RuntimeError(f"Keel {what}: {r['error']}")
-        return r
-
-    def close(self):
-        self.p.stdin.write("quit\n")
-        self.p.stdin.flush()
-        self.p.wait(timeout=60)
+from keel_proc import HERE, ROOT, KeelServer, keel_bin, keel_env, run_json
 
 
 def train_flops(c, b, t):
@@ -82,11 +58,11 @@ def main():
     print(f"tiny-8m, {n_torch} parameters, batch {torch_ref.BATCH}x{torch_ref.SEQ}, f32, {threads} threads")
     print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
 
-    keel = KeelServer(threads)
+    keel = KeelServer([keel_bin("bench_figures"), "serve"], threads)
     results = {"threads": threads, "rounds": rounds, "parameters": n_torch, "load_before": load_before}
 
     # Same weights: forward-only mean log-prob of the fixed batch must agree (f32 rounding only).
-    kf = keel.measure("forward", 1)["value"]
+    kf = keel.ask("forward 1")["value"]
     tf = tb.measure("forward", 1)["value"]
     print(f"mean token log-prob: Keel {kf:.6f}  PyTorch {tf:.6f}  (|diff| {abs(kf - tf):.2e})")
     results["check"] = {"keel_mean_logprob": kf, "torch_mean_logprob": tf}
@@ -99,11 +75,11 @@ def main():
         kt, tt, ratios = [], [], []
         for i in range(r):
             if i % 2 == 0:
-                k = keel.measure(what, 1)
+                k = keel.ask(f"{what} 1")
                 t = tb.measure(what, 1)
             else:
                 t = tb.measure(what, 1)
-                k = keel.measure(what, 1)
+                k = keel.ask(f"{what} 1")
             kt.append(k["times"][0])
             tt.append(t["times"][0])
             ratios.append(kt[-1] / tt[-1])

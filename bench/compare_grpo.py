@@ -35,38 +35,12 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
 
-from keel_proc import ROOT, keel_bin, keel_env, run_json
-
-
-class KeelServer:
-    """`bench_grpo serve DIR` as a subprocess: one JSON reply per command line."""
-
-    def __init__(self, model_dir, threads):
-        self.p = subprocess.Popen([keel_bin("bench_grpo"), "serve", model_dir], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True, env=keel_env(threads))
-        hello = self.ask("")  # the greeting line comes unasked
-        if not hello.get("ready"):
-            raise RuntimeError(f"Keel server did not start: {hello}")
-
-    def ask(self, command):
-        if command:
-            self.p.stdin.write(command + "\n")
-            self.p.stdin.flush()
-        r = json.loads(self.p.stdout.readline())
-        if "error" in r:
-            raise RuntimeError(f"Keel `{command}`: {r['error']}")
-        return r
-
-    def close(self):
-        self.p.stdin.write("quit\n")
-        self.p.stdin.flush()
-        self.p.wait(timeout=60)
+from keel_proc import ROOT, KeelServer, keel_bin, keel_env, run_json
 
 
 # The reward, written the way Keel's `MathReward(Gsm8kFlexible)` computes it: the text after a
@@ -182,7 +156,7 @@ def main():
     exported = run_json([keel_bin("bench_grpo"), "export", model_dir], env=keel_env(threads))
     with open(os.path.join(model_dir, "prompts.json")) as f:
         meta = json.load(f)
-    keel = KeelServer(model_dir, threads)
+    keel = KeelServer([keel_bin("bench_grpo"), "serve", model_dir], threads)
 
     class Alternate(TrainerCallback):
         """Times TRL steps and interleaves Keel iterations (Keel first on even rounds)."""

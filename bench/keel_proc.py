@@ -27,3 +27,29 @@ def run_json(cmd, env=None):
     """Runs `cmd` and parses the JSON object on the last line of its output."""
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+class KeelServer:
+    """A Keel benchmark binary in `serve` mode as a subprocess (`bench_figures serve`, `bench_grpo
+    serve DIR`): one command line in, one JSON reply line out. `hello` is its greeting."""
+
+    def __init__(self, args, threads):
+        self.p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                  env=keel_env(threads))
+        self.hello = self.ask("")  # the greeting line comes unasked
+        if not self.hello.get("ready"):
+            raise RuntimeError(f"Keel server did not start: {self.hello}")
+
+    def ask(self, command):
+        if command:
+            self.p.stdin.write(command + "\n")
+            self.p.stdin.flush()
+        r = json.loads(self.p.stdout.readline())
+        if "error" in r:
+            raise RuntimeError(f"Keel `{command}`: {r['error']}")
+        return r
+
+    def close(self):
+        self.p.stdin.write("quit\n")
+        self.p.stdin.flush()
+        self.p.wait(timeout=60)
