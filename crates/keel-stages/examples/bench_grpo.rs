@@ -8,9 +8,10 @@
 //! An iteration does exactly what the `rollout → score → learn` stages of an RL pipeline do
 //! (`crates/keel-stages/src/kinds/rl.rs`), minus the channels between threads:
 //! 1. **rollout**: a detached copy of the current weights (`Policy::version`, what the learner
-//!    publishes to the policy store), prompts rendered with the chat template and tokenised, then
-//!    `group` completions per prompt from the KV-cache [`keel_rollout::Engine`] at temperature 1,
-//!    with behaviour log-probs;
+//!    publishes to the policy store), then the `rollout` stage's own sampling,
+//!    [`sample_rollouts`]: prompts rendered with the chat template and tokenised, `group`
+//!    completions per prompt from the KV-cache [`keel_rollout::Engine`] at temperature 1, with
+//!    behaviour log-probs;
 //! 2. **score**: the `answer` reward of the `score` stage, [`MathReward`] with GSM8K flexible
 //!    extraction (the last number of the completion equals the sum), through [`CompositeReward`];
 //! 3. **learn**: [`Learner::update`] on the [`ScoredBatch`]: reference log-probs (β > 0), GRPO
@@ -35,12 +36,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use keel_core::{Example, Rollout, SeedStream};
+use keel_core::{Example, SeedStream};
 use keel_optim::{KlEstimator, RewardScaling};
 use keel_rewards::{AnswerFormat, CompositeReward, MathReward};
 use keel_rollout::SamplingParams;
 use keel_stages::messages::ScoredBatch;
-use keel_stages::policy::{engine, Policy};
+use keel_stages::policy::{sample_rollouts, Policy};
 use keel_stages::rl::{Aggregation, Algorithm, KlIn, LearnConfig, Learner};
 
 #[global_allocator]
@@ -161,7 +162,6 @@ impl Bench {
     fn rollout_and_score(&mut self, phases: &mut Phases) -> Res<ScoredBatch> {
         let t0 = Instant::now();
         let version = self.learner.policy.version(self.learner.updates())?;
-        let eng = engine(version.model.clone(), version.tokenizer.clone());
         let params = SamplingParams {
             temperature: 1.0,
             top_p: 1.0,
@@ -172,26 +172,7 @@ impl Bench {
             seed: self.seeds.seed(&format!("step-{}", self.step)),
             ..SamplingParams::default()
         };
-        let mut texts = Vec::with_capacity(self.examples.len());
-        let mut ids = Vec::with_capacity(self.examples.len());
-        for e in &self.examples {
-            let t = keel_stages::policy::render(&version.template, e)?;
-            ids.push(version.tokenizer.encode(&t, false)?);
-            texts.push(t);
-        }
-        let groups = eng.generate(&ids, &params, version.updates + 1)?;
-        let mut rollouts = Vec::with_capacity(groups.len() * GROUP);
-        for (g, (group, example)) in groups.into_iter().zip(&self.examples).enumerate() {
-            for completion in group {
-                rollouts.push(Rollout {
-                    example: example.clone(),
-                    prompt_ids: ids[g].clone(),
-                    prompt_text: texts[g].clone(),
-                    completion,
-                    group: g,
-                });
-            }
-        }
+        let rollouts = sample_rollouts(&version, &self.examples, &params, version.updates + 1, self.step)?;
         let t1 = Instant::now();
         let scored = self.reward.score_batch(&rollouts, 1)?;
         let t2 = Instant::now();

@@ -5,10 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use keel_core::Example;
+use keel_core::{Example, Rollout};
 use keel_model::{read_gguf, CausalLm, ChatTemplate, KvCache, ModelConfig, ModelSource, ResolvedModel, Tokenizer};
 use keel_pipeline::StageError;
-use keel_rollout::{BoxError, DecodeModel, Engine, EngineConfig, TextCodec};
+use keel_rollout::{BoxError, DecodeModel, Engine, EngineConfig, SamplingParams, TextCodec};
 
 use crate::ctx::Ctx;
 use crate::messages::PolicyVersion;
@@ -139,6 +139,41 @@ impl Policy {
     pub fn engine(&self) -> Engine<LmDecoder, LmCodec> {
         engine(Arc::new(self.model.inference_view()), self.tokenizer.clone())
     }
+}
+
+/// `params.n` rollouts of every example from the weights of `version`, as the `rollout` stage
+/// samples them: each prompt rendered with the chat template and tokenised, the groups generated
+/// by the KV-cache engine (rollout `g·n + i` is sample `i` of example `g`, in group `g`). `step`
+/// names the batch in errors; `policy_version` is recorded in every completion.
+pub fn sample_rollouts(
+    version: &PolicyVersion,
+    examples: &[Arc<Example>],
+    params: &SamplingParams,
+    policy_version: u64,
+    step: u64,
+) -> Result<Vec<Rollout>, StageError> {
+    let eng = engine(version.model.clone(), version.tokenizer.clone());
+    let mut texts = Vec::with_capacity(examples.len());
+    let mut ids = Vec::with_capacity(examples.len());
+    for e in examples {
+        let t = render(&version.template, e)?;
+        ids.push(version.tokenizer.encode(&t, false).ctx(|| format!("tokenizing the prompt of `{}`", e.id))?);
+        texts.push(t);
+    }
+    let groups = eng.generate(&ids, params, policy_version).ctx(|| format!("sampling step {step}"))?;
+    let mut rollouts = Vec::with_capacity(groups.len() * params.n);
+    for (g, (group, example)) in groups.into_iter().zip(examples).enumerate() {
+        for completion in group {
+            rollouts.push(Rollout {
+                example: example.clone(),
+                prompt_ids: ids[g].clone(),
+                prompt_text: texts[g].clone(),
+                completion,
+                group: g,
+            });
+        }
+    }
+    Ok(rollouts)
 }
 
 /// Renders a dataset item's prompt with a chat template and the generation prompt.

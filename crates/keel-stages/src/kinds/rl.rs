@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use keel_core::{CheckpointRef, Rollout as RolloutRecord, SeedStream};
+use keel_core::{CheckpointRef, SeedStream};
 
 use keel_pipeline::{
     DryRun, ParamProblem, ParamSpec, ParamType, Params, PortSpec, ResourceSpec, Stage, StageContext, StageError, StageKind,
@@ -25,7 +25,7 @@ use crate::messages::{
     PolicyVersion, PromptBatch, RolloutBatch, ScoredBatch, CHECKPOINT, EXAMPLES, POLICY_STORE, PROMPT_BATCH, ROLLOUTS,
     SCORED,
 };
-use crate::policy::{engine, render, Policy};
+use crate::policy::{sample_rollouts, Policy};
 use crate::rl::{LearnConfig, Learner};
 
 /// `prompts`: cycles through shuffled examples, emitting one batch of prompts per RL step.
@@ -237,7 +237,6 @@ impl Stage for RolloutStage {
             let version = snap
                 .get::<PolicyVersion>()?
                 .ok_or_else(|| StageError::msg("the policy store holds no policy yet"))?;
-            let eng = engine(version.model.clone(), version.tokenizer.clone());
             let params = SamplingParams {
                 temperature: p.temperature,
                 top_p: p.top_p,
@@ -248,26 +247,7 @@ impl Stage for RolloutStage {
                 seed: seeds.seed(&format!("step-{}", batch.step)),
                 ..SamplingParams::default()
             };
-            let mut texts = Vec::with_capacity(batch.examples.len());
-            let mut ids = Vec::with_capacity(batch.examples.len());
-            for e in &batch.examples {
-                let t = render(&version.template, e)?;
-                ids.push(version.tokenizer.encode(&t, false).ctx(|| format!("tokenizing the prompt of `{}`", e.id))?);
-                texts.push(t);
-            }
-            let groups = eng.generate(&ids, &params, snap.version).ctx(|| format!("sampling step {}", batch.step))?;
-            let mut rollouts = Vec::with_capacity(groups.len() * p.group_size);
-            for (g, (group, example)) in groups.into_iter().zip(&batch.examples).enumerate() {
-                for completion in group {
-                    rollouts.push(RolloutRecord {
-                        example: example.clone(),
-                        prompt_ids: ids[g].clone(),
-                        prompt_text: texts[g].clone(),
-                        completion,
-                        group: g,
-                    });
-                }
-            }
+            let rollouts = sample_rollouts(&version, &batch.examples, &params, snap.version, batch.step)?;
             ctx.log_metrics(batch.step, [("policy_version", snap.version as f64), ("staleness", (batch.step + 1).saturating_sub(snap.version) as f64)])?;
             ctx.send("rollouts", RolloutBatch { step: batch.step, group_size: p.group_size, temperature: p.temperature, rollouts })?;
         }
