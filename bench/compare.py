@@ -12,7 +12,6 @@ KEEL_BENCH_OUT (JSON results path, relative to the repository root; default
 target/keel-bench/results.json), KEEL_BENCH_BIN (directory holding the Keel binary).
 """
 
-import json
 import os
 import statistics
 import sys
@@ -20,7 +19,7 @@ import sys
 import torch
 
 import torch_ref
-from keel_proc import HERE, ROOT, KeelServer, keel_bin, keel_env, run_json
+from keel_proc import HERE, ROOT, KeelServer, keel_bin, keel_env, load_text, run_json, save_results
 
 
 def train_flops(c, b, t):
@@ -56,7 +55,7 @@ def main():
     if n_torch != exported["parameters"]:
         sys.exit(f"parameter counts differ: Keel {exported['parameters']}, PyTorch {n_torch}")
     print(f"tiny-8m, {n_torch} parameters, batch {torch_ref.BATCH}x{torch_ref.SEQ}, f32, {threads} threads")
-    print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
+    print(f"load average before: {load_text(load_before)}")
 
     keel = KeelServer([keel_bin("bench_figures"), "serve"], threads)
     results = {"threads": threads, "rounds": rounds, "parameters": n_torch, "load_before": load_before}
@@ -126,11 +125,8 @@ def main():
 
     load_after = os.getloadavg()
     results["load_after"] = load_after
-    print(f"load average after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
-    os.makedirs(os.path.dirname(out_path), exist_ok=True)
-    with open(out_path, "w") as f:
-        json.dump(results, f, indent=1)
-    print(f"results: {out_path}")
+    print(f"load average after: {load_text(load_after)}")
+    save_results(out_path, results)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import time
 
 import torch
 
-from keel_proc import ROOT, KeelServer, keel_bin, keel_env, run_json
+from keel_proc import ROOT, KeelServer, keel_bin, keel_env, load_text, run_json, save_results
 
 
 # The reward, written the way Keel's `MathReward(Gsm8kFlexible)` computes it: the text after a
@@ -186,7 +186,7 @@ def main():
         versions[name] = __import__(name).__version__
     print(f"tiny-8m, {exported['parameters']} parameters, vocab {exported['vocab_size']}, f32, {threads} threads; "
           + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
+    print(f"load average before: {load_text(load_before)}")
     n_trl = sum(p.numel() for p in trainer.model.parameters())
     if n_trl != exported["parameters"]:
         sys.exit(f"parameter counts differ: Keel {exported['parameters']}, TRL {n_trl}")
@@ -229,15 +229,12 @@ def main():
           f"min {min(ratios):.2f}, max {max(ratios):.2f}); TRL/Keel speed-up {1 / table['ratio_median']:.2f}x")
     print("Keel phases (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in phases.items()))
     load_after = os.getloadavg()
-    print(f"load average after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
+    print(f"load average after: {load_text(load_after)}")
     results = {"threads": threads, "rounds": rounds, "parameters": exported["parameters"],
                "versions": versions, "load_before": load_before, "load_after": load_after,
                "check": {"keel_mean_logprob": kc["mean_logprob"], "trl_mean_logprob": tc},
                "grpo": table}
-    os.makedirs(os.path.dirname(out_path), exist_ok=True)
-    with open(out_path, "w") as f:
-        json.dump(results, f, indent=1)
-    print(f"results: {out_path}")
+    save_results(out_path, results)
 
 
 if __name__ == "__main__":

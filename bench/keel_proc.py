@@ -23,6 +23,19 @@ def keel_env(threads):
     return dict(os.environ, RAYON_NUM_THREADS=str(threads))
 
 
+def load_text(load):
+    """`os.getloadavg()` as printed in the drivers' reports."""
+    return f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+
+
+def save_results(out_path, results):
+    """Writes the results JSON (creating its folder) and says where."""
+    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    with open(out_path, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"results: {out_path}")
+
+
 def run_json(cmd, env=None):
     """Runs `cmd` and parses the JSON object on the last line of its output."""
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
