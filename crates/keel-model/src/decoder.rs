@@ -706,7 +706,12 @@ impl CausalLm {
         if let Geometry::Dense { cache: Some(c), .. } = geometry {
             c.advance(t);
         }
-        ops::rms_norm(&x, &self.norm.get(detach), self.config.rms_norm_eps)
+        self.final_norm(&x, b, t, detach)
+    }
+
+    /// The final RMSNorm over token rows `[b·t, H]`, shaped `[b, t, H]`.
+    fn final_norm(&self, x: &Tensor, b: usize, t: usize, detach: bool) -> ModelResult<Tensor> {
+        ops::rms_norm(x, &self.norm.get(detach), self.config.rms_norm_eps)
             .and_then(|h| h.reshape((b, t, self.config.hidden_size)))
             .ctx(|| "final norm".into())
     }
@@ -902,9 +907,7 @@ impl CausalLm {
             let y = self.layers_forward(x, &mut geometry, false, None)?;
             y.narrow(0, g * p, b * c).ctx(|| "selecting continuation rows".to_string())?
         };
-        ops::rms_norm(&x, &self.norm.get(false), self.config.rms_norm_eps)
-            .and_then(|h| h.reshape((b, c, self.config.hidden_size)))
-            .ctx(|| "final norm".into())
+        self.final_norm(&x, b, c, false)
     }
 }
 

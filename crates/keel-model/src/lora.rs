@@ -106,16 +106,7 @@ impl CausalLm {
         if self.lora.is_none() {
             return Err(ModelError::Lora("no adapters attached".into()));
         }
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            for (j, lin) in layer.proj.iter_mut().enumerate() {
-                if lin.lora.is_some() {
-                    let merged = lin.effective_weight().ctx(|| format!("merging adapter into {}", proj_path(i, j)))?;
-                    lin.lora = None;
-                    lin.w = Param::new(&merged, true)?;
-                }
-            }
-        }
-        self.lora = None;
+        self.fold_adapters(true)?;
         self.for_each_param_mut(&mut |p| {
             p.train = true;
             Ok(())
@@ -126,18 +117,26 @@ impl CausalLm {
     /// needs (one matmul per projection instead of three), computing the same logits as `self`.
     pub fn merged_frozen_copy(&self) -> ModelResult<Self> {
         let mut c = self.frozen_copy()?;
-        if c.lora.take().is_some() {
-            for (i, layer) in c.layers.iter_mut().enumerate() {
-                for (j, lin) in layer.proj.iter_mut().enumerate() {
-                    if lin.lora.is_some() {
-                        let merged = lin.effective_weight().ctx(|| format!("merging adapter into {}", proj_path(i, j)))?;
-                        lin.lora = None;
-                        lin.w = Param::new(&merged, false)?;
-                    }
+        if c.lora.is_some() {
+            c.fold_adapters(false)?;
+        }
+        Ok(c)
+    }
+
+    /// Replaces every adapted projection's weight by `W + (α/r)·B·A` (trainable or not as
+    /// `trainable` says) and drops the adapters.
+    fn fold_adapters(&mut self, trainable: bool) -> ModelResult<()> {
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            for (j, lin) in layer.proj.iter_mut().enumerate() {
+                if lin.lora.is_some() {
+                    let merged = lin.effective_weight().ctx(|| format!("merging adapter into {}", proj_path(i, j)))?;
+                    lin.lora = None;
+                    lin.w = Param::new(&merged, trainable)?;
                 }
             }
         }
-        Ok(c)
+        self.lora = None;
+        Ok(())
     }
 
     /// Writes `adapter_model.safetensors` and `adapter_config.json` (PEFT layout) to `dir`.
