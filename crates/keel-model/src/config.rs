@@ -46,7 +46,8 @@ impl Architecture {
         }
     }
 
-    fn from_model_type(s: &str) -> Option<Self> {
+    /// The variant of a Hugging Face `model_type` (aliases such as `smollm2` included).
+    pub fn from_model_type(s: &str) -> Option<Self> {
         match s {
             "llama" | "smollm" | "smollm2" => Some(Architecture::Llama),
             "qwen2" => Some(Architecture::Qwen2),

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use keel_core::CheckpointRef;
-use keel_model::{ModelConfig, ModelSource, ResolvedModel, SpecialTokens, Tokenizer};
+use keel_model::{Architecture, ModelConfig, ModelSource, ResolvedModel, SpecialTokens, Tokenizer};
 use keel_pipeline::{
     DryRun, ParamProblem, ParamSpec, ParamType, Params, PortSpec, Stage, StageContext, StageError, StageKind,
 };
@@ -296,16 +296,13 @@ pub fn tiny_tokenizer(template: &str, vocab_size: usize) -> Result<Tokenizer, St
 /// would be so that the family's own defaults (q/k/v bias, q/k norm) come from the same parser
 /// that reads real checkpoints.
 pub fn tiny_config(family: &str, tokenizer: &Tokenizer, stands_in_for: Option<&str>) -> Result<ModelConfig, StageError> {
-    let class = match family {
-        "llama" => "LlamaForCausalLM",
-        "qwen2" => "Qwen2ForCausalLM",
-        "qwen3" => "Qwen3ForCausalLM",
-        "mistral" => "MistralForCausalLM",
-        other => return Err(StageError::msg(format!("unknown architecture family `{other}` (one of {})", FAMILIES.join(", ")))),
-    };
+    // Only the canonical names of FAMILIES, not `model_type` aliases such as `smollm2`.
+    let arch = Architecture::from_model_type(family).filter(|a| a.model_type() == family).ok_or_else(|| {
+        StageError::msg(format!("unknown architecture family `{family}` (one of {})", FAMILIES.join(", ")))
+    })?;
     let mut json = serde_json::json!({
-        "architectures": [class],
-        "model_type": family,
+        "architectures": [arch.class_name()],
+        "model_type": arch.model_type(),
         "vocab_size": tokenizer.vocab_size(),
         "hidden_size": 64,
         "intermediate_size": 128,
