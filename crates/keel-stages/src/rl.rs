@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::ctx::Ctx;
 use crate::messages::ScoredBatch;
 use crate::policy::Policy;
-use crate::train::{accumulate_grads, scalar, LoraSpec};
+use crate::train::{accumulate_grads, micro_batches, scalar, LoraSpec};
 
 /// File of the PPO value head inside a learner state directory.
 pub const VALUE_HEAD_FILE: &str = "value_head.safetensors";
@@ -323,24 +323,15 @@ impl Learner {
             order.shuffle(&mut rng);
             let per = b.div_ceil(self.config.minibatches);
             for chunk in order.chunks(per) {
-                let micro = match self.config.micro_batch_size {
-                    0 => chunk.len(),
-                    m => m.min(chunk.len()),
-                };
-                let parts: Vec<&[usize]> = chunk.chunks(micro).collect();
+                let parts: Vec<&[usize]> = micro_batches(chunk, self.config.micro_batch_size).collect();
                 // Token-mean losses weight a micro-batch by its share of the minibatch's tokens,
                 // the others by its share of sequences: the weighted sum is the minibatch loss.
-                let row_tokens = |rows: &[usize]| -> Result<f64, StageError> {
-                    let idx = Tensor::from_vec(rows.iter().map(|&i| i as u32).collect::<Vec<_>>(), rows.len(), &device)
-                        .ctx(|| "minibatch indices".to_string())?;
-                    scalar(&mask.contiguous().and_then(|m| m.index_select(&idx, 0)).and_then(|m| m.sum_all()).ctx(|| "counting tokens".to_string())?)
-                };
-                let chunk_tokens = if parts.len() > 1 { row_tokens(chunk)?.max(1.0) } else { 1.0 };
+                let chunk_tokens = if parts.len() > 1 { layout.tokens(chunk).max(1.0) } else { 1.0 };
                 let mut accumulated: Vec<Option<Tensor>> = vec![None; self.params.len()];
                 let mut grads = None;
                 for (pi, part) in parts.iter().enumerate() {
                     let (w_seq, w_tok) = if parts.len() > 1 {
-                        (part.len() as f64 / chunk.len() as f64, row_tokens(part)? / chunk_tokens)
+                        (part.len() as f64 / chunk.len() as f64, layout.tokens(part) / chunk_tokens)
                     } else {
                         (1.0, 1.0)
                     };
@@ -573,6 +564,11 @@ impl CompletionLayout {
         // Pad with token 0: padding is masked out of attention and loss, so any valid id does.
         SharedPrefixBatch::with_width(&prefixes, &conts, self.width + 1, 0, device)
             .ctx(|| "building the learner batch".to_string())
+    }
+
+    /// Completion tokens of rollouts `rows`: the ones of [`CompletionLayout::loss_mask`] in those rows.
+    fn tokens(&self, rows: &[usize]) -> f64 {
+        rows.iter().map(|&i| self.rows[i].1.len() - 1).sum::<usize>() as f64
     }
 
     /// `[B, C]`: 1 on real completion tokens.

@@ -223,8 +223,7 @@ pub fn run_sft(
             batch.push(&pairs[order[cursor]]);
             cursor += 1;
         }
-        let micro = if config.micro_batch_size == 0 { batch.len() } else { config.micro_batch_size.min(batch.len()) };
-        let parts: Vec<&[&TokenizedPair]> = batch.chunks(micro).collect();
+        let parts: Vec<&[&TokenizedPair]> = micro_batches(&batch, config.micro_batch_size).collect();
         // Token-mean loss: a micro-batch's loss is weighted by its share of the batch's target
         // tokens, so the summed gradients equal the whole batch's.
         let target_tokens = |ps: &[&TokenizedPair]| ps.iter().map(|p| p.ids.len().saturating_sub(p.prompt_len)).sum::<usize>() as f64;
@@ -285,6 +284,12 @@ pub fn run_sft(
         }
     }
     Ok(SftOutcome { ema, final_loss, samples: config.steps * config.batch_size as u64 })
+}
+
+/// The micro-batches of `batch`: chunks of `micro_batch_size` items (0 = the whole batch as one).
+pub(crate) fn micro_batches<T>(batch: &[T], micro_batch_size: usize) -> std::slice::Chunks<'_, T> {
+    let size = if micro_batch_size == 0 { batch.len() } else { micro_batch_size.min(batch.len()) };
+    batch.chunks(size.max(1))
 }
 
 /// One micro-batch's share of gradient accumulation: moves the parameters' gradients out of `g`
