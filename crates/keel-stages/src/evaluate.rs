@@ -95,17 +95,29 @@ fn take_per_source(set: &ExampleSet, per_source: usize, max: usize) -> Vec<Arc<E
         return take(set, max);
     }
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-    let kept: Vec<Arc<Example>> = set
-        .examples
-        .iter()
-        .filter(|e| {
-            let n = seen.entry(e.source.as_str()).or_default();
-            *n += 1;
-            *n <= per_source
-        })
-        .cloned()
-        .collect();
-    take(&ExampleSet { name: set.name.clone(), examples: kept }, max)
+    let kept = set.examples.iter().filter(|e| {
+        let n = seen.entry(e.source.as_str()).or_default();
+        *n += 1;
+        *n <= per_source
+    });
+    kept.take(if max == 0 { usize::MAX } else { max }).cloned().collect()
+}
+
+/// Per-source means of `metric` (`role:<source>` in [`EvalResult::benchmarks`]) from `(sum, n)`
+/// per source, when the set merged several sources; harmful sets also get the attack success rate.
+fn insert_per_source(result: &mut EvalResult, role: &str, metric: &str, by_source: BTreeMap<String, (f64, usize)>) {
+    if by_source.len() < 2 {
+        return;
+    }
+    for (source, (sum, n)) in by_source {
+        let mean = sum / n as f64;
+        let mut m = SetMetrics { n, values: BTreeMap::new() };
+        m.values.insert(metric.into(), mean);
+        if role == "harmful" {
+            m.values.insert("attack_success_rate".into(), 1.0 - mean);
+        }
+        result.benchmarks.insert(format!("{role}:{source}"), m);
+    }
 }
 
 /// Generates one completion group per example (prompts rendered with the policy's template).
@@ -280,13 +292,7 @@ pub fn evaluate(
             src.1 += 1;
         }
         result.capability = mean(&correct);
-        if by_source.len() > 1 {
-            for (source, (c, n)) in by_source {
-                let mut b = SetMetrics { n, values: BTreeMap::new() };
-                b.values.insert("accuracy".into(), c / n as f64);
-                result.benchmarks.insert(format!("task:{source}"), b);
-            }
-        }
+        insert_per_source(&mut result, "task", "accuracy", by_source);
         let mut m = SetMetrics { n: ex.len(), values: BTreeMap::new() };
         if config.task_samples > 0 {
             let params = SamplingParams {
@@ -362,17 +368,7 @@ pub fn evaluate(
         let firsts: Vec<&Completion> = outs.iter().filter_map(|g| g.first()).collect();
         m.values.extend(trace_metrics(&firsts)?);
         let role = if harmful { "harmful" } else { "benign" };
-        if by_source.len() > 1 {
-            for (source, (r, n)) in by_source {
-                let rate = r / n as f64;
-                let mut b = SetMetrics { n, values: BTreeMap::new() };
-                b.values.insert("refusal_rate".into(), rate);
-                if harmful {
-                    b.values.insert("attack_success_rate".into(), 1.0 - rate);
-                }
-                result.benchmarks.insert(format!("{role}:{source}"), b);
-            }
-        }
+        insert_per_source(&mut result, role, "refusal_rate", by_source);
         result.sets.insert(format!("{role}:{}", set.name), m);
     }
     if let (Some(reference), Some(harmful)) = (reference, &sets.harmful) {
