@@ -89,7 +89,15 @@ impl PipelineDoc {
     /// Paths are checked against the schema: the top-level key must exist in the schema, a stage
     /// must exist, and under a stage only `use`, `with`, `inputs` and `resources` may be set.
     pub fn apply_override(&mut self, spec: &str) -> Result<(), Diagnostic> {
-        let file: Arc<str> = Arc::from(format!("--set '{spec}'"));
+        self.set_from_text("--set", spec)?;
+        self.overrides.push(spec.to_string());
+        Ok(())
+    }
+
+    /// Sets `path=value` (value parsed as YAML) without recording it as an override; `origin`
+    /// (`--set`, `--dry-run`) names where the text came from in diagnostics.
+    fn set_from_text(&mut self, origin: &str, spec: &str) -> Result<(), Diagnostic> {
+        let file: Arc<str> = Arc::from(format!("{origin} '{spec}'"));
         let Some(eq) = spec.find('=') else {
             return Err(Diagnostic::new(Span::new(file, 1, 1), "override has no `=`")
                 .with_help("write overrides as `path=value`, e.g. `stages.learn.with.beta=0.04`"));
@@ -107,9 +115,7 @@ impl PipelineDoc {
         };
         value.shift(&file, value_col);
         let segs = split_path(path, &Span::new(file.clone(), 1, 1), false)?;
-        set_path(&mut self.root, &segs, value)?;
-        self.overrides.push(spec.to_string());
-        Ok(())
+        set_path(&mut self.root, &segs, value)
     }
 }
 
@@ -1015,16 +1021,9 @@ pub fn dry_run(p: &Pipeline, registry: &Registry) -> Result<Pipeline, Diagnostic
             }
         }
         for (path, value) in changes {
-            let text = serde_json::to_string(&value).unwrap_or_default();
-            let file: Arc<str> = Arc::from(format!("--dry-run '{path}={text}'"));
-            let applied = parse_yaml(&file, &text)
-                .map_err(|d| d.0.into_iter().next().unwrap_or_else(|| Diagnostic::new(Span::new(file.clone(), 1, 1), "invalid value")))
-                .and_then(|node| {
-                    let segs = split_path(&path, &Span::new(file.clone(), 1, 1), false)?;
-                    set_path(doc.root_mut(), &segs, node)
-                });
-            match applied {
-                Ok(()) => info.changes.push(format!("{path}={text}")),
+            let spec = format!("{path}={}", serde_json::to_string(&value).unwrap_or_default());
+            match doc.set_from_text("--dry-run", &spec) {
+                Ok(()) => info.changes.push(spec),
                 Err(d) => diags.push(d),
             }
         }
