@@ -68,9 +68,9 @@ pub struct KeyedPrompt<'a> {
 /// `n` times. Rows are left-padded to the longest prompt with an attention mask and the batch is
 /// prefilled once, each distinct prompt only once when the model can copy KV-cache rows
 /// ([`DecodeModel::select_cache_rows`]; otherwise every row is prefilled), then decoded one token
-/// per step. A row that finishes
-/// (stop token, stop string or token budget) stays in the batch, fed the pad token with mask 0, so
-/// the cache never has to be re-indexed; the batch stops as soon as every row has finished.
+/// per step. A row that finishes (stop token, stop string or token budget) stays in the batch, fed
+/// the pad token with mask 0, so the cache never has to be re-indexed; the batch stops as soon as
+/// every row has finished.
 /// candle parallelises the matmuls; the engine samples the rows of a step in parallel (rayon).
 #[derive(Debug, Clone)]
 pub struct Engine<M, C> {
