@@ -437,20 +437,20 @@ impl CausalLm {
     /// An independent deep copy whose weights are detached and frozen: the reference policy for
     /// KL penalties. Later updates to `self` never reach it; its forward builds no autograd graph.
     pub fn frozen_copy(&self) -> ModelResult<Self> {
-        let mut c = self.clone();
-        c.for_each_param_mut(&mut |p| {
-            *p = Param::new(&p.var.as_tensor().detach(), false)?;
-            Ok(())
-        })?;
-        Ok(c)
+        self.detached_copy(false)
     }
 
     /// An independent deep copy that keeps which weights are trainable: a scratch model into which
     /// other values of the trainable weights (an EMA θ̄) can be loaded without touching `self`.
     pub fn deep_copy(&self) -> ModelResult<Self> {
+        self.detached_copy(true)
+    }
+
+    /// A copy with fresh detached weights, trainable where `self`'s are if `keep_trainable`.
+    fn detached_copy(&self, keep_trainable: bool) -> ModelResult<Self> {
         let mut c = self.clone();
         c.for_each_param_mut(&mut |p| {
-            *p = Param::new(&p.var.as_tensor().detach(), p.train)?;
+            *p = Param::new(&p.var.as_tensor().detach(), keep_trainable && p.train)?;
             Ok(())
         })?;
         Ok(c)
