@@ -7,6 +7,8 @@
 use std::path::Path;
 use std::process::Command;
 
+mod support;
+
 fn learner_metric(run: &Path, name: &str) -> Vec<f64> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics.jsonl exists");
     text.lines()
@@ -19,8 +21,8 @@ fn learner_metric(run: &Path, name: &str) -> Vec<f64> {
 /// Runs the `rl_learns.yaml` fixture as run `id` under `root` with extra `--set` overrides, asserts
 /// that it succeeded and returns its run directory.
 fn run_fixture(root: &Path, id: &str, sets: &[String]) -> std::path::PathBuf {
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rl_learns.yaml");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
+    let file = support::repo_path("tests/fixtures/rl_learns.yaml");
+    let mut cmd = Command::new(support::keel_bin());
     cmd.args(["run", file.to_str().expect("utf-8 path"), "--quiet", "--runs-dir"]).arg(root).args(["--run-id", id]);
     for s in sets {
         cmd.args(["--set", s]);

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const KEEL: &str = env!("CARGO_BIN_EXE_keel");
+mod support;
+
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rl_small.yaml")
+    support::repo_path("tests/fixtures/rl_small.yaml")
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -20,7 +21,7 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn keel(args: &[&str]) -> std::process::Output {
-    Command::new(KEEL).args(args).arg("--quiet").output().expect("the keel binary runs")
+    Command::new(support::keel_bin()).args(args).arg("--quiet").output().expect("the keel binary runs")
 }
 
 /// The last logged values of each (stage, step) of one stage: a resumed run logs the steps
@@ -75,7 +76,7 @@ fn kill_and_resume(name: &str, extra: &[&str]) {
     }
 
     // Start the same run, wait until the learner has saved a state past step 6, then SIGKILL it.
-    let mut child = Command::new(KEEL)
+    let mut child = Command::new(support::keel_bin())
         .args([&["run", file, "--runs-dir", runs, "--run-id", "killed", "--quiet"], extra].concat())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

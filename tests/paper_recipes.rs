@@ -14,8 +14,10 @@ use std::time::Instant;
 
 use serde_json::Value;
 
+mod support;
+
 fn paper_recipes() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/paper");
+    let dir = support::repo_path("pipelines/paper");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("pipelines/paper exists")
         .map(|e| e.expect("directory entry").path())
@@ -27,7 +29,7 @@ fn paper_recipes() -> Vec<PathBuf> {
 }
 
 fn keel() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
+    let mut cmd = Command::new(support::keel_bin());
     // No Hugging Face cache here, whatever the machine has: the recipes must not depend on one.
     let empty = std::env::temp_dir().join(format!("keel-paper-empty-hf-{}", std::process::id()));
     std::fs::create_dir_all(&empty).expect("temp dir");
@@ -59,7 +61,7 @@ fn paper_recipes_validate_without_weights() {
 
 #[test]
 fn a_real_run_without_the_weights_says_how_to_get_them() {
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/paper/rlvr_gsm8k_qwen2.5-1.5b.yaml");
+    let file = support::repo_path("pipelines/paper/rlvr_gsm8k_qwen2.5-1.5b.yaml");
     let root = std::env::temp_dir().join(format!("keel-paper-real-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let out = keel().arg("run").arg(&file).args(["--quiet", "--runs-dir"]).arg(&root).output().expect("keel runs");
@@ -109,7 +111,7 @@ const EXPECT: &[Expect] = &[
 fn every_paper_recipe_dry_runs_on_cpu() {
     let root = std::env::temp_dir().join(format!("keel-paper-dry-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/paper");
+    let dir = support::repo_path("pipelines/paper");
     let names: Vec<String> = paper_recipes().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     for name in &names {
         assert!(EXPECT.iter().any(|e| e.file == name), "{name}: add its expectations to EXPECT in this test");

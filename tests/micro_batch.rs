@@ -7,14 +7,16 @@ use std::process::Command;
 
 use candle_core::{Device, Tensor};
 
+mod support;
+
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rl_small.yaml")
+    support::repo_path("tests/fixtures/rl_small.yaml")
 }
 
 /// Runs the fixture (one RL step, a short base) with extra `--set`s; returns the run directory.
 fn run(root: &Path, id: &str, sets: &[&str]) -> PathBuf {
     let file = fixture();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
+    let mut cmd = Command::new(support::keel_bin());
     cmd.args(["run", file.to_str().expect("utf-8 path"), "--quiet", "--runs-dir"]).arg(root).args(["--run-id", id]);
     for s in ["stages.base.with.steps=6", "stages.prompts.with.steps=1", "stages.learn.with.ema_alpha=null"].iter().chain(sets) {
         cmd.args(["--set", s]);
