@@ -65,7 +65,10 @@ pub fn clip_grad_norm(params: &[(String, Var)], grads: &mut GradStore, max_norm:
 /// pieces and stepped once.
 ///
 /// With per-micro-batch losses that are means, `scale = 1 / n_micro` (equal-sized micro-batches)
-/// reproduces the full-batch gradient; with sums, use `scale = 1 / total_tokens`.
+/// reproduces the full-batch gradient; with sums, use `scale = 1 / total_tokens`. Callers that
+/// weight each micro-batch's loss before `backward` (Keel's learners: a loss can have terms with
+/// different weights, such as PPO's policy and value losses) add with `scale = 1`, which keeps the
+/// gradient tensors as they are.
 #[derive(Debug, Default)]
 pub struct GradAccumulator {
     sums: BTreeMap<String, Tensor>,
@@ -85,7 +88,12 @@ impl GradAccumulator {
         }
         for (name, var) in params {
             if let Some(g) = grads.get(var.as_tensor()) {
-                let scaled = (g.detach() * scale).ctx(&format!("GradAccumulator: scaling `{name}`"))?;
+                // Scale 1 (losses weighted before `backward`) shares the gradient's storage: no copy.
+                let scaled = if scale == 1.0 {
+                    g.detach()
+                } else {
+                    (g.detach() * scale).ctx(&format!("GradAccumulator: scaling `{name}`"))?
+                };
                 let next = match self.sums.remove(name) {
                     Some(sum) => sum.add(&scaled).ctx(&format!("GradAccumulator: adding `{name}`"))?,
                     None => scaled,

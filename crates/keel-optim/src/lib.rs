@@ -52,7 +52,7 @@ pub use error::{OptimError, Result};
 pub use grad::{clip_grad_norm, grad_norm, GradAccumulator};
 pub use kl::{kl_estimate, kl_penalised_rewards, kl_penalised_token_rewards, KlEstimator, KlPlacement};
 pub use minibatch::{Minibatch, MinibatchSchedule};
-pub use policy::{policy_loss, KlPenalty, PolicyBatch, PolicyLossConfig, PolicyLossOutput, PolicyStats};
+pub use policy::{policy_loss, KlPenalty, LOG_RATIO_CLAMP, PolicyBatch, PolicyLossConfig, PolicyLossOutput, PolicyStats};
 pub use schedule::LrSchedule;
 pub use sft::{sft_loss, sft_loss_from_logits, token_entropy, token_logprobs, SftReduction};
 pub use tensors::{masked_mean, masked_sum};

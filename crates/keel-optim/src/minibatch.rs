@@ -42,21 +42,31 @@ impl Minibatch {
     }
 }
 
-/// Iterator over `epochs × ceil(batch / minibatch_size)` minibatches; each epoch is a fresh
+/// Iterator over the minibatches of `epochs` passes over one batch; each epoch is a fresh
 /// permutation drawn from the named seed stream `minibatch/epoch/{e}` of `seed`, so the schedule
 /// is reproducible on every platform and independent of any other random consumer.
 ///
-/// With `drop_last = false` the last minibatch of an epoch may be smaller.
+/// Two ways to cut an epoch: by size ([`MinibatchSchedule::new`]: `ceil(batch / size)` minibatches,
+/// the last one smaller unless dropped) or by count ([`MinibatchSchedule::with_count`]: exactly
+/// `count` minibatches whose sizes differ by at most one, as `numpy.array_split` cuts).
 #[derive(Debug, Clone)]
 pub struct MinibatchSchedule {
     batch: usize,
-    minibatch_size: usize,
+    split: Split,
     epochs: usize,
-    drop_last: bool,
     seeds: SeedStream,
     epoch: usize,
     order: Vec<usize>,
     next: usize,
+}
+
+/// How one epoch's permutation is cut into minibatches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Split {
+    /// Consecutive runs of `size` rows; with `drop_last` a short final run is skipped.
+    Size { size: usize, drop_last: bool },
+    /// Exactly `count` runs; the first `batch % count` hold one row more than the others.
+    Count(usize),
 }
 
 impl MinibatchSchedule {
@@ -65,9 +75,6 @@ impl MinibatchSchedule {
         if minibatch_size == 0 {
             return Err(OptimError::config("minibatch_size", minibatch_size, "must be at least 1"));
         }
-        if batch == 0 {
-            return Err(OptimError::config("batch", batch, "cannot draw minibatches from an empty batch"));
-        }
         if drop_last && minibatch_size > batch {
             return Err(OptimError::config(
                 "minibatch_size",
@@ -75,19 +82,61 @@ impl MinibatchSchedule {
                 format!("larger than the batch ({batch}) with drop_last: no minibatch would be produced"),
             ));
         }
+        Self::build(batch, Split::Size { size: minibatch_size, drop_last }, epochs, seed)
+    }
+
+    /// A schedule of exactly `count` minibatches per epoch over `batch` rows, for `epochs` passes:
+    /// `epochs × count` optimiser steps whatever the batch size (TRL's and verl's
+    /// `num_mini_batches` semantics). The remainder `batch % count` is spread one row each over the
+    /// first minibatches, so sizes differ by at most one (64 rows in 9: one of 8, then eight of 7).
+    pub fn with_count(batch: usize, count: usize, epochs: usize, seed: u64) -> Result<Self> {
+        if count == 0 {
+            return Err(OptimError::config("minibatches", count, "must be at least 1"));
+        }
+        if count > batch {
+            return Err(OptimError::config(
+                "minibatches",
+                count,
+                format!("more minibatches than rows in the batch ({batch}): some would be empty"),
+            ));
+        }
+        Self::build(batch, Split::Count(count), epochs, seed)
+    }
+
+    fn build(batch: usize, split: Split, epochs: usize, seed: u64) -> Result<Self> {
+        if batch == 0 {
+            return Err(OptimError::config("batch", batch, "cannot draw minibatches from an empty batch"));
+        }
         let seeds = SeedStream::new(seed);
-        let mut s =
-            MinibatchSchedule { batch, minibatch_size, epochs, drop_last, seeds, epoch: 0, order: Vec::new(), next: 0 };
+        let mut s = MinibatchSchedule { batch, split, epochs, seeds, epoch: 0, order: Vec::new(), next: 0 };
         s.order = s.permutation(0);
         Ok(s)
     }
 
     /// Number of minibatches per epoch.
     pub fn per_epoch(&self) -> usize {
-        if self.drop_last {
-            self.batch / self.minibatch_size
-        } else {
-            self.batch.div_ceil(self.minibatch_size)
+        match self.split {
+            Split::Size { size, drop_last: true } => self.batch / size,
+            Split::Size { size, drop_last: false } => self.batch.div_ceil(size),
+            Split::Count(n) => n,
+        }
+    }
+
+    /// Minibatches over all epochs (the optimiser steps the schedule drives), whatever has been
+    /// iterated already.
+    pub fn total(&self) -> usize {
+        self.per_epoch() * self.epochs
+    }
+
+    /// The half-open range of permutation positions of minibatch `index` of an epoch.
+    fn bounds(&self, index: usize) -> (usize, usize) {
+        match self.split {
+            Split::Size { size, .. } => (index * size, ((index + 1) * size).min(self.batch)),
+            Split::Count(n) => {
+                let (q, r) = (self.batch / n, self.batch % n);
+                let start = index * q + index.min(r);
+                (start, start + q + usize::from(index < r))
+            }
         }
     }
 
@@ -125,8 +174,7 @@ impl Iterator for MinibatchSchedule {
             }
             let index = self.next;
             if index < self.per_epoch() {
-                let start = index * self.minibatch_size;
-                let end = (start + self.minibatch_size).min(self.batch);
+                let (start, end) = self.bounds(index);
                 self.next += 1;
                 return Some(Minibatch { epoch: self.epoch, index, indices: self.order[start..end].to_vec() });
             }

@@ -1,10 +1,15 @@
 //! The clipped surrogate policy loss shared by PPO, GRPO, DAPO, Dr. GRPO and RLOO.
 //!
 //! ```text
-//! ρ_t   = exp(log π(y_t) − log π_old(y_t))
+//! ρ_t   = exp(clamp(log π(y_t) − log π_old(y_t), −20, 20))
 //! ℓ_t   = −min(ρ_t A_t, clip(ρ_t, 1 − ε_low, 1 + ε_high) A_t)  [+ β KL_t]
 //! L     = aggregate(ℓ, mask)
 //! ```
+//!
+//! The log-ratio clamp is verl's (`compute_policy_loss`): in f32, `exp` overflows to ∞ above
+//! ~88.7, and even where the clipped branch makes the *loss* finite the chain rule then multiplies a
+//! zero by ∞ and the *gradient* is NaN, which would destroy every weight in one step. Within ±20
+//! (ρ ∈ [2·10⁻⁹, 4.9·10⁸]) nothing changes: the clip range is far inside it.
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -13,6 +18,10 @@ use crate::aggregate::{aggregate, LossAggregation};
 use crate::error::{Ctx, OptimError, Result};
 use crate::kl::{kl_estimate, KlEstimator};
 use crate::tensors::{dims_bt, expect_float, expect_shape, mask_as, rows_f64};
+
+/// Bound on `|log π − log π_old|` before the ratio is exponentiated (verl's value): keeps ρ and its
+/// gradient finite in f32 for tokens whose probability moved by more than e^±20.
+pub const LOG_RATIO_CLAMP: f64 = 20.0;
 
 /// A KL penalty `β · KL_t` added to each token's loss (TRL GRPO `beta`, verl `use_kl_loss`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -143,7 +152,9 @@ pub(crate) fn token_advantages(advantages: &Tensor, b: usize, t: usize, dtype: D
 /// in-loss KL to the reference, and the chosen aggregation.
 ///
 /// Tokens with `ρ > 1 + ε_high` and `A > 0`, or `ρ < 1 − ε_low` and `A < 0`, receive exactly zero
-/// gradient: the update already moved them far enough in the advantageous direction.
+/// gradient: the update already moved them far enough in the advantageous direction. The
+/// log-ratio is clamped to ±[`LOG_RATIO_CLAMP`] before `exp` (verl), so the loss and its gradient
+/// stay finite however far a token's probability moved.
 pub fn policy_loss(batch: &PolicyBatch<'_>, config: &PolicyLossConfig) -> Result<PolicyLossOutput> {
     config.validate()?;
     let (b, t) = dims_bt(batch.logp, "logp")?;
@@ -154,8 +165,12 @@ pub fn policy_loss(batch: &PolicyBatch<'_>, config: &PolicyLossConfig) -> Result
     let old = batch.old_logp.detach().to_dtype(dtype).ctx("old_logp: dtype")?;
     let adv = token_advantages(batch.advantages, b, t, dtype)?;
 
-    // ρ = exp(log π − log π_old)
-    let log_ratio = batch.logp.sub(&old).ctx("policy_loss: log ratio")?;
+    // ρ = exp(clamp(log π − log π_old, ±20)); beyond the clamp the gradient is 0, not NaN.
+    let log_ratio = batch
+        .logp
+        .sub(&old)
+        .and_then(|x| x.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+        .ctx("policy_loss: log ratio")?;
     let ratio = log_ratio.exp().ctx("policy_loss: ratio")?;
     // −min(ρ A, clip(ρ, 1 − ε_low, 1 + ε_high) A)
     let clipped = ratio.clamp(1.0 - config.eps_low, 1.0 + config.eps_high).ctx("policy_loss: clip")?;

@@ -92,7 +92,7 @@ fn ref_policy_loss(
     let mut l = vec![vec![0.0; lp[0].len()]; lp.len()];
     for i in 0..lp.len() {
         for t in 0..lp[i].len() {
-            let ratio = (lp[i][t] - old[i][t]).exp();
+            let ratio = (lp[i][t] - old[i][t]).clamp(-20.0, 20.0).exp();
             let clipped = ratio.max(1.0 - eps_low).min(1.0 + eps_high);
             let a = adv[i][t];
             let mut x = -f64::min(ratio * a, clipped * a);
@@ -529,4 +529,36 @@ fn f32_inputs_work_and_agree_with_f64() {
     assert_eq!(out.loss.dtype(), DType::F32);
     assert_close(scalar(&out.loss), loss64, 1e-6, "f32 loss");
     assert!(out.loss.backward().unwrap().get(logp.as_tensor()).is_some());
+}
+
+#[test]
+fn a_log_ratio_of_100_in_f32_gives_finite_loss_and_gradient() {
+    // Why the clamp is needed, from first principles: in f32, e^100 overflows (f32::MAX ≈ e^88.7).
+    // With A > 0 the clipped branch wins the min, so the unclamped loss −clip(ρ)·A is finite, but
+    // its gradient through ρ is (d clip/dρ = 0) · (dρ/d log ρ = ρ = ∞) = 0 · ∞ = NaN.
+    let rho = 100f32.exp();
+    assert!(rho.is_infinite(), "e^100 overflows f32");
+    assert!(f32::min(rho * 1.0, 1.2 * 1.0).is_finite(), "the unclamped loss would be finite");
+    assert!((0.0f32 * rho).is_nan(), "and its gradient NaN");
+
+    // Row 0: log-ratio +100 with A > 0 (clipped above); row 1: −100 with A < 0 (clipped below);
+    // each row has one ordinary token (log-ratio 0.1) that must keep its usual gradient.
+    let old = Tensor::new(&[[-101.0f32, -1.0], [-0.5, -1.0]], &cpu()).unwrap();
+    let logp = Var::from_tensor(&Tensor::new(&[[-1.0f32, -0.9], [-100.5, -0.9]], &cpu()).unwrap()).unwrap();
+    let mask = Tensor::new(&[[1.0f32, 1.0], [1.0, 1.0]], &cpu()).unwrap();
+    let adv = Tensor::new(&[1.0f32, -1.0], &cpu()).unwrap();
+    let batch =
+        PolicyBatch { logp: logp.as_tensor(), old_logp: &old, ref_logp: None, mask: &mask, advantages: &adv, entropy: None };
+    let cfg = PolicyLossConfig { aggregation: LossAggregation::TokenMean, ..PolicyLossConfig::default() };
+    let out = policy_loss(&batch, &cfg).unwrap();
+    let loss = scalar(&out.loss);
+    assert!(loss.is_finite(), "loss {loss}");
+    let g = rows(out.loss.backward().unwrap().get(logp.as_tensor()).unwrap());
+    assert!(g.iter().flatten().all(|x| x.is_finite()), "gradient {g:?}");
+    // The extreme tokens are clipped (zero gradient); ordinary ones get −A·ρ/4 (token mean of 4).
+    let rho = (0.1f64).exp();
+    assert_rows_close(&g, &[vec![0.0, -rho / 4.0], vec![0.0, rho / 4.0]], 1e-6, "gradient");
+    // Loss: row 0 → −min(e^20, 1.2)·1 = −1.2 and −ρ; row 1 → −min(−e^−20, −0.8) = 0.8 and +ρ.
+    assert_close(loss, (-1.2 - rho + 0.8 + rho) / 4.0, 1e-6, "loss with the clamp");
+    assert_close(out.stats.ratio_max, 20f64.exp(), 1e-6, "ρ is e^20 at the clamp");
 }

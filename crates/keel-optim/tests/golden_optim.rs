@@ -378,3 +378,36 @@ fn minibatch_schedule_is_seeded_and_covers_each_row_once_per_epoch() {
     assert_eq!(all[0].select_values(&r).unwrap(), all[0].indices.iter().map(|&i| i as f64 * 10.0).collect::<Vec<_>>());
     assert!(MinibatchSchedule::new(10, 0, 1, 0, false).is_err());
 }
+
+#[test]
+fn minibatch_schedule_by_count_gives_exactly_that_many_steps_with_the_remainder_spread() {
+    // (batch, count, sizes of one epoch): the first batch % count minibatches hold one row more.
+    let cases: [(usize, usize, Vec<usize>); 4] = [
+        (64, 9, std::iter::once(8).chain(std::iter::repeat_n(7, 8)).collect()),
+        (64, 15, std::iter::repeat_n(5, 4).chain(std::iter::repeat_n(4, 11)).collect()),
+        (8, 5, vec![2, 2, 2, 1, 1]),
+        (12, 4, vec![3, 3, 3, 3]),
+    ];
+    for (batch, count, sizes) in cases {
+        assert_eq!(sizes.iter().sum::<usize>(), batch, "case {batch}/{count}");
+        assert_eq!(sizes.len(), count);
+        let s = MinibatchSchedule::with_count(batch, count, 2, 7).unwrap();
+        assert_eq!((s.per_epoch(), s.total()), (count, 2 * count));
+        let all: Vec<Minibatch> = s.collect();
+        assert_eq!(all.len(), 2 * count, "{batch} rows in {count}: exactly {count} steps per epoch");
+        for e in 0..2 {
+            let mb: Vec<&Minibatch> = all.iter().filter(|m| m.epoch == e).collect();
+            assert_eq!(mb.iter().map(|m| m.indices.len()).collect::<Vec<_>>(), sizes, "{batch}/{count}");
+            assert_eq!(mb.iter().map(|m| m.index).collect::<Vec<_>>(), (0..count).collect::<Vec<_>>());
+            let mut seen: Vec<usize> = mb.iter().flat_map(|m| m.indices.clone()).collect();
+            seen.sort();
+            assert_eq!(seen, (0..batch).collect::<Vec<_>>(), "each row once per epoch");
+        }
+    }
+    // The permutation is the size-based schedule's (same seed streams): only the cut differs.
+    let by_count: Vec<usize> = MinibatchSchedule::with_count(10, 3, 1, 42).unwrap().flat_map(|m| m.indices).collect();
+    let by_size: Vec<usize> = MinibatchSchedule::new(10, 4, 1, 42, false).unwrap().flat_map(|m| m.indices).collect();
+    assert_eq!(by_count, by_size);
+    assert!(MinibatchSchedule::with_count(8, 9, 1, 0).is_err(), "more minibatches than rows");
+    assert!(MinibatchSchedule::with_count(8, 0, 1, 0).is_err());
+}
