@@ -107,6 +107,17 @@ pub enum RunError {
         /// Ids of the failed cells.
         cells: Vec<String>,
     },
+    /// A run id that is not a single safe path component (see [`crate::check_run_id`]).
+    #[error(
+        "invalid run id `{id}`: {reason}; a run id names one directory under --runs-dir: use 1-128 \
+         letters, digits, `.`, `_`, `=` and `-`, not starting with `.`"
+    )]
+    InvalidRunId {
+        /// The id as given.
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Anything else (e.g. writing the Slurm script).
     #[error("{0}")]
     Other(String),
@@ -118,7 +129,7 @@ impl RunError {
     pub fn exit_code(&self) -> i32 {
         match self {
             RunError::Cancelled { .. } => 130,
-            RunError::Invalid(_) => 2,
+            RunError::Invalid(_) | RunError::InvalidRunId { .. } => 2,
             _ => 1,
         }
     }

@@ -44,13 +44,19 @@ mod cancel;
 mod context;
 mod diag;
 mod error;
+mod document;
+mod dry_run;
+mod load;
 mod params;
-mod pipeline;
 mod policy;
 mod progress;
 mod registry;
+mod run_files;
 mod runner;
 mod sweep;
+mod sweep_cells;
+mod validated;
+mod validation;
 pub mod testkit;
 pub mod yaml;
 
@@ -59,18 +65,20 @@ pub use context::StageContext;
 pub use diag::{closest, did_you_mean, Diagnostic, Diagnostics, Span};
 pub use error::{BoxError, RunError, StageError};
 pub use params::{ParamProblem, ParamSpec, ParamType, Params};
-pub use pipeline::{
-    apply_override, canonical_json, dry_run, load, load_str, validate, DryRunInfo, Pipeline, PipelineDoc, PortRef, ResourceDecl,
-    StageInstance, SweepSpec, RESOURCE_KINDS,
-};
+pub use document::{apply_override, PipelineDoc};
+pub use dry_run::dry_run;
+pub use load::{load, load_str, validate};
 pub use policy::{PolicyStore, Shared, Snapshot};
 pub use progress::{NoProgress, Progress, ProgressBar, ProgressEvent, ProgressSink, RecordingProgress};
 pub use registry::{list_markdown, list_text, DryRun, PortSpec, Registry, ResourceSpec, Stage, StageKind};
-pub use runner::{
-    read_status, run, utc_now, InputFile, Manifest, RunOptions, RunReport, RunStatus, StageStatus, StatusFile,
-    DEFAULT_CHANNEL_CAPACITY,
-};
+pub use run_files::{check_run_id, read_status, utc_now, InputFile, Manifest, RunStatus, StageStatus, StatusFile, MAX_RUN_ID_LEN};
+pub use runner::{run, RunOptions, RunReport, DEFAULT_CHANNEL_CAPACITY};
 pub use sweep::{
-    bootstrap_ci, cell_dir, cell_is_complete, emit_slurm, expand_sweep, last_metrics, mean_std, run_cell, run_sweep,
-    summarize, sweep_dir, CellInfo, CellOutcome, SlurmOptions, SummaryRow, SweepCell, SweepOptions, SweepReport,
+    bootstrap_ci, cell_dir, cell_is_complete, emit_slurm, last_metrics, mean_std, run_cell, run_sweep, summarize, sweep_dir,
+    CellOutcome, SlurmOptions, SummaryRow, SweepOptions, SweepReport,
+};
+pub use sweep_cells::{expand_sweep, SweepCell};
+pub use validated::{
+    canonical_json, CellInfo, DryRunInfo, Pipeline, PortRef, ResourceDecl, StageInstance, SweepSpec, DEFAULT_MAX_SWEEP_CELLS,
+    RESOURCE_KINDS,
 };

@@ -8,143 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 
 use crate::cancel::CancelHandle;
-use crate::diag::{Diagnostic, Diagnostics};
 use crate::error::RunError;
-use crate::pipeline::{set_path, split_path, validate, Pipeline};
 use crate::progress::{NoProgress, ProgressSink};
-use crate::registry::Registry;
-use crate::runner::{read_status, run, RunOptions, RunStatus, DEFAULT_CHANNEL_CAPACITY};
-use crate::yaml::{value_text, yaml_to_json, Node};
-
-/// Which cell of a sweep a run is; recorded in its manifest.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CellInfo {
-    /// Position in the expansion order (the Slurm array index).
-    pub index: usize,
-    /// Directory name: `<group>_seed=<seed>`.
-    pub id: String,
-    /// The parameter point without the seed (cells differing only by seed share it).
-    pub group: String,
-    /// Override path to value, in grid order.
-    pub assignments: Vec<(String, serde_json::Value)>,
-    /// The cell's seed.
-    pub seed: u64,
-}
-
-/// One expanded, validated cell.
-#[derive(Debug, Clone)]
-pub struct SweepCell {
-    /// Which cell.
-    pub info: CellInfo,
-    /// The pipeline with the cell's values and seed applied.
-    pub pipeline: Pipeline,
-}
-
-fn short_path(path: &str) -> String {
-    let p = path.strip_prefix("stages.").unwrap_or(path);
-    p.replacen(".with.", ".", 1)
-}
-
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '=' | '-') { c } else { '-' })
-        .collect()
-}
-
-/// Expands the sweep block into cells (grid product in file order, first key slowest, seeds
-/// innermost), validating every cell so that no cell can fail validation after others started.
-pub fn expand_sweep(p: &Pipeline, registry: &Registry) -> Result<Vec<SweepCell>, Diagnostics> {
-    let Some(sweep) = &p.sweep else {
-        return Err(Diagnostic::new(p.doc.root().span.clone(), format!("pipeline `{}` has no `sweep:` block", p.name))
-            .with_help("add `sweep: {grid: {\"stages.X.with.Y\": [a, b]}, seeds: [1, 2, 3]}`")
-            .into());
-    };
-    let mut points: Vec<Vec<usize>> = vec![vec![]];
-    for (_, _, values) in &sweep.grid {
-        points = points
-            .into_iter()
-            .flat_map(|pt| (0..values.len()).map(move |i| {
-                let mut q = pt.clone();
-                q.push(i);
-                q
-            }))
-            .collect();
-    }
-    let mut cells = Vec::new();
-    let mut diags = Vec::new();
-    let mut used_ids = std::collections::HashSet::new();
-    let mut seen_problems = std::collections::HashSet::new();
-    for pt in &points {
-        let assignments: Vec<(String, &Node)> =
-            sweep.grid.iter().zip(pt).map(|((path, _, vals), &i)| (path.clone(), &vals[i])).collect();
-        let group_parts: Vec<String> = assignments
-            .iter()
-            .map(|(path, node)| format!("{}={}", short_path(path), value_text(&node.to_value())))
-            .collect();
-        let group = sanitize(&group_parts.join("_"));
-        for &seed in &sweep.seeds {
-            let index = cells.len() + diags.len();
-            let mut id = if group.is_empty() { format!("seed={seed}") } else { format!("{group}_seed={seed}") };
-            if !used_ids.insert(id.clone()) {
-                id = format!("{id}-{index}");
-                used_ids.insert(id.clone());
-            }
-            let mut doc = p.doc.clone();
-            doc.remove_sweep();
-            let mut ok = true;
-            for ((path, span, _), (_, node)) in sweep.grid.iter().zip(&assignments) {
-                let r = split_path(path, span, false).and_then(|segs| set_path(doc_root_mut(&mut doc), &segs, (*node).clone()));
-                if let Err(d) = r {
-                    diags.push(d);
-                    ok = false;
-                }
-            }
-            let seed_span = p.doc.root().get("seed").map(|n| n.span.clone()).unwrap_or_else(|| p.doc.root().span.clone());
-            if let Err(d) = set_path(doc_root_mut(&mut doc), &[("seed".to_string(), seed_span.clone())], Node::scalar(seed.to_string(), seed_span)) {
-                diags.push(d);
-                ok = false;
-            }
-            if !ok {
-                continue;
-            }
-            match validate(&doc, registry) {
-                Ok(mut pipeline) => {
-                    let info = CellInfo {
-                        index: cells.len(),
-                        id,
-                        group: group.clone(),
-                        assignments: assignments.iter().map(|(k, n)| (k.clone(), yaml_to_json(&n.to_value()))).collect(),
-                        seed,
-                    };
-                    pipeline.sweep = None;
-                    pipeline.cell = Some(info.clone());
-                    cells.push(SweepCell { info, pipeline });
-                }
-                Err(e) => {
-                    for mut d in e.0 {
-                        // Report each problem once, for the first cell that shows it.
-                        if seen_problems.insert((d.span.clone(), d.message.clone())) {
-                            d.message = format!("in sweep cell `{id}`: {}", d.message);
-                            diags.push(d);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    if diags.is_empty() {
-        Ok(cells)
-    } else {
-        Err(Diagnostics(diags).sorted())
-    }
-}
-
-fn doc_root_mut(doc: &mut crate::pipeline::PipelineDoc) -> &mut Node {
-    doc.root_mut()
-}
+use crate::run_files::{read_status, RunStatus};
+use crate::runner::{run, RunOptions, DEFAULT_CHANNEL_CAPACITY};
+use crate::sweep_cells::SweepCell;
+use crate::validated::{CellInfo, Pipeline};
 
 /// `<runs_root>/<pipeline>/sweep/`: where cells and the summary go.
 pub fn sweep_dir(runs_root: &Path, pipeline_name: &str) -> PathBuf {
@@ -649,11 +520,5 @@ mod tests {
         assert_eq!(bootstrap_ci(&xs, 2000, 7), (lo, hi), "deterministic");
         assert_eq!(bootstrap_ci(&[4.0], 2000, 7), (4.0, 4.0));
         assert_eq!(quantile(&[0.0, 10.0], 0.25), 2.5);
-    }
-
-    #[test]
-    fn ids() {
-        assert_eq!(short_path("stages.learn.with.beta"), "learn.beta");
-        assert_eq!(sanitize("a b/c"), "a-b-c");
     }
 }
