@@ -130,6 +130,29 @@ impl<M: DecodeModel, C: TextCodec> Engine<M, C> {
             })
     }
 
+    /// Checks that a prompt of `prompt_tokens` tokens (at position `index` of its request) plus
+    /// `max_new_tokens` generated tokens fits the model's context window, so callers that queue
+    /// work (the server) can refuse an oversized prompt before waiting for the model.
+    /// [`Engine::generate_keyed`] runs the same check on every prompt.
+    pub fn check_context(
+        &self,
+        index: usize,
+        prompt_tokens: usize,
+        max_new_tokens: usize,
+    ) -> Result<()> {
+        match self.model.context_window() {
+            Some(context) if prompt_tokens.saturating_add(max_new_tokens) > context => {
+                Err(RolloutError::ContextOverflow {
+                    index,
+                    prompt_tokens,
+                    max_new_tokens,
+                    context,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Samples `params.n` completions for each prompt; prompt `i` is keyed by index `i`.
     /// Returns one `Vec` of `n` completions per prompt, in prompt order.
     pub fn generate(
@@ -165,6 +188,11 @@ impl<M: DecodeModel, C: TextCodec> Engine<M, C> {
     }
 
     /// Samples `params.n` completions for each keyed prompt: the primitive every other method uses.
+    ///
+    /// Every prompt must be non-empty, hold only ids inside the vocabulary and fit the model's
+    /// context window together with `params.max_new_tokens` ([`RolloutError::ContextOverflow`]
+    /// otherwise, naming the prompt's position, its length and both limits); all of it is checked
+    /// before any model work, so one bad prompt fails the call without allocating for the batch.
     pub fn generate_keyed(
         &self,
         prompts: &[KeyedPrompt<'_>],
@@ -174,6 +202,9 @@ impl<M: DecodeModel, C: TextCodec> Engine<M, C> {
         params.validate()?;
         if let Some(index) = prompts.iter().position(|p| p.ids.is_empty()) {
             return Err(RolloutError::EmptyPrompt { index });
+        }
+        for (index, p) in prompts.iter().enumerate() {
+            self.check_context(index, p.ids.len(), params.max_new_tokens)?;
         }
         let vocab = self.model.vocab_size();
         if let Some((index, &bad)) = prompts

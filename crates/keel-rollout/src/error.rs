@@ -23,6 +23,23 @@ pub enum RolloutError {
         /// Position of the prompt in the request.
         index: usize,
     },
+    /// A prompt plus its token budget does not fit the model's context window. Checked before any
+    /// allocation: a prompt of a million tokens would otherwise ask attention for terabytes.
+    #[error(
+        "prompt {index} is {prompt_tokens} tokens long and max_new_tokens is {max_new_tokens}, but the \
+         model's context window is {context} tokens (prompt + max_new_tokens must not exceed it); \
+         shorten the prompt or lower max_new_tokens"
+    )]
+    ContextOverflow {
+        /// Position of the prompt in the request.
+        index: usize,
+        /// Tokens in the prompt.
+        prompt_tokens: usize,
+        /// The requested completion budget.
+        max_new_tokens: usize,
+        /// The model's context window ([`crate::DecodeModel::context_window`]).
+        context: usize,
+    },
     /// The decoder failed (shape mismatch, device error, ...).
     #[error("model forward failed during {during}: {source}")]
     Model {

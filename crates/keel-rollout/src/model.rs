@@ -72,6 +72,15 @@ pub trait DecodeModel: Send + Sync {
     /// Vocabulary size `V` (the last dimension of the logits).
     fn vocab_size(&self) -> usize;
 
+    /// The longest sequence the model accepts, prompt plus generated tokens: its context window
+    /// (`max_position_embeddings` of a Hugging Face config). The engine refuses a prompt whose
+    /// length plus `max_new_tokens` exceeds it before any allocation, because attention and the
+    /// KV cache grow with the sequence and an oversized prompt would otherwise exhaust memory.
+    /// `None` (the default) means no limit, as for the toy models.
+    fn context_window(&self) -> Option<usize> {
+        None
+    }
+
     /// Device the model's weights live on; input tensors are created there.
     fn device(&self) -> &Device;
 }
@@ -126,6 +135,9 @@ impl<T: DecodeModel + ?Sized> DecodeModel for Arc<T> {
     }
     fn vocab_size(&self) -> usize {
         (**self).vocab_size()
+    }
+    fn context_window(&self) -> Option<usize> {
+        (**self).context_window()
     }
     fn device(&self) -> &Device {
         (**self).device()

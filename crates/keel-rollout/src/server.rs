@@ -3,8 +3,8 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,13 +18,15 @@ use crate::model::{DecodeModel, TextCodec};
 use crate::openai::{
     ChoiceLogprobs, CompletionChoice, CompletionRequest, CompletionResponse, PromptInput, Usage,
 };
+use crate::params::SamplingParams;
 
-/// Server limits and identity; the limits bound the work one request can ask for.
+/// Server limits and identity; the limits bound the work one request can ask for and how many
+/// requests may wait, so one client cannot take the server down or starve the others.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServeOptions {
     /// Name reported by `/v1/models`; requests naming another model get 404.
     pub model_name: String,
-    /// Largest accepted request body.
+    /// Largest accepted request body (413 beyond it, before the body is read).
     pub max_body_bytes: usize,
     /// Most prompts per request.
     pub max_prompts: usize,
@@ -34,6 +36,16 @@ pub struct ServeOptions {
     pub max_tokens_limit: usize,
     /// `max_tokens` when a request omits it.
     pub default_max_tokens: usize,
+    /// Most token positions one request may ask for: the sum over its rows (prompt × sample) of
+    /// prompt length + `max_tokens`. Bounds the time and KV-cache memory of one request (400
+    /// beyond it), since each limit above alone still allows hours of work.
+    pub max_request_tokens: usize,
+    /// Most completion requests admitted at once (being read, waiting for the model or
+    /// generating); one more is answered 503 with `Retry-After` at once. Generation runs one
+    /// request at a time (it uses every core through candle), so this bounds the queue.
+    pub max_pending: usize,
+    /// Seconds advertised in the `Retry-After` header of a 503.
+    pub retry_after_s: u64,
     /// Seed family for requests without `seed`: request `k` uses `splitmix64(base_seed ^ k)`, so a
     /// replayed request sequence is reproducible.
     pub base_seed: u64,
@@ -43,11 +55,14 @@ impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             model_name: "keel".into(),
-            max_body_bytes: 8 << 20,
+            max_body_bytes: 4 << 20,
             max_prompts: 1024,
             max_n: 64,
             max_tokens_limit: 8192,
             default_max_tokens: 256,
+            max_request_tokens: 1 << 22,
+            max_pending: 4,
+            retry_after_s: 2,
             base_seed: 0,
         }
     }
@@ -80,7 +95,7 @@ impl ServerHandle {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting requests, finishes the one in progress and joins the server thread.
+    /// Stops accepting requests, finishes the ones admitted and joins the server threads.
     pub fn shutdown(mut self) {
         self.stop_and_join();
     }
@@ -102,13 +117,41 @@ impl Drop for ServerHandle {
     }
 }
 
+/// What the request threads share: the engine, the limits, the lock that makes generation run one
+/// request at a time, and the count of admitted completion requests.
+struct Shared<M, C> {
+    engine: Arc<Engine<M, C>>,
+    options: ServeOptions,
+    generating: Mutex<()>,
+    pending: AtomicUsize,
+}
+
+/// Releases a completion request's place in the queue when its thread ends, however it ends.
+struct PendingSlot<M, C>(Arc<Shared<M, C>>);
+
+impl<M, C> Drop for PendingSlot<M, C> {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Serves `engine` on `addr` (e.g. `127.0.0.1:8000`, port 0 for an ephemeral one) with
-/// `POST /v1/completions`, `GET /v1/models` and `GET /health`, on one background thread.
+/// `POST /v1/completions`, `GET /v1/models` and `GET /health`.
 ///
-/// Requests are handled one at a time (generation uses all cores through candle anyway); prompt `i`
-/// of a request is keyed by index `i`, so a request with seed `s` returns exactly what
-/// [`Engine::generate`] returns for the same prompts and seed. Malformed requests get 400 with an
-/// OpenAI-style JSON error; `echo` and `stream` are not supported (400).
+/// # Concurrency and limits
+///
+/// One accepting thread answers `/health` and `/v1/models` itself, so they answer while a
+/// generation runs. Each completion request gets its own thread, at most
+/// [`ServeOptions::max_pending`] at once (the next one is answered 503 with `Retry-After` without
+/// reading its body). That thread reads and checks the request — body size (413), sampling
+/// parameters, every prompt's length against the model's context window with the request's
+/// `max_tokens` (400 with the numbers), the request's total token positions — and only then waits
+/// for the model, which generates for one request at a time (candle already uses every core).
+///
+/// Prompt `i` of a request is keyed by index `i`, so a request with seed `s` returns exactly what
+/// [`Engine::generate`] returns for the same prompts and seed, whatever else is being served.
+/// Malformed requests get 400 with an OpenAI-style JSON error; `echo` and `stream` are not
+/// supported (400).
 pub fn serve<M, C>(
     engine: Arc<Engine<M, C>>,
     addr: &str,
@@ -129,27 +172,18 @@ where
         .ok_or_else(|| serve_err("bound to a non-IP address".into()))?;
     let server = Arc::new(server);
     let stop = Arc::new(AtomicBool::new(false));
+    let shared = Arc::new(Shared {
+        engine,
+        options,
+        generating: Mutex::new(()),
+        pending: AtomicUsize::new(0),
+    });
     let thread = {
         let server = Arc::clone(&server);
         let stop = Arc::clone(&stop);
         std::thread::Builder::new()
             .name("keel-serve".into())
-            .spawn(move || {
-                let mut counter = 0u64;
-                while !stop.load(Ordering::SeqCst) {
-                    match server.recv_timeout(Duration::from_millis(200)) {
-                        Ok(Some(req)) => {
-                            counter += 1;
-                            handle(&engine, &options, counter, req);
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            tracing::warn!("keel server: receive failed: {e}");
-                            std::thread::sleep(Duration::from_millis(50));
-                        }
-                    }
-                }
-            })
+            .spawn(move || accept_loop(&server, &stop, &shared))
             .map_err(|e| serve_err(e.to_string()))?
     };
     tracing::info!("keel server listening on http://{bound}");
@@ -161,10 +195,80 @@ where
     })
 }
 
+/// Receives requests until `stop`, answering cheap routes inline and handing each admitted
+/// completion request to its own thread; joins those threads before returning.
+fn accept_loop<M, C>(server: &tiny_http::Server, stop: &AtomicBool, shared: &Arc<Shared<M, C>>)
+where
+    M: DecodeModel + 'static,
+    C: TextCodec + 'static,
+{
+    let mut counter = 0u64;
+    let mut workers: Vec<JoinHandle<()>> = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        let req = match server.recv_timeout(Duration::from_millis(200)) {
+            Ok(Some(req)) => req,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!("keel server: receive failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        counter += 1;
+        let path = req.url().split('?').next().unwrap_or("").to_string();
+        if !(req.method() == &Method::Post && path == "/v1/completions") {
+            let result = light_route(&shared.options, req.method(), &path);
+            respond_result(req, result);
+            continue;
+        }
+        let limit = shared.options.max_pending;
+        if shared.pending.fetch_add(1, Ordering::SeqCst) >= limit {
+            shared.pending.fetch_sub(1, Ordering::SeqCst);
+            let busy = HttpError::new(
+                503,
+                format!(
+                    "the server is busy: {limit} completion requests are already being served or \
+                     waiting; retry later"
+                ),
+            )
+            .retry_after(shared.options.retry_after_s);
+            respond_result(req, Err(busy));
+            continue;
+        }
+        let slot = PendingSlot(Arc::clone(shared));
+        let spawned = std::thread::Builder::new()
+            .name(format!("keel-serve-{counter}"))
+            .spawn(move || handle_completion(slot, counter, req));
+        match spawned {
+            Ok(h) => workers.push(h),
+            // The closure (request and slot) is dropped: the client sees the connection close.
+            Err(e) => tracing::error!("keel server: cannot start a request thread: {e}"),
+        }
+        join_finished(&mut workers);
+    }
+    for w in workers {
+        if w.join().is_err() {
+            tracing::error!("keel server request thread panicked");
+        }
+    }
+}
+
+/// Joins the request threads that have ended, so the list does not grow with every request.
+fn join_finished(workers: &mut Vec<JoinHandle<()>>) {
+    let (done, running): (Vec<_>, Vec<_>) = workers.drain(..).partition(|h| h.is_finished());
+    *workers = running;
+    for h in done {
+        if h.join().is_err() {
+            tracing::error!("keel server request thread panicked");
+        }
+    }
+}
+
 /// An HTTP error with an OpenAI-style body.
 struct HttpError {
     status: u16,
     message: String,
+    retry_after_s: Option<u64>,
 }
 
 impl HttpError {
@@ -172,43 +276,34 @@ impl HttpError {
         HttpError {
             status,
             message: message.into(),
+            retry_after_s: None,
         }
+    }
+
+    fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_s = Some(seconds);
+        self
     }
 }
 
-fn respond(req: Request, status: u16, body: &serde_json::Value) {
+fn respond(req: Request, status: u16, body: &serde_json::Value, retry_after_s: Option<u64>) {
     let mut resp = Response::from_string(body.to_string()).with_status_code(status);
     if let Ok(h) = Header::from_bytes("Content-Type", "application/json") {
         resp.add_header(h);
+    }
+    if let Some(s) = retry_after_s {
+        if let Ok(h) = Header::from_bytes("Retry-After", s.to_string()) {
+            resp.add_header(h);
+        }
     }
     if let Err(e) = req.respond(resp) {
         tracing::warn!("keel server: writing response failed: {e}");
     }
 }
 
-fn handle<M: DecodeModel, C: TextCodec>(
-    engine: &Engine<M, C>,
-    opts: &ServeOptions,
-    counter: u64,
-    mut req: Request,
-) {
-    let path = req.url().split('?').next().unwrap_or("").to_string();
-    let method = req.method().clone();
-    let result: std::result::Result<serde_json::Value, HttpError> = match (method, path.as_str()) {
-        (Method::Get, "/health") => Ok(json!({"status": "ok"})),
-        (Method::Get, "/v1/models") => Ok(json!({
-            "object": "list",
-            "data": [{"id": opts.model_name, "object": "model", "created": 0, "owned_by": "keel"}],
-        })),
-        (Method::Post, "/v1/completions") => read_body(&mut req, opts.max_body_bytes)
-            .and_then(|body| completions(engine, opts, counter, &body)),
-        (_, "/health" | "/v1/models" | "/v1/completions") => {
-            Err(HttpError::new(405, "method not allowed"))
-        }
-        (_, p) => Err(HttpError::new(404, format!("no route for {p}"))),
-    };
+fn respond_result(req: Request, result: std::result::Result<serde_json::Value, HttpError>) {
     match result {
-        Ok(v) => respond(req, 200, &v),
+        Ok(v) => respond(req, 200, &v, None),
         Err(e) => {
             let kind = if e.status >= 500 {
                 "internal_server_error"
@@ -216,17 +311,66 @@ fn handle<M: DecodeModel, C: TextCodec>(
                 "invalid_request_error"
             };
             let body = json!({"error": {"message": e.message, "type": kind, "code": e.status}});
-            respond(req, e.status, &body)
+            respond(req, e.status, &body, e.retry_after_s)
         }
     }
 }
 
+/// Every route but `POST /v1/completions`: answered on the accepting thread, never waiting for
+/// the model.
+fn light_route(
+    opts: &ServeOptions,
+    method: &Method,
+    path: &str,
+) -> std::result::Result<serde_json::Value, HttpError> {
+    match (method, path) {
+        (Method::Get, "/health") => Ok(json!({"status": "ok"})),
+        (Method::Get, "/v1/models") => Ok(json!({
+            "object": "list",
+            "data": [{"id": opts.model_name, "object": "model", "created": 0, "owned_by": "keel"}],
+        })),
+        (_, "/health" | "/v1/models" | "/v1/completions") => {
+            Err(HttpError::new(405, "method not allowed"))
+        }
+        (_, p) => Err(HttpError::new(404, format!("no route for {p}"))),
+    }
+}
+
+/// Reads, checks and (once the model is free) serves one completion request on its own thread;
+/// its place in the queue is released before the response is written, so a client that sends its
+/// next request as soon as it has the answer finds the place free.
+fn handle_completion<M: DecodeModel, C: TextCodec>(
+    slot: PendingSlot<M, C>,
+    counter: u64,
+    mut req: Request,
+) {
+    let shared = &*slot.0;
+    let engine = &*shared.engine;
+    let opts = &shared.options;
+    let result = read_body(&mut req, opts.max_body_bytes)
+        .and_then(|body| prepare(engine, opts, counter, &body))
+        .and_then(|job| {
+            // A panic while holding the lock cannot leave shared state broken (the lock guards
+            // no data), so a poisoned lock is simply taken over.
+            let _turn = shared
+                .generating
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            generate(engine, opts, counter, job)
+        });
+    drop(slot);
+    respond_result(req, result);
+}
+
 fn read_body(req: &mut Request, limit: usize) -> std::result::Result<Vec<u8>, HttpError> {
-    if req.body_length().is_some_and(|n| n > limit) {
-        return Err(HttpError::new(
+    let too_large = |n: String| {
+        HttpError::new(
             413,
-            format!("request body larger than {limit} bytes"),
-        ));
+            format!("request body of {n} bytes exceeds the server limit of {limit} bytes"),
+        )
+    };
+    if let Some(n) = req.body_length().filter(|&n| n > limit) {
+        return Err(too_large(n.to_string()));
     }
     let mut body = Vec::new();
     req.as_reader()
@@ -234,22 +378,33 @@ fn read_body(req: &mut Request, limit: usize) -> std::result::Result<Vec<u8>, Ht
         .read_to_end(&mut body)
         .map_err(|e| HttpError::new(400, format!("reading request body: {e}")))?;
     if body.len() > limit {
-        return Err(HttpError::new(
-            413,
-            format!("request body larger than {limit} bytes"),
-        ));
+        return Err(too_large(format!("more than {limit}")));
     }
     Ok(body)
 }
 
-fn completions<M: DecodeModel, C: TextCodec>(
+/// A checked completion request, ready to generate.
+struct Job {
+    params: SamplingParams,
+    prompt_ids: Vec<Vec<u32>>,
+    /// `logprobs` was requested.
+    want_logprobs: bool,
+    /// `return_tokens_as_token_ids`.
+    ids_as_tokens: bool,
+    /// `return_token_ids`.
+    return_ids: bool,
+}
+
+/// Parses and checks a request body without touching the model: parameters, server limits,
+/// prompts (encoded here), each prompt against the context window, and the request's total size.
+fn prepare<M: DecodeModel, C: TextCodec>(
     engine: &Engine<M, C>,
     opts: &ServeOptions,
     counter: u64,
     body: &[u8],
-) -> std::result::Result<serde_json::Value, HttpError> {
+) -> std::result::Result<Job, HttpError> {
     let bad = |m: String| HttpError::new(400, m);
-    let req: CompletionRequest =
+    let mut req: CompletionRequest =
         serde_json::from_slice(body).map_err(|e| bad(format!("invalid request body: {e}")))?;
     if let Some(m) = &req.model {
         if m != &opts.model_name {
@@ -293,18 +448,80 @@ fn completions<M: DecodeModel, C: TextCodec>(
             opts.max_prompts
         )));
     }
-    let prompt_ids: Vec<Vec<u32>> = match req.prompt {
-        PromptInput::Text(t) => vec![engine
-            .encode_prompt(&t, 0)
-            .map_err(|e| bad(e.to_string()))?],
-        PromptInput::Texts(ts) => ts
-            .iter()
-            .enumerate()
-            .map(|(i, t)| engine.encode_prompt(t, i).map_err(|e| bad(e.to_string())))
-            .collect::<std::result::Result<_, _>>()?,
-        PromptInput::Ids(ids) => vec![ids],
-        PromptInput::IdLists(l) => l,
-    };
+    let prompt_ids: Vec<Vec<u32>> =
+        match std::mem::replace(&mut req.prompt, PromptInput::Texts(Vec::new())) {
+            PromptInput::Text(t) => vec![engine
+                .encode_prompt(&t, 0)
+                .map_err(|e| bad(e.to_string()))?],
+            PromptInput::Texts(ts) => ts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| engine.encode_prompt(t, i).map_err(|e| bad(e.to_string())))
+                .collect::<std::result::Result<_, _>>()?,
+            PromptInput::Ids(ids) => vec![ids],
+            PromptInput::IdLists(l) => l,
+        };
+    for (i, ids) in prompt_ids.iter().enumerate() {
+        if ids.is_empty() {
+            return Err(bad(RolloutError::EmptyPrompt { index: i }.to_string()));
+        }
+        if let Err(RolloutError::ContextOverflow {
+            prompt_tokens,
+            context,
+            ..
+        }) = engine.check_context(i, ids.len(), params.max_new_tokens)
+        {
+            return Err(bad(format!(
+                "prompt {i} is {prompt_tokens} tokens long and max_tokens is {}, but the model's \
+                 context window is {context} tokens (prompt tokens + max_tokens must not exceed \
+                 it); shorten the prompt or lower max_tokens",
+                params.max_new_tokens
+            )));
+        }
+    }
+    let positions = prompt_ids.iter().fold(0usize, |acc, ids| {
+        acc.saturating_add(
+            ids.len()
+                .saturating_add(params.max_new_tokens)
+                .saturating_mul(params.n),
+        )
+    });
+    if positions > opts.max_request_tokens {
+        return Err(bad(format!(
+            "the request asks for {positions} token positions ({} prompts x n = {} x (prompt \
+             tokens + max_tokens = {})), more than the server limit of {}; send fewer prompts or \
+             lower n or max_tokens",
+            prompt_ids.len(),
+            params.n,
+            params.max_new_tokens,
+            opts.max_request_tokens
+        )));
+    }
+    Ok(Job {
+        params,
+        prompt_ids,
+        want_logprobs: req.logprobs.is_some(),
+        ids_as_tokens: req.return_tokens_as_token_ids == Some(true),
+        return_ids: req.return_token_ids == Some(true),
+    })
+}
+
+/// Generates the completions of a checked request and builds the OpenAI response.
+fn generate<M: DecodeModel, C: TextCodec>(
+    engine: &Engine<M, C>,
+    opts: &ServeOptions,
+    counter: u64,
+    job: Job,
+) -> std::result::Result<serde_json::Value, HttpError> {
+    let bad = |m: String| HttpError::new(400, m);
+    let Job {
+        params,
+        prompt_ids,
+        want_logprobs,
+        ids_as_tokens,
+        return_ids,
+    } = job;
+    let n_prompts = prompt_ids.len();
     let keyed: Vec<KeyedPrompt<'_>> = prompt_ids
         .iter()
         .enumerate()
@@ -316,15 +533,12 @@ fn completions<M: DecodeModel, C: TextCodec>(
     let groups = engine
         .generate_keyed(&keyed, &params, 0)
         .map_err(|e| match e {
-            RolloutError::InvalidParams { .. } | RolloutError::EmptyPrompt { .. } => {
-                bad(e.to_string())
-            }
+            RolloutError::InvalidParams { .. }
+            | RolloutError::EmptyPrompt { .. }
+            | RolloutError::ContextOverflow { .. } => bad(e.to_string()),
             other => HttpError::new(500, other.to_string()),
         })?;
 
-    let want_logprobs = req.logprobs.is_some();
-    let ids_as_tokens = req.return_tokens_as_token_ids == Some(true);
-    let return_ids = req.return_token_ids == Some(true);
     let mut choices = Vec::with_capacity(n_prompts * params.n);
     let mut completion_tokens = 0usize;
     for (p, group) in groups.into_iter().enumerate() {

@@ -172,6 +172,7 @@ impl DecodeModel for BigramModel {
 pub struct ContextModel {
     vocab: usize,
     sharpness: f32,
+    context: Option<usize>,
     device: Device,
 }
 
@@ -189,8 +190,16 @@ impl ContextModel {
         ContextModel {
             vocab,
             sharpness,
+            context: None,
             device: Device::Cpu,
         }
+    }
+
+    /// The same model reporting a context window of `tokens` ([`DecodeModel::context_window`]),
+    /// to test the limits the engine and server enforce; the model itself computes any length.
+    pub fn with_context_window(mut self, tokens: usize) -> Self {
+        self.context = Some(tokens);
+        self
     }
 }
 
@@ -232,6 +241,10 @@ impl DecodeModel for ContextModel {
         }
         cache.len += t;
         Tensor::from_vec(out, (b, t, v), &self.device)
+    }
+
+    fn context_window(&self) -> Option<usize> {
+        self.context
     }
 
     fn vocab_size(&self) -> usize {

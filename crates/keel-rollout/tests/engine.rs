@@ -380,3 +380,76 @@ fn bad_inputs_are_reported_with_context() {
         "{err}"
     );
 }
+
+#[test]
+fn prompts_beyond_the_context_window_are_refused_before_generation() {
+    // Context window 10: a prompt of 5 tokens may generate 5, one of 6 may not.
+    let e = Engine::new(
+        keel_rollout::toy::ContextModel::new(12, 0.7).with_context_window(10),
+        letters_codec(),
+        EngineConfig::default(),
+    );
+    let params = SamplingParams::greedy(5);
+    let fits = e.generate_text(&["abcde"], &params, 0).unwrap();
+    assert_eq!(
+        fits[0][0].token_ids.len(),
+        5,
+        "exactly at the limit is fine"
+    );
+    let err = e
+        .generate_text(&["abcde", "abcdef"], &params, 0)
+        .unwrap_err();
+    match &err {
+        RolloutError::ContextOverflow {
+            index,
+            prompt_tokens,
+            max_new_tokens,
+            context,
+        } => assert_eq!(
+            (*index, *prompt_tokens, *max_new_tokens, *context),
+            (1, 6, 5, 10)
+        ),
+        other => panic!("expected ContextOverflow, got {other}"),
+    }
+    let msg = err.to_string();
+    for needle in [
+        "prompt 1",
+        "6 tokens",
+        "max_new_tokens is 5",
+        "context window is 10",
+    ] {
+        assert!(msg.contains(needle), "{needle:?} missing from: {msg}");
+    }
+    // A million-token prompt is refused by arithmetic, not by running out of memory; an absurd
+    // budget does not overflow the sum.
+    let huge = vec![1u32; 1_000_000];
+    let err = e.generate(&[huge], &params, 0).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RolloutError::ContextOverflow {
+                prompt_tokens: 1_000_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = e
+        .generate(&[vec![1]], &SamplingParams::greedy(usize::MAX), 0)
+        .unwrap_err();
+    assert!(matches!(err, RolloutError::ContextOverflow { .. }), "{err}");
+    // The rollout path (build_rollouts over the backend trait) gets the same check.
+    let ex = Arc::new(Example::new("long", "abcdefghijk", "toy"));
+    let err =
+        build_rollouts(&e, &[ex], |x| x.prompt.user_text().to_string(), &params, 0).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RolloutError::ContextOverflow {
+                prompt_tokens: 11,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

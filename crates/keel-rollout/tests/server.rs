@@ -290,3 +290,215 @@ fn client_rejects_inconsistent_responses() {
     t.join().unwrap();
     assert!(err.to_string().contains("1 choices for 1 prompts"), "{err}");
 }
+
+/// Raw POST of `body` that also returns the `Retry-After` header.
+fn post_with_retry(base: &str, body: &str) -> (u16, serde_json::Value, Option<String>) {
+    let r = ureq::post(&format!("{base}/v1/completions"))
+        .set("Content-Type", "application/json")
+        .send_string(body);
+    let resp = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("transport error: {e}"),
+    };
+    let status = resp.status();
+    let retry = resp.header("Retry-After").map(str::to_string);
+    let text = resp.into_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        retry,
+    )
+}
+
+#[test]
+fn prompts_beyond_the_context_window_get_400_with_the_numbers() {
+    // Context window 64 tokens; the letters codec makes one token per letter.
+    let engine = Arc::new(keel_rollout::Engine::new(
+        keel_rollout::toy::ContextModel::new(12, 0.7).with_context_window(64),
+        letters_codec(),
+        EngineConfig::default(),
+    ));
+    let handle = serve(engine, "127.0.0.1:0", ServeOptions::default()).unwrap();
+    let base = handle.base_url();
+    // 48 + 16 = 64 fits exactly; 49 + 16 does not.
+    let body = |n: usize| {
+        format!(
+            r#"{{"prompt":"{}","max_tokens":16,"temperature":0}}"#,
+            "a".repeat(n)
+        )
+    };
+    let (s, v) = post(&base, "/v1/completions", &body(48));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["usage"]["prompt_tokens"], 48);
+    let (s, v) = post(&base, "/v1/completions", &body(49));
+    assert_eq!(s, 400, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    for needle in ["49 tokens", "max_tokens is 16", "context window is 64"] {
+        assert!(msg.contains(needle), "{needle:?} missing from: {msg}");
+    }
+    // A 1 MB prompt: 400 with its length, and the server keeps serving.
+    let (s, v) = post(&base, "/v1/completions", &body(1_000_000));
+    assert_eq!(s, 400, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("1000000 tokens"), "{msg}");
+    // Token-id prompts are checked the same way; the default max_tokens (256) counts too.
+    let (s, v) = post(&base, "/v1/completions", r#"{"prompt":[1,2,3]}"#);
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_tokens is 256"),
+        "{v}"
+    );
+    let (s, v) = post(&base, "/v1/completions", &body(3));
+    assert_eq!(s, 200, "{v}");
+    handle.shutdown();
+}
+
+#[test]
+fn default_body_limit_is_4_mib_and_named_in_the_413() {
+    let handle = serve(
+        Arc::new(context_engine(EngineConfig::default())),
+        "127.0.0.1:0",
+        ServeOptions::default(),
+    )
+    .unwrap();
+    let body = format!(r#"{{"prompt":"{}"}}"#, "a".repeat(5 << 20));
+    let (s, v) = post(&handle.base_url(), "/v1/completions", &body);
+    assert_eq!(s, 413, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(&format!("body of {} bytes", body.len())), "{msg}");
+    assert!(msg.contains(&(4usize << 20).to_string()), "{msg}");
+    handle.shutdown();
+}
+
+#[test]
+fn request_token_positions_are_bounded() {
+    let opts = ServeOptions {
+        max_request_tokens: 100,
+        ..Default::default()
+    };
+    let handle = serve(
+        Arc::new(context_engine(EngineConfig::default())),
+        "127.0.0.1:0",
+        opts,
+    )
+    .unwrap();
+    let base = handle.base_url();
+    // 2 prompts x n 5 x (2 + 10) = 120 > 100; n 4 gives 96.
+    let (s, v) = post(
+        &base,
+        "/v1/completions",
+        r#"{"prompt":["ab","cd"],"n":5,"max_tokens":10}"#,
+    );
+    assert_eq!(s, 400, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("120 token positions") && msg.contains("limit of 100"),
+        "{msg}"
+    );
+    let (s, v) = post(
+        &base,
+        "/v1/completions",
+        r#"{"prompt":["ab","cd"],"n":4,"max_tokens":10}"#,
+    );
+    assert_eq!(s, 200, "{v}");
+    handle.shutdown();
+}
+
+/// A server over a [`GatedModel`] whose forward passes wait for the returned gate.
+fn gated_server(max_pending: usize) -> (keel_rollout::ServerHandle, Arc<Gate>) {
+    let gate = Arc::new(Gate::default());
+    let engine = Arc::new(keel_rollout::Engine::new(
+        GatedModel {
+            inner: keel_rollout::toy::ContextModel::new(12, 0.7),
+            gate: Arc::clone(&gate),
+        },
+        letters_codec(),
+        EngineConfig::default(),
+    ));
+    let opts = ServeOptions {
+        max_pending,
+        retry_after_s: 7,
+        ..Default::default()
+    };
+    (serve(engine, "127.0.0.1:0", opts).unwrap(), gate)
+}
+
+const GATED_BODY: &str = r#"{"prompt":"abc","max_tokens":4,"temperature":0}"#;
+
+/// Starts a completion request on another thread and waits until it is generating (held at the
+/// gate); the gate must not have been reached before.
+fn start_held_request(
+    base: &str,
+    gate: &Gate,
+) -> std::thread::JoinHandle<(u16, serde_json::Value)> {
+    let base = base.to_string();
+    let t = std::thread::spawn(move || post(&base, "/v1/completions", GATED_BODY));
+    assert!(
+        gate.wait_for_arrivals(1, Duration::from_secs(20)),
+        "the request never reached the model"
+    );
+    t
+}
+
+#[test]
+fn health_answers_during_a_generation_and_a_full_queue_gets_503() {
+    let (handle, gate) = gated_server(1);
+    let base = handle.base_url();
+    let first = start_held_request(&base, &gate);
+    // The model is busy (held at the gate): /health and /v1/models still answer at once.
+    let t0 = std::time::Instant::now();
+    let mut cfg = RemoteConfig::new(base.clone(), "keel");
+    cfg.timeout = Duration::from_secs(5);
+    RemoteClient::new(cfg.clone()).health().unwrap();
+    assert_eq!(
+        RemoteClient::new(cfg).models().unwrap(),
+        vec!["keel".to_string()]
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    // The queue (one request) is full: the next completion request is refused at once.
+    let (status, v, retry) = post_with_retry(&base, GATED_BODY);
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(retry.as_deref(), Some("7"));
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("busy") && msg.contains('1'), "{msg}");
+    gate.open();
+    let (s, v) = first.join().unwrap();
+    assert_eq!(s, 200, "{v}");
+    // Once it is done, requests are admitted again.
+    let (s, v) = post(&base, "/v1/completions", GATED_BODY);
+    assert_eq!(s, 200, "{v}");
+    handle.shutdown();
+}
+
+#[test]
+fn queued_requests_wait_for_the_model_and_bad_ones_are_answered_meanwhile() {
+    let (handle, gate) = gated_server(3);
+    let base = handle.base_url();
+    let first = start_held_request(&base, &gate);
+    // Checked before waiting for the model: a bad request or an oversized prompt is answered
+    // while another request generates.
+    let (s, v) = post(&base, "/v1/completions", r#"{"prompt":"ab","top_p":0}"#);
+    assert_eq!(s, 400, "{v}");
+    let second = {
+        let base = base.clone();
+        std::thread::spawn(move || post(&base, "/v1/completions", GATED_BODY))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        gate.arrivals(),
+        1,
+        "one generation at a time: the second waits"
+    );
+    assert!(!second.is_finished());
+    gate.open();
+    let (s1, v1) = first.join().unwrap();
+    let (s2, v2) = second.join().unwrap();
+    assert_eq!((s1, s2), (200, 200), "{v1} {v2}");
+    assert_eq!(v1["choices"][0]["text"], v2["choices"][0]["text"]);
+    assert_eq!(v1["choices"][0]["text"].as_str().unwrap().len(), 4);
+    handle.shutdown();
+}

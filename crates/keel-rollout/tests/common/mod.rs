@@ -60,3 +60,75 @@ pub fn reference_logprob_entropy(z: &[f32], t: f64, k: usize) -> (f64, f64) {
     let h = -lp.iter().map(|l| l.exp() * l).sum::<f64>();
     (lp[k], h)
 }
+
+/// A gate a test opens and closes: [`GatedModel`] waits at it in every forward pass, so a test
+/// can hold a generation in progress for as long as it needs and observe the server meanwhile.
+#[derive(Debug, Default)]
+pub struct Gate {
+    state: std::sync::Mutex<(bool, usize)>,
+    changed: std::sync::Condvar,
+}
+
+impl Gate {
+    /// Lets every waiting and future forward pass through.
+    pub fn open(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.0 = true;
+        self.changed.notify_all();
+    }
+
+    /// Forward passes that have reached the gate so far.
+    pub fn arrivals(&self) -> usize {
+        self.state.lock().unwrap().1
+    }
+
+    /// Waits until `n` forward passes have reached the gate (at most `timeout`); true if they did.
+    pub fn wait_for_arrivals(&self, n: usize, timeout: std::time::Duration) -> bool {
+        let s = self.state.lock().unwrap();
+        let (s, _) = self
+            .changed
+            .wait_timeout_while(s, timeout, |s| s.1 < n)
+            .unwrap();
+        s.1 >= n
+    }
+
+    fn pass(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.1 += 1;
+        self.changed.notify_all();
+        while !s.0 {
+            s = self.changed.wait(s).unwrap();
+        }
+    }
+}
+
+/// [`ContextModel`] behind a [`Gate`]: identical outputs, but each forward pass waits for the gate.
+pub struct GatedModel {
+    pub inner: ContextModel,
+    pub gate: std::sync::Arc<Gate>,
+}
+
+impl keel_rollout::DecodeModel for GatedModel {
+    type Cache = <ContextModel as keel_rollout::DecodeModel>::Cache;
+    fn new_cache(&self, batch: usize) -> candle_core::Result<Self::Cache> {
+        self.inner.new_cache(batch)
+    }
+    fn forward_cached(
+        &self,
+        ids: &candle_core::Tensor,
+        mask: &candle_core::Tensor,
+        cache: &mut Self::Cache,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        self.gate.pass();
+        self.inner.forward_cached(ids, mask, cache)
+    }
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+    fn context_window(&self) -> Option<usize> {
+        self.inner.context_window()
+    }
+    fn device(&self) -> &candle_core::Device {
+        self.inner.device()
+    }
+}
