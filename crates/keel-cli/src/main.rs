@@ -560,21 +560,63 @@ fn model(command: ModelCommand) -> Result<(), Failure> {
     }
 }
 
+/// Longest line `keel chat` reads from standard input. Why a cap: a line is held whole in memory
+/// (and rendered, then tokenised) before the context-window check can refuse it, so without one a
+/// stream with no newline (`keel chat m < /dev/zero`) would grow until the machine runs out.
+const MAX_CHAT_LINE_BYTES: usize = 4 << 20;
+
+/// Reads one line of at most `limit` bytes; `None` at end of input.
+fn read_chat_line(input: &mut impl BufRead, limit: usize) -> Result<Option<String>, Failure> {
+    use std::io::Read as _;
+    let mut line = String::new();
+    let n = input.take(limit as u64 + 1).read_line(&mut line).map_err(|e| Failure::input(format!("reading standard input: {e}")))?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if line.len() > limit {
+        return Err(Failure::input(format!(
+            "a line of standard input is longer than {limit} bytes, the most `keel chat` reads at once; send shorter messages"
+        )));
+    }
+    Ok(Some(line))
+}
+
+/// Why a rendered conversation cannot be answered, in `keel chat`'s terms (its flags, the
+/// conversation rather than "prompt 0"), or the engine's own message for any other error.
+fn chat_generation_error(e: keel_rollout::RolloutError, model: &str, turns: usize) -> Failure {
+    match e {
+        keel_rollout::RolloutError::ContextOverflow { prompt_tokens, max_new_tokens, context, .. } => {
+            let what = if turns > 1 { format!("the conversation ({turns} messages)") } else { "the message".to_string() };
+            Failure::input(format!(
+                "{what} is {prompt_tokens} tokens long with the chat template and --max-new-tokens is {max_new_tokens}, \
+                 but {model}'s context window is {context} tokens (prompt tokens + --max-new-tokens must not exceed it); \
+                 send a shorter message, lower --max-new-tokens or start a new chat"
+            ))
+        }
+        other => Failure::runtime(other.to_string()),
+    }
+}
+
 fn chat(model: &str, prompt: Option<String>, max_new_tokens: usize, temperature: f32, system: Option<String>, seed: u64) -> Result<(), Failure> {
     let policy = keel_stages::policy::Policy::open(model).map_err(|e| Failure::input(e.full_message()))?;
     let engine = policy.engine();
     let params = keel_rollout::SamplingParams { temperature, max_new_tokens, n: 1, seed, ..keel_rollout::SamplingParams::default() };
+    params.validate().map_err(|e| Failure::input(e.to_string()))?;
     let mut history: Vec<keel_core::Message> = Vec::new();
     if let Some(s) = &system {
         history.push(keel_core::Message::new(keel_core::Role::System, s.clone()));
     }
+    // A message that cannot be answered (too long for the context window) leaves the history as
+    // it was, so an interactive chat can go on.
     let answer = |history: &mut Vec<keel_core::Message>, text: String| -> Result<String, Failure> {
-        history.push(keel_core::Message::new(keel_core::Role::User, text));
-        let rendered = policy.template.render(history, true).map_err(|e| Failure::runtime(e.to_string()))?;
+        let mut turn = history.clone();
+        turn.push(keel_core::Message::new(keel_core::Role::User, text));
+        let rendered = policy.template.render(&turn, true).map_err(|e| Failure::runtime(e.to_string()))?;
         let ids = policy.encode(&rendered).map_err(|e| Failure::runtime(e.full_message()))?;
-        let out = engine.generate(&[ids], &params, 0).map_err(|e| Failure::runtime(e.to_string()))?;
+        let out = engine.generate(&[ids], &params, 0).map_err(|e| chat_generation_error(e, model, turn.len()))?;
         let reply = out.into_iter().next().and_then(|g| g.into_iter().next()).map(|c| c.text).unwrap_or_default();
-        history.push(keel_core::Message::new(keel_core::Role::Assistant, reply.clone()));
+        turn.push(keel_core::Message::new(keel_core::Role::Assistant, reply.clone()));
+        *history = turn;
         Ok(reply)
     };
     if let Some(p) = prompt {
@@ -583,14 +625,20 @@ fn chat(model: &str, prompt: Option<String>, max_new_tokens: usize, temperature:
     }
     eprintln!("chatting with {model}; an empty line or Ctrl-D ends");
     let stdin = std::io::stdin();
+    let mut input = stdin.lock();
     loop {
         eprint!("> ");
         let _ = std::io::stderr().flush();
-        let mut line = String::new();
-        if stdin.lock().read_line(&mut line).map_err(|e| Failure::runtime(e.to_string()))? == 0 || line.trim().is_empty() {
+        let Some(line) = read_chat_line(&mut input, MAX_CHAT_LINE_BYTES)? else { return Ok(()) };
+        if line.trim().is_empty() {
             return Ok(());
         }
-        outln!("{}", answer(&mut history, line.trim().to_string())?.trim());
+        match answer(&mut history, line.trim().to_string()) {
+            Ok(reply) => outln!("{}", reply.trim()),
+            // Interactive: say why and wait for the next message; piped input stops with the error.
+            Err(f) if f.code == 2 && std::io::IsTerminal::is_terminal(&std::io::stdin()) => eprintln!("error: {}", f.message),
+            Err(f) => return Err(f),
+        }
     }
 }
 
@@ -667,8 +715,15 @@ fn serve(model: &str, port: u16) -> Result<(), Failure> {
     let engine = Arc::new(policy.engine());
     let opts = keel_rollout::ServeOptions { model_name: model.to_string(), ..keel_rollout::ServeOptions::default() };
     let addr = format!("127.0.0.1:{port}");
-    let handle = keel_rollout::serve(engine, &addr, opts).map_err(|e| Failure::runtime(e.to_string()))?;
-    eprintln!("serving {model} on http://{addr}/v1/completions (Ctrl-C stops)");
+    let handle = keel_rollout::serve(engine, &addr, opts.clone()).map_err(|e| Failure::runtime(e.to_string()))?;
+    eprintln!(
+        "serving {model} on http://{addr}/v1/completions (context window {} tokens, max_tokens <= {}, at most {} requests \
+         admitted at once, bodies <= {} bytes; Ctrl-C stops)",
+        policy.model.config().max_position_embeddings,
+        opts.max_tokens_limit,
+        opts.max_pending,
+        opts.max_body_bytes
+    );
     let cancel = cancel_on_ctrl_c();
     while !cancel.is_cancelled() {
         std::thread::sleep(std::time::Duration::from_millis(200));

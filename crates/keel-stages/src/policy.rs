@@ -222,6 +222,10 @@ impl DecodeModel for LmDecoder {
         self.0.config().vocab_size
     }
 
+    fn context_window(&self) -> Option<usize> {
+        Some(self.0.config().max_position_embeddings)
+    }
+
     fn device(&self) -> &Device {
         self.0.device()
     }
