@@ -32,12 +32,13 @@ impl PipelineDoc {
         Ok(PipelineDoc { file: Arc::from(file), path: None, root, overrides: Vec::new() })
     }
 
-    /// Reads and parses a pipeline file.
+    /// Reads and parses a pipeline file: a regular file (a FIFO, a device such as `/dev/zero`
+    /// or a directory is refused before it is opened, so reading cannot block or run forever)
+    /// of at most [`MAX_PIPELINE_BYTES`], in UTF-8.
     pub fn read(path: &Path) -> Result<Self, Diagnostics> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Diagnostic::new(Span::new(name.as_str(), 1, 1), format!("cannot read pipeline file: {e}"))
-                .with_help("check the path and permissions")
+        let text = read_pipeline_text(path).map_err(|(msg, help, line, col)| {
+            Diagnostic::new(Span::new(name.as_str(), line, col), msg).with_help(help)
         })?;
         let mut doc = Self::parse(&name, &text)?;
         doc.path = Some(path.to_path_buf());
@@ -109,6 +110,44 @@ impl PipelineDoc {
         let segs = split_path(path, &Span::new(file.clone(), 1, 1), false)?;
         set_path(&mut self.root, &segs, value)
     }
+}
+
+/// Largest pipeline file read (16 MiB): real pipelines are a few kilobytes, and the spanned tree
+/// takes many times the text's size in memory.
+pub const MAX_PIPELINE_BYTES: u64 = 16 << 20;
+
+/// The text of a pipeline file, or (message, help, line, column) saying why it cannot be used.
+fn read_pipeline_text(path: &Path) -> Result<String, (String, String, usize, usize)> {
+    use std::io::Read;
+    let io = |what: &str, e: std::io::Error| (format!("cannot {what} pipeline file: {e}"), "check the path and permissions".to_string(), 1, 1);
+    // `metadata` follows symbolic links, so a link to a FIFO is refused too.
+    let meta = std::fs::metadata(path).map_err(|e| io("read", e))?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let what = if ft.is_dir() { "a directory" } else { "not a regular file (a FIFO, socket or device)" };
+        return Err((format!("the pipeline file is {what}"), "pass a regular `.yaml` file".into(), 1, 1));
+    }
+    if meta.len() > MAX_PIPELINE_BYTES {
+        return Err((
+            format!("the pipeline file is {} bytes, more than the limit of {MAX_PIPELINE_BYTES} (16 MiB)", meta.len()),
+            "a pipeline file is a few kilobytes of YAML; check that this is the right file".into(),
+            1,
+            1,
+        ));
+    }
+    let file = std::fs::File::open(path).map_err(|e| io("open", e))?;
+    let mut bytes = Vec::new();
+    // `take` bounds the read even if the file grows after the check.
+    file.take(MAX_PIPELINE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| io("read", e))?;
+    if bytes.len() as u64 > MAX_PIPELINE_BYTES {
+        return Err((format!("the pipeline file grew past the limit of {MAX_PIPELINE_BYTES} bytes while being read"), "pass a file that is not being written".into(), 1, 1));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let valid = String::from_utf8_lossy(&e.as_bytes()[..at]).into_owned();
+        let (line, col) = crate::yaml::line_col(&valid, at);
+        ("the pipeline file is not valid UTF-8".to_string(), format!("save it as UTF-8 text (the first invalid byte is at byte offset {at})"), line, col)
+    })
 }
 
 /// Applies a `--set` override to a document (see [`PipelineDoc::apply_override`]).

@@ -69,7 +69,8 @@ impl ParamType {
         let ok = match (self, v) {
             (ParamType::Any, _) => true,
             (ParamType::Bool, Value::Bool(_)) => true,
-            (ParamType::Int, Value::Number(n)) => n.is_i64() || n.is_u64(),
+            (ParamType::Int, Value::Number(n)) if n.is_f64() => return Err(float_for_int(n.as_f64().unwrap_or(f64::NAN))),
+            (ParamType::Int, Value::Number(_)) => true,
             (ParamType::Float, Value::Number(_)) => true,
             (ParamType::Str | ParamType::Path, Value::String(_)) => true,
             (ParamType::Map, Value::Mapping(_)) => true,
@@ -96,6 +97,87 @@ impl ParamType {
     }
 }
 
+/// "expected int" for a float, saying why it is not taken as an integer: YAML reads `1e15`,
+/// `2.0` and integers beyond 2^64 as floats.
+fn float_for_int(f: f64) -> String {
+    if !f.is_finite() {
+        return format!("expected int, found float `{f}`");
+    }
+    if f.abs() >= 1.8e19 {
+        return format!("expected int, found float {f:e}: integers must fit in 64 bits (at most 18446744073709551615)");
+    }
+    if f.fract() == 0.0 {
+        return format!(
+            "expected int, found float {f:e}: YAML reads a number with an exponent or a `.` as a float; write the integer \
+             as digits (`{f:.0}`)"
+        );
+    }
+    format!("expected int, found float `{f}`")
+}
+
+/// Renders a bound without a trailing `.0` for whole numbers.
+fn bound_text(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e16 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:e}")
+    }
+}
+
+/// The allowed range of a numeric parameter (of each item, for a list of numbers), checked at
+/// validation so that a number that sizes an allocation (examples generated, a vocabulary, a
+/// model dimension) cannot ask for more than a machine could hold and abort the run later.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamRange {
+    /// Smallest allowed value (inclusive), if any.
+    pub min: Option<f64>,
+    /// Largest allowed value (inclusive), if any.
+    pub max: Option<f64>,
+    /// Why the limit exists, shown with the error and by `keel list` (e.g. "examples are held in
+    /// memory, about 1 KB each").
+    pub why: &'static str,
+}
+
+impl ParamRange {
+    /// Checks one number; `Err` names the value, the limit and why.
+    pub fn check(&self, x: f64) -> Result<(), String> {
+        let shown = bound_text(x);
+        if let Some(min) = self.min.filter(|&m| x < m || x.is_nan()) {
+            return Err(format!("{shown} is below the minimum {} ({})", bound_text(min), self.why));
+        }
+        if let Some(max) = self.max.filter(|&m| x > m || x.is_nan()) {
+            return Err(format!("{shown} is above the maximum {} ({})", bound_text(max), self.why));
+        }
+        Ok(())
+    }
+
+    /// Checks a value: a number, or every number in a list; other values pass (the type check
+    /// reports them).
+    pub fn check_value(&self, v: &Value) -> Result<(), String> {
+        match v {
+            Value::Number(n) => n.as_f64().map_or(Ok(()), |x| self.check(x)),
+            Value::Sequence(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    self.check_value(item).map_err(|e| format!("item {i}: {e}"))?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for ParamRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.min, self.max) {
+            (Some(lo), Some(hi)) => write!(f, "{}..={}", bound_text(lo), bound_text(hi)),
+            (Some(lo), None) => write!(f, ">= {}", bound_text(lo)),
+            (None, Some(hi)) => write!(f, "<= {}", bound_text(hi)),
+            (None, None) => write!(f, "any"),
+        }
+    }
+}
+
 /// A declared parameter of a stage kind.
 #[derive(Debug, Clone)]
 pub struct ParamSpec {
@@ -108,17 +190,42 @@ pub struct ParamSpec {
     pub default: Option<&'static str>,
     /// What it does, for `keel list`.
     pub doc: &'static str,
+    /// The allowed range of a number (or of each number in a list), checked at validation with
+    /// the value's location; set with [`ParamSpec::range`] or [`ParamSpec::at_most`].
+    pub range: Option<ParamRange>,
 }
 
 impl ParamSpec {
     /// A required parameter.
     pub fn required(name: &'static str, ty: ParamType, doc: &'static str) -> Self {
-        ParamSpec { name, ty, default: None, doc }
+        ParamSpec { name, ty, default: None, doc, range: None }
     }
 
     /// A parameter with a default given as YAML text.
     pub fn optional(name: &'static str, ty: ParamType, default: &'static str, doc: &'static str) -> Self {
-        ParamSpec { name, ty, default: Some(default), doc }
+        ParamSpec { name, ty, default: Some(default), doc, range: None }
+    }
+
+    /// Limits the value to `min..=max` (builder style); `why` says what the limit protects, e.g.
+    /// `ParamSpec::optional("n_train", ParamType::Int, "2000", "examples").range(1.0, 1e8,
+    /// "examples are generated in memory")`.
+    pub fn range(mut self, min: f64, max: f64, why: &'static str) -> Self {
+        self.range = Some(ParamRange { min: Some(min), max: Some(max), why });
+        self
+    }
+
+    /// Limits the value to at most `max` (builder style); see [`ParamSpec::range`].
+    pub fn at_most(mut self, max: f64, why: &'static str) -> Self {
+        self.range = Some(ParamRange { min: None, max: Some(max), why });
+        self
+    }
+
+    /// The type as `keel list` shows it: with the range, if any (`int, 1..=100000000`).
+    pub fn type_text(&self) -> String {
+        match &self.range {
+            Some(r) => format!("{}, {r}", self.ty),
+            None => self.ty.to_string(),
+        }
     }
 
     /// The default parsed as YAML (`None` when required or when the default text is not valid YAML,
@@ -229,7 +336,11 @@ mod tests {
     #[test]
     fn type_checks() {
         assert!(ParamType::Int.check(&Value::from(3)).is_ok());
-        assert_eq!(ParamType::Int.check(&Value::from(0.5)).unwrap_err(), "expected int, found float");
+        assert_eq!(ParamType::Int.check(&Value::from(0.5)).unwrap_err(), "expected int, found float `0.5`");
+        let e = ParamType::Int.check(&Value::from(1e15)).unwrap_err();
+        assert!(e.contains("1e15") && e.contains("`1000000000000000`"), "{e}");
+        let e = ParamType::Int.check(&Value::from(1e20)).unwrap_err();
+        assert!(e.contains("64 bits"), "{e}");
         assert!(ParamType::Float.check(&Value::from(3)).is_ok());
         let l = ParamType::List(Box::new(ParamType::Int));
         assert_eq!(
@@ -238,6 +349,21 @@ mod tests {
         );
         let e = ParamType::Enum(&["a", "b"]);
         assert_eq!(e.check(&Value::from("c")).unwrap_err(), "`c` is not one of a, b");
+    }
+
+    #[test]
+    fn ranges() {
+        let r = ParamRange { min: Some(1.0), max: Some(1e8), why: "held in memory" };
+        assert!(r.check(1.0).is_ok() && r.check(1e8).is_ok());
+        assert_eq!(r.check(0.0).unwrap_err(), "0 is below the minimum 1 (held in memory)");
+        assert_eq!(r.check(9.223372036854776e18).unwrap_err(), "9.223372036854776e18 is above the maximum 100000000 (held in memory)");
+        assert!(r.check(f64::NAN).is_err());
+        let list: Value = serde_yaml::from_str("[1, 200000000]").unwrap();
+        assert_eq!(r.check_value(&list).unwrap_err(), "item 1: 200000000 is above the maximum 100000000 (held in memory)");
+        assert!(r.check_value(&Value::from("x")).is_ok());
+        assert_eq!(r.to_string(), "1..=100000000");
+        let spec = ParamSpec::optional("n", ParamType::Int, "2", "n").at_most(65536.0, "why");
+        assert_eq!(spec.type_text(), "int, <= 65536");
     }
 
     #[test]

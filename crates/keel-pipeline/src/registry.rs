@@ -243,7 +243,10 @@ pub fn list_text(registry: &Registry) -> String {
         if !params.is_empty() {
             let _ = writeln!(s, "  params:");
             for p in params {
-                let _ = writeln!(s, "    {} ({}, {}): {}", p.name, p.ty, default_text(&p), p.doc);
+                let _ = writeln!(s, "    {} ({}, {}): {}", p.name, p.type_text(), default_text(&p), p.doc);
+                if let Some(r) = &p.range {
+                    let _ = writeln!(s, "      limit {r}: {}", r.why);
+                }
             }
         }
         let res = k.resources();
@@ -296,8 +299,11 @@ pub fn list_markdown(registry: &Registry) -> String {
                     s,
                     "| `{}` | {} | {d} | {} |",
                     p.name,
-                    md_cell(&p.ty.to_string()),
-                    md_cell(p.doc)
+                    md_cell(&p.type_text()),
+                    md_cell(&match &p.range {
+                        Some(r) => format!("{} (limit: {})", p.doc, r.why),
+                        None => p.doc.to_string(),
+                    })
                 );
             }
             s.push('\n');

@@ -127,7 +127,8 @@ impl StageKind for CounterKind {
     }
     fn params(&self) -> Vec<ParamSpec> {
         vec![
-            ParamSpec::optional("count", ParamType::Int, "10", "how many integers to emit"),
+            ParamSpec::optional("count", ParamType::Int, "10", "how many integers to emit")
+                .at_most(1e9, "one message per integer; more would run for hours"),
             ParamSpec::optional("start", ParamType::Int, "0", "first value"),
             ParamSpec::optional("delay_ms", ParamType::Int, "0", "sleep before each message, in milliseconds"),
             ParamSpec::optional("random", ParamType::Bool, "false", "emit values from the stage's seeded RNG instead"),

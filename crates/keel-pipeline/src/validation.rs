@@ -297,11 +297,13 @@ fn validate_params(v: &mut Validator, d: &StageDraft, kind: &Arc<dyn StageKind>)
                 Some(spec) => {
                     let value = val.to_value();
                     let null_ok = value.is_null() && spec.default_value().is_some_and(|dv| dv.is_null());
-                    if let (false, Err(e)) = (null_ok, spec.ty.check(&value)) {
+                    let checked = if null_ok { Ok(()) } else { spec.ty.check(&value) };
+                    let checked = checked.and_then(|()| spec.range.as_ref().map_or(Ok(()), |r| r.check_value(&value)));
+                    if let Err(e) = checked {
                         v.err(
                             &val.span,
                             format!("parameter `{pname}` of stage `{}` (kind `{kname}`): {e}", d.name),
-                            format!("`{pname}` takes a {}: {}", spec.ty, spec.doc),
+                            format!("`{pname}` takes a {}: {}", spec.type_text(), spec.doc),
                         );
                     }
                     values.insert(pname.to_string(), value);

@@ -261,6 +261,8 @@ struct Builder {
     /// Nodes copied by alias expansion so far; bounded so that nested aliases ("billion laughs")
     /// cannot exhaust memory.
     alias_nodes: usize,
+    /// Documents started so far: a pipeline file holds exactly one.
+    documents: usize,
 }
 
 /// Most nodes alias expansion may copy in one document.
@@ -292,6 +294,14 @@ impl Builder {
             Some(Frame::Seq { items, .. }) => items.push(node),
             Some(Frame::Map { entries, key, .. }) => match key.take() {
                 None => *key = Some(node),
+                Some(k) if k.as_scalar().is_none() => {
+                    // Every key of a pipeline file is a name; a list or mapping as a key (`? [a, b]`,
+                    // `{[x]: 1}`) would otherwise be skipped by every lookup without a word.
+                    self.diags.push(
+                        Diagnostic::new(k.span.clone(), format!("a mapping key must be a plain name, found a {}", k.shape()))
+                            .with_help("write keys as names, e.g. `learn:`; a `?` or a `[`/`{` before the colon makes a complex key"),
+                    );
+                }
                 Some(k) => {
                     let dup = k.as_scalar().and_then(|name| {
                         entries.iter().find(|(ek, _)| ek.as_scalar() == Some(name)).map(|(ek, _)| ek)
@@ -360,20 +370,43 @@ impl MarkedEventReceiver for Builder {
                 };
                 self.finish_node(node, 0);
             }
-            Event::Nothing
-            | Event::StreamStart
-            | Event::StreamEnd
-            | Event::DocumentStart
-            | Event::DocumentEnd => {}
+            Event::DocumentStart => {
+                self.documents += 1;
+                if self.documents == 2 {
+                    self.diags.push(
+                        Diagnostic::new(span, "a second YAML document (after `---` or `...`) in a pipeline file")
+                            .with_help("a pipeline file holds one document: remove the `---` line and what follows, or merge the two"),
+                    );
+                }
+            }
+            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
         }
     }
 }
 
-/// Parses the first YAML document of `text` into a spanned tree.
+/// The line and column (1-based, in characters) of byte offset `at` of `text`.
+pub(crate) fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..at.min(text.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    (line, String::from_utf8_lossy(&before[start..]).chars().count() + 1)
+}
+
+/// Parses a YAML text holding one document into a spanned tree.
 ///
-/// An empty document gives a null node; syntax errors and duplicate keys are diagnostics.
+/// An empty document gives a null node; syntax errors, duplicate keys, non-scalar keys, a second
+/// document and NUL bytes are diagnostics with their line and column. A leading UTF-8 byte order
+/// mark is skipped (editors on Windows write one).
 pub fn parse_yaml(file: &str, text: &str) -> Result<Node, Diagnostics> {
     let file: Arc<str> = Arc::from(file);
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if let Some(at) = text.find('\0') {
+        // The scanner stops at a NUL, silently dropping everything after it.
+        let (line, col) = line_col(text, at);
+        return Err(Diagnostic::new(Span::new(file, line, col), "NUL byte in a YAML text")
+            .with_help("a pipeline file is plain text; this looks like binary data or a corrupted file")
+            .into());
+    }
     let mut b = Builder {
         file: file.clone(),
         stack: Vec::new(),
@@ -381,9 +414,10 @@ pub fn parse_yaml(file: &str, text: &str) -> Result<Node, Diagnostics> {
         root: None,
         diags: Vec::new(),
         alias_nodes: 0,
+        documents: 0,
     };
     let mut parser = Parser::new_from_str(text);
-    if let Err(e) = parser.load(&mut b, false) {
+    if let Err(e) = parser.load(&mut b, true) {
         let m = e.marker();
         let span = Span::new(file.clone(), m.line().max(1), m.col() + 1);
         return Err(Diagnostic::new(span, format!("YAML syntax error: {}", e.info())).with_help(
@@ -452,6 +486,29 @@ mod tests {
         }
         let e = parse_yaml("f", &text).unwrap_err();
         assert!(e.0.iter().any(|d| d.message == "aliases expand to too many nodes"), "{e}");
+    }
+
+    #[test]
+    fn hostile_texts_are_errors_with_locations() {
+        let at = |text: &str| {
+            let e = parse_yaml("f.yaml", text).unwrap_err();
+            let d = &e.0[0];
+            (d.message.clone(), d.span.line, d.span.col)
+        };
+        let (m, l, c) = at("name: x\nstages:\n  ? [a, b]\n  : {use: counter}\n");
+        assert!(m.starts_with("a mapping key must be a plain name, found a list"), "{m}");
+        assert_eq!((l, c), (3, 5));
+        let (m, l, c) = at("name: x\nstages: {}\n---\nname: y\n");
+        assert!(m.contains("second YAML document"), "{m}");
+        assert_eq!(l, 3, "{m} at {l}:{c}");
+        let (m, l, c) = at("name: x\nseed: 1\x00\nstages: {}\n");
+        assert_eq!((m.as_str(), l, c), ("NUL byte in a YAML text", 2, 8));
+        // A BOM is skipped: the first key is `name`, at column 1.
+        let n = parse_yaml("f", "\u{feff}name: x\n").unwrap();
+        let (k, _) = &n.as_map().unwrap()[0];
+        assert_eq!((k.as_scalar(), k.span.col), (Some("name"), 1));
+        // One document with explicit markers is fine.
+        assert!(parse_yaml("f", "---\na: 1\n...\n").is_ok());
     }
 
     #[test]

@@ -390,7 +390,7 @@ fn listing_documents_every_kind() {
     let r = registry();
     let text = list_text(&r);
     assert!(text.contains("counter\n"));
-    assert!(text.contains("    count (int, default 10): how many integers to emit"));
+    assert!(text.contains("    count (int, <= 1000000000, default 10): how many integers to emit\n      limit <= 1000000000: one message per integer"));
     assert!(text.contains("    beta (float, required): KL coefficient"));
     assert!(text.contains("    policy (policy_store, writes, optional): published weights"));
     assert!(text.contains("    in (int, optional): messages to forward before failing"));
