@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 
-use crate::decoder::DecodeWeights;
+use crate::layers::DecodeWeights;
 use crate::error::{CandleContext, ModelError, ModelResult};
 use crate::ops::SharedKeys;
 
@@ -28,7 +28,7 @@ pub struct KvCache {
     len: usize,
     batch: Option<usize>,
     /// The model's weights transposed for decoding, built at the prefill (see
-    /// `crate::decoder::DecodeWeights` for why); shared by clones.
+    /// `crate::layers::DecodeWeights` for why); shared by clones.
     pub(crate) decode_weights: Option<Arc<DecodeWeights>>,
     /// Rows that are copies of one another on their first positions, after [`KvCache::select_rows`]
     /// repeated a row (see `ops::decode_attention_shared` for why decoding wants to know).

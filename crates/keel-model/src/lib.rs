@@ -11,6 +11,7 @@ pub mod config;
 pub mod decoder;
 pub mod error;
 pub mod kv_cache;
+mod layers;
 pub mod lora;
 pub mod ops;
 pub mod weights;
