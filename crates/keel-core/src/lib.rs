@@ -22,7 +22,7 @@ pub use example::{Example, Message, Prompt, Role, SafetyLabel};
 pub use hash::{sha256_bytes, sha256_file};
 pub use metric::MetricRecord;
 pub use rollout::{Completion, FinishReason, Rollout, Scored, Verdict};
-pub use run_dir::{write_atomic, JsonlWriter, RunDir};
+pub use run_dir::{write_atomic, JsonlWriter, RecordLog, RunDir};
 pub use seed::{splitmix64, SeedStream};
 
 /// The Keel version compiled into every binary, recorded in run manifests.

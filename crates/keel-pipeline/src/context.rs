@@ -198,7 +198,17 @@ impl StageContext {
         Ok(())
     }
 
-    /// Appends values to `metrics.jsonl`, tagged with this stage's name and `step`.
+    /// This stage's shard of the run-level record file `file` (e.g. `rollouts.jsonl`): records
+    /// are JSON objects with an integer `step`, steps never decrease, and every record of a step
+    /// is written before the stage checkpoints it. On resume the shard keeps the records before
+    /// the first step the stage writes again, and the run's `file` is assembled from all shards
+    /// in stage order, then step, so that it is the same bytes as an uninterrupted run's.
+    pub fn records(&self, file: &str) -> Result<Arc<keel_core::RecordLog>, StageError> {
+        Ok(self.run_dir.records(&self.name, file)?)
+    }
+
+    /// Appends values to `metrics.jsonl` (through this stage's shard, see
+    /// [`StageContext::records`]), tagged with this stage's name and `step`.
     pub fn log_metrics<K: Into<String>>(
         &self,
         step: u64,

@@ -141,7 +141,8 @@ struct Started {
 /// and a `running` `status.json`.
 fn start_run(p: &Pipeline, opts: &RunOptions) -> Result<Started, RunError> {
     let (dir, run_id) = choose_run_dir(p, opts)?;
-    let run_dir = Arc::new(RunDir::create(&dir)?);
+    let stage_names = p.stages.iter().map(|s| s.name.clone()).collect();
+    let run_dir = Arc::new(RunDir::for_stages(&dir, stage_names, opts.resume)?);
     let started_at = utc_now();
     let config_hash = p.config_hash();
     let seeds = SeedStream::new(p.seed);
@@ -401,6 +402,13 @@ fn stage_thread(
             shared.cancel.cancel();
         }
     }
+    // The run-level record files include this stage's records before its consumers see the end
+    // of its streams, so a downstream stage (a report) reads them complete.
+    for file in ctx.run_dir.record_files_of(&ctx.name) {
+        if let Err(e) = ctx.run_dir.assemble(&file) {
+            ctx.log(&format!("assembling {file}: {e}"));
+        }
+    }
     // Dropping the context closes this stage's outputs: consumers see end of stream.
     drop(ctx);
     for (count, store) in written {
@@ -459,7 +467,8 @@ fn supervise(p: &Pipeline, opts: &RunOptions, cancel: &CancelHandle, spawned: &m
     stage_status
 }
 
-/// Step 6: the run's outcome (first failure, cancellation or success) into `status.json`.
+/// Step 6: assembles the run-level record files from the stages' shards and writes the run's
+/// outcome (first failure, cancellation or success) into `status.json`.
 fn finish(
     mut run: Started,
     cancel: &CancelHandle,
@@ -473,6 +482,8 @@ fn finish(
     status.wall_time_s = Some(wall);
     status.stages = stage_status.clone();
     let dir = run.dir.clone();
+    // Every record file, whatever the outcome, so a failed run's metrics can be read too.
+    run.run_dir.assemble_all()?;
     let result = match failure {
         Some(f) => {
             status.status = RunStatus::Failed;
