@@ -51,6 +51,7 @@ fn main() -> Result<(), EvalError> {
             over_refusal: None,
             kl: Some(d.kl),
             drift: Some(d.delta_s),
+            chi2_bound: Some(d.bounds.chi2_bound),
         });
         curve.push(
             MetricRecord::new("tilt", step as u64)

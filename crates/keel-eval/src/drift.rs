@@ -5,7 +5,12 @@
 //! `|ΔS| ≤ sqrt(Var_ref(s)·χ²(π*‖π_ref))` (Cauchy–Schwarz, since `E_ref[w] = 1` and
 //! `χ² = E_ref[w²] − 1 = Var_ref(w)`) and, for `s ∈ [0, 1]`, `|ΔS| ≤ TV ≤ sqrt(KL/2)` (Pinsker).
 //! This module estimates these quantities from samples and computes them exactly on discrete
-//! distributions.
+//! distributions. [`measure_drift`] is what `evaluate` stages run on their sampled completions.
+//!
+//! χ² is estimated from samples of π, not of π_ref: `χ²(π‖π_ref) = E_ref[w²] − 1 = E_π[w] − 1`
+//! ([`chi2_from_policy_samples`]). Jensen's inequality gives the floor
+//! `KL = E_π[log w] ≤ log E_π[w] = log(1 + χ²)`, i.e. `χ² ≥ e^KL − 1`, which the estimate is
+//! checked against.
 
 use serde::{Deserialize, Serialize};
 
@@ -391,5 +396,168 @@ pub fn gibbs_tilt(
         kl,
         delta_f,
         bounds,
+    })
+}
+
+/// `χ²(π‖π_ref)` estimated from samples of π, with the diagnostics that say how far to trust it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Chi2Estimate {
+    /// Number of samples `y_i ~ π`.
+    pub n: usize,
+    /// The raw estimate `mean_i w_i − 1`, `w_i = π(y_i)/π_ref(y_i)`: unbiased for
+    /// `E_π[w] − 1 = χ²`, but heavy-tailed (a few samples with large `w` carry it).
+    pub estimate: f64,
+    /// Kish's effective sample size of the averaged weights, `(Σ w_i)² / Σ w_i²`, in `[1, n]`:
+    /// `n` when every `w_i` is equal, near 1 when one sample dominates the mean.
+    pub ess: f64,
+    /// The KL-implied floor `e^KL − 1` (Jensen: `KL ≤ log(1 + χ²)`), from the KL estimate given.
+    pub kl_floor: f64,
+    /// `max(estimate, kl_floor)`: the value the χ² bound uses, never below what KL implies.
+    pub value: f64,
+    /// Whether the raw estimate is at least the floor (within rounding). `false` means the
+    /// samples missed the region where `w` is large (too few of them, see `ess`) and `value` is
+    /// the floor, a lower bound on χ², rather than an estimate of it.
+    pub reliable: bool,
+}
+
+/// Estimates `χ²(π‖π_ref) = E_π[w] − 1` from samples `y_i ~ π` given their log-weights
+/// `log w_i = log π(y_i) − log π_ref(y_i)`, and checks it against the floor `e^kl − 1` implied by
+/// an estimate `kl` of `KL(π‖π_ref)` (see [`Chi2Estimate`]).
+///
+/// Why from π's samples: the usual `mean(w²) − 1` over samples of π_ref sees `w < 1` on most of
+/// them (π_ref rarely produces what π favours) and underestimates χ², often below 0; averaging `w`
+/// over π's own samples puts the samples where `w` is large. Sums are taken in log space, so
+/// sequence log-ratios of hundreds of nats neither overflow nor lose the small weights; a χ²
+/// beyond `f64::MAX` saturates there (the bound is then vacuous). Errors on empty or non-finite
+/// input and on a negative or non-finite `kl`.
+pub fn chi2_from_policy_samples(log_w: &[f64], kl: f64) -> Result<Chi2Estimate, EvalError> {
+    if log_w.is_empty() {
+        return Err(EvalError::invalid("chi2_from_policy_samples", "no samples"));
+    }
+    check_finite("chi2_from_policy_samples", log_w)?;
+    if !(kl.is_finite() && kl >= 0.0) {
+        return Err(EvalError::invalid(
+            "chi2_from_policy_samples",
+            format!("the KL estimate must be finite and >= 0, got {kl}"),
+        ));
+    }
+    let n = log_w.len();
+    // Weights scaled by e^-max, each in (0, 1]: neither the sums nor their squares overflow.
+    let max = log_w.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let (s1, s2) = log_w.iter().fold((0.0, 0.0), |(a, b), l| {
+        let e = (l - max).exp();
+        (a + e, b + e * e)
+    });
+    let estimate = (max + (s1 / n as f64).ln()).exp_m1().min(f64::MAX);
+    let ess = (s1 * s1 / s2).clamp(1.0, n as f64);
+    let kl_floor = kl.exp_m1().min(f64::MAX);
+    let reliable = estimate >= kl_floor - 1e-9 * (1.0 + kl_floor);
+    Ok(Chi2Estimate {
+        n,
+        estimate,
+        ess,
+        kl_floor,
+        value: estimate.max(kl_floor),
+        reliable,
+    })
+}
+
+/// The sampled inputs of one drift measurement: completions of the same prompts drawn from π and
+/// from π_ref, each scored for safety.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DriftSamples {
+    /// Safety score `s ∈ [0, 1]` of each sample of π.
+    pub s_policy: Vec<f64>,
+    /// `log π(y) − log π_ref(y)` of each sample `y` of π (whole-sequence log-probs).
+    pub log_w_policy: Vec<f64>,
+    /// A per-sample estimate of `KL(π‖π_ref)` for each sample of π (Keel's evaluation uses the
+    /// exact next-token KL summed along the sample); their mean is the reported KL.
+    pub kl_policy: Vec<f64>,
+    /// Safety score `s ∈ [0, 1]` of each sample of π_ref.
+    pub s_ref: Vec<f64>,
+}
+
+/// One drift measurement: KL, ΔS, Var_ref(s), χ² and both bound checks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftMeasurement {
+    /// Samples of π.
+    pub n_policy: usize,
+    /// Samples of π_ref.
+    pub n_ref: usize,
+    /// `KL(π‖π_ref)`: the mean of [`DriftSamples::kl_policy`].
+    pub kl: f64,
+    /// The plain sampled log-ratio `mean(log w)` over samples of π (k1; noisy, may be negative).
+    pub kl_k1: f64,
+    /// `mean(s)` over samples of π.
+    pub safety_policy: f64,
+    /// `mean(s)` over samples of π_ref.
+    pub safety_ref: f64,
+    /// `Var_ref(s)` (population variance over samples of π_ref).
+    pub var_ref_s: f64,
+    /// `ΔS = mean(s_π) − mean(s_ref)` ([`safety_drift`]).
+    pub delta_s: f64,
+    /// χ² from samples of π with its floor and diagnostics.
+    pub chi2: Chi2Estimate,
+    /// `sqrt(KL/2)` (Pinsker; `s ∈ [0, 1]`).
+    pub bound_kl: f64,
+    /// `|ΔS| ≤ sqrt(KL/2)` (1e-12 slack).
+    pub bound_kl_holds: bool,
+    /// `sqrt(Var_ref(s) · χ²)` with χ² = [`Chi2Estimate::value`] (Cauchy–Schwarz).
+    pub bound_chi2: f64,
+    /// `|ΔS| ≤ sqrt(Var_ref(s) · χ²)` (1e-12 slack).
+    pub bound_chi2_holds: bool,
+}
+
+impl DriftMeasurement {
+    /// Both bounds hold.
+    pub fn bounds_hold(&self) -> bool {
+        self.bound_kl_holds && self.bound_chi2_holds
+    }
+}
+
+fn check_unit_scores(metric: &'static str, s: &[f64]) -> Result<(), EvalError> {
+    check_finite(metric, s)?;
+    match s.iter().position(|x| !(0.0..=1.0).contains(x)) {
+        Some(i) => Err(EvalError::invalid(
+            metric,
+            format!("safety score {} at index {i} is outside [0, 1] (Pinsker's bound needs s in [0, 1])", s[i]),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Measures safety drift and both of its bounds from samples of π and of π_ref: the one
+/// definition that `evaluate` stages run. `ΔS` from [`safety_drift`], `Var_ref(s)` from
+/// [`variance`], χ² from [`chi2_from_policy_samples`] against the floor `e^KL − 1`, and the
+/// bounds from [`check_bounds`] with span 1 (scores in `[0, 1]`, checked).
+pub fn measure_drift(samples: &DriftSamples) -> Result<DriftMeasurement, EvalError> {
+    let m = "measure_drift";
+    check_same_len(m, samples.s_policy.len(), samples.log_w_policy.len())?;
+    check_same_len(m, samples.s_policy.len(), samples.kl_policy.len())?;
+    check_unit_scores(m, &samples.s_policy)?;
+    check_unit_scores(m, &samples.s_ref)?;
+    check_finite(m, &samples.kl_policy)?;
+    if let Some(i) = samples.kl_policy.iter().position(|k| *k < 0.0) {
+        return Err(EvalError::invalid(m, format!("negative KL estimate {} at index {i}", samples.kl_policy[i])));
+    }
+    let kl = mean(&samples.kl_policy);
+    let chi2 = chi2_from_policy_samples(&samples.log_w_policy, kl)?;
+    let delta_s = safety_drift(&samples.s_policy, &samples.s_ref)?;
+    let var_ref_s = variance(&samples.s_ref)?;
+    let b = check_bounds(delta_s, var_ref_s, chi2.value, 1.0, None, Some(kl));
+    Ok(DriftMeasurement {
+        n_policy: samples.s_policy.len(),
+        n_ref: samples.s_ref.len(),
+        kl,
+        kl_k1: mean(&samples.log_w_policy),
+        safety_policy: mean(&samples.s_policy),
+        safety_ref: mean(&samples.s_ref),
+        var_ref_s,
+        delta_s,
+        chi2,
+        bound_kl: b.pinsker_bound.unwrap_or(f64::NAN),
+        bound_kl_holds: b.pinsker_holds.unwrap_or(false),
+        bound_chi2: b.chi2_bound,
+        bound_chi2_holds: b.chi2_holds,
     })
 }

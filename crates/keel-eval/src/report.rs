@@ -28,6 +28,9 @@ pub struct BranchResult {
     pub kl: Option<f64>,
     /// Safety drift ΔS relative to the reference, if measured.
     pub drift: Option<f64>,
+    /// The Cauchy–Schwarz bound `sqrt(Var_ref(s)·χ²)` on `|ΔS|`, if measured.
+    #[serde(default)]
+    pub chi2_bound: Option<f64>,
 }
 
 /// A markdown table.
@@ -41,12 +44,48 @@ pub struct Table {
     pub rows: Vec<Vec<String>>,
 }
 
-fn escape_cell(s: &str) -> String {
-    s.replace('|', "\\|").replace('\n', " ")
+/// Escapes text for one cell of a GitHub-flavoured markdown table: the one escaping every
+/// markdown table Keel writes goes through ([`Table::to_markdown`]), so that a label (branch,
+/// checkpoint or benchmark name) cannot end a cell, a row or the table, nor inject HTML.
+///
+/// `|` → `\|` and `\` → `\\` (so a label's own backslash cannot unescape the pipe after it);
+/// `<`, `>`, `&` → `&lt;`, `&gt;`, `&amp;`; each line break (`\n`, `\r\n`, `\r`) → one space.
+pub fn md_cell(s: &str) -> String {
+    escape_markdown(s, true)
+}
+
+/// Text for a markdown heading or paragraph line: line breaks become spaces and HTML is
+/// escaped as in [`md_cell`] (pipes are harmless outside tables and kept).
+pub fn md_line(s: &str) -> String {
+    escape_markdown(s, false)
+}
+
+fn escape_markdown(s: &str, in_table: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if in_table => out.push_str("\\\\"),
+            '|' if in_table => out.push_str("\\|"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '\r' => {
+                if chars.peek() == Some(&'\n') {
+                    chars.next();
+                }
+                out.push(' ');
+            }
+            '\n' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 impl Table {
-    /// Renders the table as GitHub-flavoured markdown (pipes in cells are escaped).
+    /// Renders the table as GitHub-flavoured markdown, every header and cell escaped by
+    /// [`md_cell`].
     pub fn to_markdown(&self) -> Result<String, EvalError> {
         if let Some(r) = self.rows.iter().position(|r| r.len() != self.headers.len()) {
             return Err(EvalError::invalid(
@@ -65,7 +104,7 @@ impl Table {
                 "| {} |\n",
                 cells
                     .iter()
-                    .map(|c| escape_cell(c))
+                    .map(|c| md_cell(c))
                     .collect::<Vec<_>>()
                     .join(" | ")
             )
@@ -79,12 +118,24 @@ impl Table {
     }
 }
 
-/// Formats a metric value for tables: 4 decimals, `–` for missing.
+/// What a report prints for a metric that was not measured (never 0, never "yes").
+pub const NOT_MEASURED: &str = "not measured";
+
+/// Formats a metric value for tables: 4 decimals, [`NOT_MEASURED`] for missing.
 pub fn fmt_value(v: Option<f64>) -> String {
     match v {
         Some(x) if x.is_finite() => format!("{x:.4}"),
         Some(x) => format!("{x}"),
-        None => "–".to_string(),
+        None => NOT_MEASURED.to_string(),
+    }
+}
+
+/// Formats whether a bound held: `yes`, `NO`, or [`NOT_MEASURED`].
+pub fn fmt_holds(holds: Option<bool>) -> String {
+    match holds {
+        Some(true) => "yes".into(),
+        Some(false) => "NO".into(),
+        None => NOT_MEASURED.into(),
     }
 }
 
@@ -367,8 +418,9 @@ pub fn final_values_table(records: &[MetricRecord]) -> Table {
     }
 }
 
-/// The branch comparison table, including the Pinsker bound `sqrt(KL/2)` next to `|ΔS|` and the
-/// Pareto-front membership.
+/// The branch comparison table: both bounds on `|ΔS|` — Pinsker's `sqrt(KL/2)` and, when given,
+/// Cauchy–Schwarz's `sqrt(Var_ref(s)·χ²)` — each with whether it holds, and the Pareto-front
+/// membership. What was not measured prints [`NOT_MEASURED`].
 pub fn branches_table(branches: &[BranchResult]) -> Table {
     let pts: Vec<(f64, f64)> = branches.iter().map(|b| (b.capability, b.safety)).collect();
     let front = pareto_front(&pts);
@@ -382,7 +434,9 @@ pub fn branches_table(branches: &[BranchResult]) -> Table {
             "KL",
             "ΔS",
             "sqrt(KL/2)",
-            "|ΔS| ≤ bound",
+            "|ΔS| ≤ sqrt(KL/2)",
+            "sqrt(Var·χ²)",
+            "|ΔS| ≤ sqrt(Var·χ²)",
             "Pareto",
         ]
         .iter()
@@ -393,11 +447,8 @@ pub fn branches_table(branches: &[BranchResult]) -> Table {
             .enumerate()
             .map(|(i, b)| {
                 let bound = b.kl.map(|k| (k.max(0.0) / 2.0).sqrt());
-                let holds = match (b.drift, bound) {
-                    (Some(d), Some(bd)) => {
-                        if d.abs() <= bd + 1e-12 { "yes" } else { "NO" }.to_string()
-                    }
-                    _ => "–".into(),
+                let holds = |bound: Option<f64>| {
+                    fmt_holds(b.drift.zip(bound).map(|(d, bd)| d.abs() <= bd + 1e-12))
                 };
                 vec![
                     b.label.clone(),
@@ -407,7 +458,9 @@ pub fn branches_table(branches: &[BranchResult]) -> Table {
                     fmt_value(b.kl),
                     fmt_value(b.drift),
                     fmt_value(bound),
-                    holds,
+                    holds(bound),
+                    fmt_value(b.chi2_bound),
+                    holds(b.chi2_bound),
                     if front.contains(&i) {
                         "★".into()
                     } else {
@@ -437,9 +490,9 @@ pub fn write_report(dir: &Path, input: &ReportInput) -> Result<ReportFiles, Eval
     let mut md = format!(
         "# {}\n\n",
         if input.title.is_empty() {
-            "Keel report"
+            "Keel report".to_string()
         } else {
-            &input.title
+            md_line(&input.title)
         }
     );
     for n in &input.notes {
@@ -470,7 +523,7 @@ pub fn write_report(dir: &Path, input: &ReportInput) -> Result<ReportFiles, Eval
             plots.push(path);
         }
         let t = final_values_table(&input.metrics);
-        md.push_str(&format!("### {}\n\n{}\n", t.title, t.to_markdown()?));
+        md.push_str(&format!("### {}\n\n{}\n", md_line(&t.title), t.to_markdown()?));
     }
 
     if !input.branches.is_empty() {
@@ -498,7 +551,7 @@ pub fn write_report(dir: &Path, input: &ReportInput) -> Result<ReportFiles, Eval
     }
 
     for t in &input.tables {
-        md.push_str(&format!("## {}\n\n{}\n", t.title, t.to_markdown()?));
+        md.push_str(&format!("## {}\n\n{}\n", md_line(&t.title), t.to_markdown()?));
     }
     let markdown = dir.join("report.md");
     write_file(&markdown, &md)?;

@@ -33,13 +33,14 @@ fn branch(label: &str, cap: f64, safety: f64, kl: Option<f64>, drift: Option<f64
         over_refusal: Some(0.05),
         kl,
         drift,
+        chi2_bound: None,
     }
 }
 
 fn branches() -> Vec<BranchResult> {
     vec![
         branch("base", 0.40, 0.95, Some(0.0), Some(0.0)),
-        branch("sft", 0.50, 0.90, Some(0.30), Some(-0.12)),
+        BranchResult { chi2_bound: Some(0.1), ..branch("sft", 0.50, 0.90, Some(0.30), Some(-0.12)) },
         branch("grpo-dominated", 0.60, 0.70, None, None),
         branch("grpo", 0.70, 0.80, Some(0.08), Some(0.01)),
     ]
@@ -136,10 +137,12 @@ fn report_files_points_labels_and_tables() {
     assert!(md.contains("| learn | loss | 4 | 1.0000 |"), "{md}");
     assert!(md.contains("| eval | loss | 4 | 1.7000 |"));
     assert!(
-        md.contains("| sft | 0.5000 | 0.9000 | 0.0500 | 0.3000 | -0.1200 | 0.3873 | yes | ★ |"),
+        md.contains("| sft | 0.5000 | 0.9000 | 0.0500 | 0.3000 | -0.1200 | 0.3873 | yes | 0.1000 | NO | ★ |"),
         "{md}"
     );
-    assert!(md.contains("| grpo-dominated | 0.6000 | 0.7000 | 0.0500 | – | – | – | – |  |"));
+    let nm = "not measured";
+    assert!(md.contains(&format!("| grpo-dominated | 0.6000 | 0.7000 | 0.0500 | {nm} | {nm} | {nm} | {nm} | {nm} | {nm} |  |")), "{md}");
+    assert!(md.contains("| run | capability | safety | over-refusal | KL | ΔS | sqrt(KL/2) | \\|ΔS\\| ≤ sqrt(KL/2) |"), "{md}");
     assert!(md.contains("answer\\|pipe"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -157,5 +160,43 @@ fn bound_violations_are_flagged() {
         rows: vec![vec![]],
     };
     assert!(bad.to_markdown().is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Issue 19 row 14: labels with `|`, HTML or line breaks must not break report.md tables. The
+/// golden output is written by hand from GitHub-flavoured markdown's table rules.
+#[test]
+fn labels_with_pipes_html_and_newlines_keep_tables_whole() {
+    let t = Table {
+        title: "Branches <b>\nand more".into(),
+        headers: vec!["branch".into(), "a|b".into()],
+        rows: vec![
+            vec!["grpo|kl".into(), "<script>alert(1)</script>".into()],
+            vec!["two\nlines\r\nthree\rfour".into(), "x & y > z".into()],
+            vec!["ends\\".into(), "back\\|slash".into()],
+        ],
+    };
+    let golden = "| branch | a\\|b |\n\
+                  |---|---|\n\
+                  | grpo\\|kl | &lt;script&gt;alert(1)&lt;/script&gt; |\n\
+                  | two lines three four | x &amp; y &gt; z |\n\
+                  | ends\\\\ | back\\\\\\|slash |\n";
+    assert_eq!(t.to_markdown().unwrap(), golden);
+    // Every row has exactly the header's number of unescaped cell separators.
+    for line in golden.lines() {
+        let unescaped = line.char_indices().filter(|&(i, c)| {
+            c == '|' && line[..i].chars().rev().take_while(|&b| b == '\\').count() % 2 == 0
+        });
+        assert_eq!(unescaped.count(), 3, "{line}");
+    }
+    // The same escaping reaches the branch table and the headings of a written report.
+    let dir = tmp("escape");
+    let b = branch("evil|<i>\nlabel", 0.5, 0.5, None, None);
+    let input = ReportInput { title: "T\n# injected".into(), branches: vec![b], tables: vec![t], ..ReportInput::default() };
+    let md = std::fs::read_to_string(write_report(&dir, &input).unwrap().markdown).unwrap();
+    assert!(md.starts_with("# T # injected\n"), "{md}");
+    assert!(md.contains("| evil\\|&lt;i&gt; label | 0.5000 |"), "{md}");
+    assert!(md.contains("## Branches &lt;b&gt; and more\n"), "{md}");
+    assert!(!md.contains("<i>") && !md.contains("<script>"), "{md}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -2,6 +2,9 @@
 //! (refusal on harmful prompts), over-refusal (refusal on benign prompts), and the sampled drift
 //! quantities of DESIGN.md — KL(π‖π_ref), χ², ΔS and the bounds |ΔS| ≤ sqrt(KL/2) and
 //! |ΔS| ≤ sqrt(Var_ref(s)·χ²) — with the safety score `s` = 1 when the completion refuses.
+//!
+//! This module draws the samples and computes their log-probs; every drift number is computed
+//! from them by `keel_eval::drift::measure_drift` (docs/metrics.md), the one definition.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,6 +17,7 @@ use keel_pipeline::StageError;
 use keel_rewards::{AnswerFormat, MathReward, Reward};
 use keel_rollout::SamplingParams;
 use keel_eval::capability::mean_pass_at_k;
+use keel_eval::drift::{measure_drift, DriftMeasurement, DriftSamples};
 use keel_eval::entropy::entropy_stats;
 use keel_eval::reflection::{ReflectionCounter, ReflectionStats};
 use keel_rewards::math::split_think;
@@ -75,7 +79,8 @@ pub fn refusal_judge(name: &str) -> Result<Vec<LexiconClassifier>, StageError> {
     }
 }
 
-fn refused(judges: &[LexiconClassifier], example: &Example, text: &str) -> Result<bool, StageError> {
+/// Whether any of `judges` calls `text` a refusal of `example`.
+pub(crate) fn refused(judges: &[LexiconClassifier], example: &Example, text: &str) -> Result<bool, StageError> {
     for j in judges {
         if j.judge_example(example, text).ctx(|| format!("judging example `{}`", example.id))?.refused {
             return Ok(true);
@@ -229,12 +234,9 @@ pub fn sequence_kl_exact(
     Ok(out)
 }
 
-fn mean(xs: &[f64]) -> f64 {
-    if xs.is_empty() {
-        0.0
-    } else {
-        xs.iter().sum::<f64>() / xs.len() as f64
-    }
+/// The mean, or `None` for no values (a set with no prompts measured nothing).
+fn mean(xs: &[f64]) -> Option<f64> {
+    (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
 }
 
 /// Evaluates `policy` (labelled `label`) on `sets`; drift is measured against `reference`.
@@ -263,14 +265,21 @@ pub fn evaluate(
     let mut result = EvalResult {
         label: label.to_string(),
         checkpoint,
-        capability: f64::NAN,
-        safety: f64::NAN,
-        over_refusal: f64::NAN,
-        kl: 0.0,
-        drift: 0.0,
-        drift_bound_kl: 0.0,
-        drift_bound_chi2: 0.0,
-        bound_holds: true,
+        capability: None,
+        safety: None,
+        over_refusal: None,
+        kl: None,
+        drift: None,
+        chi2: None,
+        chi2_ess: None,
+        chi2_kl_floor: None,
+        chi2_reliable: None,
+        var_ref_s: None,
+        drift_bound_kl: None,
+        drift_bound_chi2: None,
+        bound_kl_holds: None,
+        bound_chi2_holds: None,
+        bound_holds: None,
         sets: BTreeMap::new(),
         benchmarks: BTreeMap::new(),
     };
@@ -318,8 +327,10 @@ pub fn evaluate(
         }
         let firsts: Vec<&Completion> = outs.iter().filter_map(|g| g.first()).collect();
         m.values.extend(trace_metrics(&firsts)?);
-        m.values.insert("accuracy".into(), result.capability);
-        m.values.insert("completion_len".into(), mean(&lens));
+        if let (Some(acc), Some(len)) = (result.capability, mean(&lens)) {
+            m.values.insert("accuracy".into(), acc);
+            m.values.insert("completion_len".into(), len);
+        }
         result.sets.insert(format!("task:{}", task.name), m);
     }
     for (set, harmful) in [(&sets.harmful, true), (&sets.benign, false)] {
@@ -350,10 +361,14 @@ pub fn evaluate(
         }
         let rate = mean(&refusals);
         let mut m = SetMetrics { n: ex.len(), values: BTreeMap::new() };
-        m.values.insert("refusal_rate".into(), rate);
+        if let Some(rate) = rate {
+            m.values.insert("refusal_rate".into(), rate);
+            if harmful {
+                m.values.insert("attack_success_rate".into(), 1.0 - rate);
+            }
+        }
         if harmful {
             result.safety = rate;
-            m.values.insert("attack_success_rate".into(), 1.0 - rate);
         } else {
             result.over_refusal = rate;
         }
@@ -371,25 +386,38 @@ pub fn evaluate(
         insert_per_source(&mut result, role, "refusal_rate", by_source);
         result.sets.insert(format!("{role}:{}", set.name), m);
     }
+    // Drift is measured only with a reference, harmful prompts and `drift_prompts > 0`;
+    // otherwise every drift field stays `None` ("not measured").
     if let (Some(reference), Some(harmful)) = (reference, &sets.harmful) {
-        if config.drift_prompts > 0 && config.drift_samples > 0 {
-            drift(&mut result, policy, reference, harmful, &judges, config, seeds)?;
+        let ex = if config.drift_prompts > 0 && config.drift_samples > 0 { take(harmful, config.drift_prompts) } else { Vec::new() };
+        if !ex.is_empty() {
+            let judge = |e: &Example, text: &str| refused(&judges, e, text);
+            let (d, entropy) = drift_measurement(policy, reference, &ex, &judge, config, seeds)?;
+            record_drift(&mut result, &d, entropy);
         }
     }
     Ok(result)
 }
 
-/// Sampled drift estimates on harmful prompts (see the module docs).
-fn drift(
-    result: &mut EvalResult,
+/// Whether a completion refuses its prompt: the drift's safety score is `s = 1[refused]`.
+pub type RefusalJudge<'a> = dyn Fn(&Example, &str) -> Result<bool, StageError> + 'a;
+
+/// Draws the drift measurement's samples on `examples` and measures it with
+/// `keel_eval::drift::measure_drift`; also returns the mean token entropy of π's samples.
+///
+/// `drift_samples` completions per prompt are drawn at temperature 1 from π and from π_ref with
+/// the same seed (`seeds.seed("drift-sampling")`), so identical weights give identical samples.
+/// For each sample y of π: `log w = log π(y) − log π_ref(y)` (sequence log-probs at temperature
+/// 1, what χ² = E_π[w] − 1 needs) and the exact next-token KL summed along y
+/// ([`sequence_kl_exact`]); each sample of either policy is scored `s = 1[judge says refused]`.
+pub fn drift_measurement(
     policy: &Policy,
     reference: &Policy,
-    harmful: &ExampleSet,
-    judges: &[LexiconClassifier],
+    examples: &[Arc<Example>],
+    judge: &RefusalJudge<'_>,
     config: &EvalConfig,
     seeds: SeedStream,
-) -> Result<(), StageError> {
-    let ex = take(harmful, config.drift_prompts);
+) -> Result<(DriftMeasurement, f64), StageError> {
     let params = SamplingParams {
         temperature: 1.0,
         max_new_tokens: config.max_new_tokens,
@@ -397,68 +425,72 @@ fn drift(
         seed: seeds.seed("drift-sampling"),
         ..SamplingParams::default()
     };
-    let mut prompts = Vec::new();
-    for e in &ex {
+    let mut prompts = Vec::with_capacity(examples.len());
+    for e in examples {
         prompts.push(policy.encode(&policy.render(e)?)?);
     }
-    // Samples from π and from π_ref with the same seeds: identical weights give identical samples.
     let on_pi = policy.engine().generate(&prompts, &params, 0).ctx(|| "sampling from the policy".to_string())?;
     let on_ref = reference.engine().generate(&prompts, &params, 0).ctx(|| "sampling from the reference".to_string())?;
-    let flat = |groups: &Vec<Vec<Completion>>| -> (Vec<Vec<u32>>, Vec<Completion>, Vec<usize>) {
-        let mut p = Vec::new();
-        let mut c = Vec::new();
-        let mut which = Vec::new();
-        for (i, g) in groups.iter().enumerate() {
-            for comp in g {
-                p.push(prompts[i].clone());
-                c.push(comp.clone());
-                which.push(i);
-            }
-        }
-        (p, c, which)
+    // One row per sample: (prompt index, completion).
+    let flat = |groups: &[Vec<Completion>]| -> Vec<(usize, Completion)> {
+        groups.iter().enumerate().flat_map(|(i, g)| g.iter().map(move |c| (i, c.clone()))).collect()
     };
-    let (pp, pc, pw) = flat(&on_pi);
-    let (rp, rc, rw) = flat(&on_ref);
-    let pc_refs: Vec<&Completion> = pc.iter().collect();
-    let rc_refs: Vec<&Completion> = rc.iter().collect();
-    // log w(y) = log π(y) − log π_ref(y), for y ~ π and for y ~ π_ref.
-    let pi_on_pi = sequence_logprobs(&policy.model, policy.pad_id(), &pp, &pc_refs, 1.0)?;
-    let ref_on_pi = sequence_logprobs(&reference.model, reference.pad_id(), &pp, &pc_refs, 1.0)?;
-    let pi_on_ref = sequence_logprobs(&policy.model, policy.pad_id(), &rp, &rc_refs, 1.0)?;
-    let ref_on_ref = sequence_logprobs(&reference.model, reference.pad_id(), &rp, &rc_refs, 1.0)?;
-    let mut s_pi = Vec::new();
-    for (c, &i) in pc.iter().zip(&pw) {
-        s_pi.push(refused(judges, &ex[i], &c.text)? as u8 as f64);
-    }
-    let mut s_ref = Vec::new();
-    for (c, &i) in rc.iter().zip(&rw) {
-        s_ref.push(refused(judges, &ex[i], &c.text)? as u8 as f64);
-    }
-    let kl_samples: Vec<f64> = pi_on_pi.iter().zip(&ref_on_pi).map(|(a, b)| a - b).collect();
-    let w: Vec<f64> = pi_on_ref.iter().zip(&ref_on_ref).map(|(a, b)| (a - b).exp()).collect();
-    let kl_exact = sequence_kl_exact(&policy.model, &reference.model, policy.pad_id(), &pp, &pc_refs)?;
-    let kl = mean(&kl_exact);
-    let chi2 = (mean(&w.iter().map(|x| x * x).collect::<Vec<_>>()) - 1.0).max(0.0);
-    let mean_ref = mean(&s_ref);
-    let var_ref = mean(&s_ref.iter().map(|s| (s - mean_ref).powi(2)).collect::<Vec<_>>());
-    let delta = mean(&s_pi) - mean_ref;
-    result.kl = kl;
-    result.drift = delta;
-    result.drift_bound_kl = (kl / 2.0).sqrt();
-    result.drift_bound_chi2 = (var_ref * chi2).sqrt();
-    result.bound_holds = delta.abs() <= result.drift_bound_kl + 1e-12;
-    let ent: Vec<f64> = pc.iter().flat_map(|c| c.entropies.iter().map(|&e| e as f64)).collect();
-    let mut m = SetMetrics { n: pc.len(), values: BTreeMap::new() };
-    m.values.insert("kl".into(), kl);
-    m.values.insert("kl_sampled_k1".into(), mean(&kl_samples));
-    m.values.insert("chi2".into(), chi2);
-    m.values.insert("safety_pi".into(), mean(&s_pi));
-    m.values.insert("safety_ref".into(), mean_ref);
-    m.values.insert("var_ref_s".into(), var_ref);
-    m.values.insert("delta_s".into(), delta);
-    m.values.insert("bound_kl".into(), result.drift_bound_kl);
-    m.values.insert("bound_chi2".into(), result.drift_bound_chi2);
-    m.values.insert("token_entropy".into(), mean(&ent));
-    result.sets.insert("drift".into(), m);
-    Ok(())
+    let (pi_rows, ref_rows) = (flat(&on_pi), flat(&on_ref));
+    let pi_prompts: Vec<Vec<u32>> = pi_rows.iter().map(|(i, _)| prompts[*i].clone()).collect();
+    let pi_comps: Vec<&Completion> = pi_rows.iter().map(|(_, c)| c).collect();
+    let lp_pi = sequence_logprobs(&policy.model, policy.pad_id(), &pi_prompts, &pi_comps, 1.0)?;
+    let lp_ref = sequence_logprobs(&reference.model, reference.pad_id(), &pi_prompts, &pi_comps, 1.0)?;
+    let score = |rows: &[(usize, Completion)]| -> Result<Vec<f64>, StageError> {
+        rows.iter().map(|(i, c)| Ok(judge(&examples[*i], &c.text)? as u8 as f64)).collect()
+    };
+    let samples = DriftSamples {
+        s_policy: score(&pi_rows)?,
+        log_w_policy: lp_pi.iter().zip(&lp_ref).map(|(a, b)| a - b).collect(),
+        kl_policy: sequence_kl_exact(&policy.model, &reference.model, policy.pad_id(), &pi_prompts, &pi_comps)?,
+        s_ref: score(&ref_rows)?,
+    };
+    let d = measure_drift(&samples).ctx(|| format!("measuring drift on {} harmful prompts", examples.len()))?;
+    let ent: Vec<f64> = pi_comps.iter().flat_map(|c| c.entropies.iter().map(|&e| e as f64)).collect();
+    Ok((d, mean(&ent).unwrap_or(f64::NAN)))
 }
+
+/// Writes a drift measurement into `result`: the top-level fields and the `drift` set (with
+/// the raw χ² estimate, the k1 KL and both safety means).
+pub fn record_drift(result: &mut EvalResult, d: &DriftMeasurement, token_entropy: f64) {
+    result.kl = Some(d.kl);
+    result.drift = Some(d.delta_s);
+    result.chi2 = Some(d.chi2.value);
+    result.chi2_ess = Some(d.chi2.ess);
+    result.chi2_kl_floor = Some(d.chi2.kl_floor);
+    result.chi2_reliable = Some(d.chi2.reliable);
+    result.var_ref_s = Some(d.var_ref_s);
+    result.drift_bound_kl = Some(d.bound_kl);
+    result.drift_bound_chi2 = Some(d.bound_chi2);
+    result.bound_kl_holds = Some(d.bound_kl_holds);
+    result.bound_chi2_holds = Some(d.bound_chi2_holds);
+    result.bound_holds = Some(d.bounds_hold());
+    let mut m = SetMetrics { n: d.n_policy, values: BTreeMap::new() };
+    for (k, v) in [
+        ("kl", d.kl),
+        ("kl_sampled_k1", d.kl_k1),
+        ("chi2", d.chi2.value),
+        ("chi2_estimate", d.chi2.estimate),
+        ("chi2_ess", d.chi2.ess),
+        ("chi2_kl_floor", d.chi2.kl_floor),
+        ("chi2_reliable", d.chi2.reliable as u8 as f64),
+        ("n_ref", d.n_ref as f64),
+        ("safety_pi", d.safety_policy),
+        ("safety_ref", d.safety_ref),
+        ("var_ref_s", d.var_ref_s),
+        ("delta_s", d.delta_s),
+        ("bound_kl", d.bound_kl),
+        ("bound_chi2", d.bound_chi2),
+        ("token_entropy", token_entropy),
+    ] {
+        if v.is_finite() {
+            m.values.insert(k.into(), v);
+        }
+    }
+    result.sets.insert("drift".into(), m);
+}
+

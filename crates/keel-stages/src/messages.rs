@@ -113,6 +113,10 @@ pub struct SetMetrics {
 }
 
 /// The evaluation of one checkpoint: what the report compares across branches.
+///
+/// A metric that was not measured (no such set wired, `drift_prompts: 0`, no `reference`) is
+/// `None`, written as `null` in `results.json` and "not measured" in `report.md` — never 0 and
+/// never "bound holds: yes". The drift fields come from one `keel_eval::drift::measure_drift`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalResult {
     /// Branch label (`base`, `sft`, `grpo-kl`, ...).
@@ -120,22 +124,52 @@ pub struct EvalResult {
     /// Checkpoint directory evaluated.
     pub checkpoint: PathBuf,
     /// Held-out task accuracy (greedy), in [0, 1].
-    pub capability: f64,
+    #[serde(default)]
+    pub capability: Option<f64>,
     /// Refusal rate on held-out harmful prompts (greedy), in [0, 1]; higher is safer.
-    pub safety: f64,
+    #[serde(default)]
+    pub safety: Option<f64>,
     /// Refusal rate on benign prompts (greedy), in [0, 1]; lower is better.
-    pub over_refusal: f64,
+    #[serde(default)]
+    pub over_refusal: Option<f64>,
     /// KL(π‖π_ref) per completion (sequence level: exact next-token KL summed along sampled
     /// completions), averaged; 0 for the reference itself.
-    pub kl: f64,
+    #[serde(default)]
+    pub kl: Option<f64>,
     /// Safety drift ΔS = E_π[s] − E_ref[s] from sampled completions on harmful prompts.
-    pub drift: f64,
+    #[serde(default)]
+    pub drift: Option<f64>,
+    /// χ²(π‖π_ref) used by the bound: the estimate `E_π[w] − 1` from the policy's samples, or the
+    /// KL floor `e^KL − 1` when the estimate falls below it (then `chi2_reliable` is false).
+    #[serde(default)]
+    pub chi2: Option<f64>,
+    /// Kish effective sample size of the weights behind the χ² estimate (of `n` samples).
+    #[serde(default)]
+    pub chi2_ess: Option<f64>,
+    /// The floor `e^KL − 1` that KL implies for χ².
+    #[serde(default)]
+    pub chi2_kl_floor: Option<f64>,
+    /// Whether the χ² estimate itself reached the KL floor (false: `chi2` is the floor).
+    #[serde(default)]
+    pub chi2_reliable: Option<bool>,
+    /// Var_ref(s) over the reference's samples.
+    #[serde(default)]
+    pub var_ref_s: Option<f64>,
     /// Pinsker bound sqrt(KL/2) on |ΔS|.
-    pub drift_bound_kl: f64,
-    /// χ² bound sqrt(Var_ref(s)·χ²) on |ΔS|, from reference samples (may be loose or infinite).
-    pub drift_bound_chi2: f64,
+    #[serde(default)]
+    pub drift_bound_kl: Option<f64>,
+    /// Cauchy–Schwarz bound sqrt(Var_ref(s)·χ²) on |ΔS|.
+    #[serde(default)]
+    pub drift_bound_chi2: Option<f64>,
     /// Whether |ΔS| ≤ sqrt(KL/2) held on the estimates.
-    pub bound_holds: bool,
+    #[serde(default)]
+    pub bound_kl_holds: Option<bool>,
+    /// Whether |ΔS| ≤ sqrt(Var_ref(s)·χ²) held on the estimates.
+    #[serde(default)]
+    pub bound_chi2_holds: Option<bool>,
+    /// Whether both bounds held.
+    #[serde(default)]
+    pub bound_holds: Option<bool>,
     /// Every metric by example set.
     pub sets: BTreeMap<String, SetMetrics>,
     /// Per-benchmark metrics, keyed `harmful:<source>` / `benign:<source>` (refusal rate) and

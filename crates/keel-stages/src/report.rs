@@ -1,84 +1,112 @@
 //! The run report: `results.json`, `report.md` with the comparison table and the drift-bound
 //! check, plus SVG plots drawn by keel-eval.
 
-use std::fmt::Write as _;
 use std::path::Path;
 
 use keel_core::MetricRecord;
-use keel_eval::report::{write_report, BranchResult, ReportInput, Table};
+use keel_eval::report::{fmt_holds, write_report, BranchResult, ReportInput, Table, NOT_MEASURED};
 use keel_pipeline::StageError;
 
 use crate::ctx::Ctx;
 use crate::messages::EvalResult;
 
-fn pct(x: f64) -> String {
-    if x.is_finite() {
-        format!("{:.1}%", 100.0 * x)
-    } else {
-        "–".to_string()
+fn pct(x: Option<f64>) -> String {
+    match x {
+        Some(x) if x.is_finite() => format!("{:.1}%", 100.0 * x),
+        Some(x) => format!("{x}"),
+        None => NOT_MEASURED.to_string(),
     }
 }
 
-fn num(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x:.4}")
-    } else {
-        "–".to_string()
+fn num(x: Option<f64>) -> String {
+    keel_eval::report::fmt_value(x)
+}
+
+fn signed(x: Option<f64>) -> String {
+    match x {
+        Some(x) if x.is_finite() => format!("{x:+.4}"),
+        other => num(other),
     }
 }
 
-/// Renders the comparison table of a set of evaluation results as markdown.
-pub fn results_table(results: &[EvalResult]) -> String {
-    let mut s = String::new();
-    s.push_str("| branch | capability (task acc.) | safety (harmful refused) | over-refusal (benign refused) | KL(π‖π_ref) | ΔS | sqrt(KL/2) | sqrt(Var·χ²) | |ΔS| ≤ sqrt(KL/2) |\n");
-    s.push_str("|---|---|---|---|---|---|---|---|---|\n");
-    for r in results {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {:+.4} | {} | {} | {} |",
-            r.label,
-            pct(r.capability),
-            pct(r.safety),
-            pct(r.over_refusal),
-            num(r.kl),
-            r.drift,
-            num(r.drift_bound_kl),
-            num(r.drift_bound_chi2),
-            if r.bound_holds { "yes" } else { "**no**" }
-        );
+/// χ² as the report shows it: the value, and when the estimate fell below the KL floor, that
+/// it is the floor with the estimate's effective sample size.
+fn chi2_cell(r: &EvalResult) -> String {
+    match (r.chi2, r.chi2_reliable, r.chi2_ess) {
+        (Some(c), Some(false), Some(ess)) => format!("≥ {} (KL floor; estimate unreliable, ESS {ess:.1})", num(Some(c))),
+        (c, _, _) => num(c),
     }
-    s
 }
 
-/// Renders every branch's per-benchmark metric (refusal rate for `harmful:<source>` /
-/// `benign:<source>`, accuracy for `task:<source>`) as markdown, or `None` when no result merged
+/// The comparison table of a set of evaluation results: capability, safety, over-refusal, KL,
+/// ΔS, χ² (with its effective sample size and KL floor), and both bounds on |ΔS| with whether
+/// each holds. What was not measured reads "not measured".
+pub fn results_table(results: &[EvalResult]) -> Table {
+    let headers = [
+        "branch",
+        "capability (task acc.)",
+        "safety (harmful refused)",
+        "over-refusal (benign refused)",
+        "KL(π‖π_ref)",
+        "ΔS",
+        "χ²",
+        "χ² ESS",
+        "e^KL − 1",
+        "Var_ref(s)",
+        "sqrt(KL/2)",
+        "|ΔS| ≤ sqrt(KL/2)",
+        "sqrt(Var·χ²)",
+        "|ΔS| ≤ sqrt(Var·χ²)",
+    ];
+    let rows = results
+        .iter()
+        .map(|r| {
+            vec![
+                r.label.clone(),
+                pct(r.capability),
+                pct(r.safety),
+                pct(r.over_refusal),
+                num(r.kl),
+                signed(r.drift),
+                chi2_cell(r),
+                r.chi2_ess.map_or_else(|| NOT_MEASURED.to_string(), |e| format!("{e:.1}")),
+                num(r.chi2_kl_floor),
+                num(r.var_ref_s),
+                num(r.drift_bound_kl),
+                fmt_holds(r.bound_kl_holds),
+                num(r.drift_bound_chi2),
+                fmt_holds(r.bound_chi2_holds),
+            ]
+        })
+        .collect();
+    Table { title: "Comparison".into(), headers: headers.iter().map(|h| h.to_string()).collect(), rows }
+}
+
+/// Every branch's per-benchmark metric (refusal rate for `harmful:<source>` /
+/// `benign:<source>`, accuracy for `task:<source>`) as a table, or `None` when no result merged
 /// several benchmarks.
-pub fn benchmarks_table(results: &[EvalResult]) -> Option<String> {
+pub fn benchmarks_table(results: &[EvalResult]) -> Option<Table> {
     let mut columns: Vec<&String> = results.iter().flat_map(|r| r.benchmarks.keys()).collect();
     columns.sort();
     columns.dedup();
     if columns.is_empty() {
         return None;
     }
-    let mut s = String::from("| branch |");
-    for c in &columns {
-        let _ = write!(s, " {c} |");
-    }
-    s.push_str("\n|---|");
-    s.push_str(&"---|".repeat(columns.len()));
-    s.push('\n');
-    for r in results {
-        let _ = write!(s, "| {} |", r.label);
-        for c in &columns {
-            let cell = match r.benchmarks.get(*c).and_then(|m| m.values.get("refusal_rate").or(m.values.get("accuracy")).map(|v| (m.n, *v))) {
-                Some((n, v)) => format!("{} (n={n})", pct(v)),
-                None => "–".to_string(),
-            };
-            let _ = write!(s, " {cell} |");
-        }
-        s.push('\n');
-    }
-    Some(s)
+    let rows = results
+        .iter()
+        .map(|r| {
+            let mut row = vec![r.label.clone()];
+            for c in &columns {
+                row.push(match r.benchmarks.get(*c).and_then(|m| m.values.get("refusal_rate").or(m.values.get("accuracy")).map(|v| (m.n, *v))) {
+                    Some((n, v)) => format!("{} (n={n})", pct(Some(v))),
+                    None => NOT_MEASURED.to_string(),
+                });
+            }
+            row
+        })
+        .collect();
+    let headers = std::iter::once("branch".to_string()).chain(columns.iter().map(|c| c.to_string())).collect();
+    Some(Table { title: "By benchmark".into(), headers, rows })
 }
 
 /// Writes `results.json`, `report.md` and SVG plots (learning curves from `metrics.jsonl`, safety
@@ -91,21 +119,23 @@ pub fn write_run_report(root: &Path, title: &str, results: &[EvalResult]) -> Res
     let curves: Vec<String> = ["loss", "reward_mean", "kl_ref"].iter().filter(|m| present(m)).map(|m| m.to_string()).collect();
     let branches: Vec<BranchResult> = results
         .iter()
-        .filter(|r| r.capability.is_finite() && r.safety.is_finite())
-        .map(|r| BranchResult {
-            label: r.label.clone(),
-            capability: r.capability,
-            safety: r.safety,
-            over_refusal: r.over_refusal.is_finite().then_some(r.over_refusal),
-            kl: Some(r.kl),
-            drift: Some(r.drift),
+        .filter_map(|r| {
+            Some(BranchResult {
+                label: r.label.clone(),
+                capability: r.capability.filter(|x| x.is_finite())?,
+                safety: r.safety.filter(|x| x.is_finite())?,
+                over_refusal: r.over_refusal,
+                kl: r.kl,
+                drift: r.drift,
+                chi2_bound: r.drift_bound_chi2,
+            })
         })
         .collect();
     let mut rows = Vec::new();
     for r in results {
         for (set, m) in &r.sets {
             for (k, v) in &m.values {
-                rows.push(vec![r.label.clone(), set.clone(), m.n.to_string(), k.clone(), num(*v)]);
+                rows.push(vec![r.label.clone(), set.clone(), m.n.to_string(), k.clone(), num(Some(*v))]);
             }
         }
     }
@@ -117,7 +147,10 @@ pub fn write_run_report(root: &Path, title: &str, results: &[EvalResult]) -> Res
     let explanation = "Capability is held-out task accuracy (greedy decoding, verified answers). Safety is the refusal rate on \
          held-out harmful prompts (attack success rate = 1 − safety). Over-refusal is the refusal rate on benign \
          prompts. KL (exact next-token KL summed along sampled completions), ΔS = E_π[s] − E_ref[s] (s = 1 when the completion refuses a harmful prompt) and the bounds \
-         are estimated from sampled completions (temperature 1) against the reference policy."
+         are estimated from sampled completions (temperature 1) against the reference policy. χ² = E_π[w] − 1 (w = π/π_ref) is \
+         estimated from the policy's own samples; KL implies χ² ≥ e^KL − 1, and where the estimate falls below that floor the \
+         floor is shown, marked unreliable with the estimate's effective sample size (ESS). \"not measured\" marks what an \
+         evaluation did not measure (no such set, no reference, or drift_prompts: 0)."
         .to_string();
     let input = ReportInput {
         title: title.to_string(),
@@ -126,11 +159,12 @@ pub fn write_run_report(root: &Path, title: &str, results: &[EvalResult]) -> Res
         branches,
         tables: vec![details],
         notes: {
-            let mut notes = vec![explanation, format!("## Comparison\n\n{}", results_table(results))];
+            let mut notes = vec![explanation, format!("## Comparison\n\n{}", results_table(results).to_markdown().ctx(|| "rendering the comparison table".to_string())?)];
             if let Some(t) = benchmarks_table(results) {
                 notes.push(format!(
                     "## By benchmark\n\nTask columns: accuracy. Harmful columns: refusal rate, higher is safer (attack \
-                     success = 1 − refusal). Benign columns: refusal rate = over-refusal, lower is better.\n\n{t}"
+                     success = 1 − refusal). Benign columns: refusal rate = over-refusal, lower is better.\n\n{}",
+                    t.to_markdown().ctx(|| "rendering the per-benchmark table".to_string())?
                 ));
             }
             notes
@@ -165,21 +199,25 @@ pub fn write_sweep_report(dir: &Path, title: &str, cells: &[(String, std::path::
             acc.entry((group.clone(), r.label.clone())).or_default().push(r);
         }
     }
-    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
+    // Over the seeds that measured it; `None` when none did.
+    let mean = |xs: &[f64]| (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64);
     let mut branches = Vec::new();
     let mut rows = Vec::new();
     for ((group, label), rs) in &acc {
-        let pick = |f: &dyn Fn(&EvalResult) -> f64| -> f64 { mean(&rs.iter().map(f).filter(|x| x.is_finite()).collect::<Vec<_>>()) };
+        let pick = |f: &dyn Fn(&EvalResult) -> Option<f64>| -> Option<f64> {
+            mean(&rs.iter().filter_map(f).filter(|x| x.is_finite()).collect::<Vec<_>>())
+        };
         let (cap, safe, over, kl, drift) = (pick(&|r| r.capability), pick(&|r| r.safety), pick(&|r| r.over_refusal), pick(&|r| r.kl), pick(&|r| r.drift));
-        rows.push(vec![group.clone(), label.clone(), rs.len().to_string(), pct(cap), pct(safe), pct(over), num(kl), format!("{drift:+.4}")]);
-        if cap.is_finite() && safe.is_finite() {
+        rows.push(vec![group.clone(), label.clone(), rs.len().to_string(), pct(cap), pct(safe), pct(over), num(kl), signed(drift)]);
+        if let (Some(capability), Some(safety)) = (cap, safe) {
             branches.push(BranchResult {
                 label: format!("{group} {label}"),
-                capability: cap,
-                safety: safe,
-                over_refusal: over.is_finite().then_some(over),
-                kl: Some(kl),
-                drift: Some(drift),
+                capability,
+                safety,
+                over_refusal: over,
+                kl,
+                drift,
+                chi2_bound: pick(&|r| r.drift_bound_chi2),
             });
         }
     }
@@ -203,4 +241,102 @@ pub fn write_sweep_report(dir: &Path, title: &str, cells: &[(String, std::path::
     };
     write_report(dir, &input).ctx(|| format!("writing the sweep report into {}", dir.display()))?;
     Ok(branches.len())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Honest reports (nothing unmeasured reads as 0 or "yes") and labels that cannot break tables.
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn unmeasured(label: &str) -> EvalResult {
+        EvalResult {
+            label: label.into(),
+            checkpoint: "stages/x/checkpoint".into(),
+            capability: None,
+            safety: Some(0.9),
+            over_refusal: None,
+            kl: None,
+            drift: None,
+            chi2: None,
+            chi2_ess: None,
+            chi2_kl_floor: None,
+            chi2_reliable: None,
+            var_ref_s: None,
+            drift_bound_kl: None,
+            drift_bound_chi2: None,
+            bound_kl_holds: None,
+            bound_chi2_holds: None,
+            bound_holds: None,
+            sets: BTreeMap::new(),
+            benchmarks: BTreeMap::new(),
+        }
+    }
+
+    fn measured(label: &str) -> EvalResult {
+        EvalResult {
+            capability: Some(0.8),
+            over_refusal: Some(0.25),
+            kl: Some(0.615),
+            drift: Some(-0.039),
+            chi2: Some(0.8497),
+            chi2_ess: Some(3.2),
+            chi2_kl_floor: Some(0.8497),
+            chi2_reliable: Some(false),
+            var_ref_s: Some(0.065),
+            drift_bound_kl: Some(0.5545),
+            drift_bound_chi2: Some(0.2350),
+            bound_kl_holds: Some(true),
+            bound_chi2_holds: Some(true),
+            bound_holds: Some(true),
+            ..unmeasured(label)
+        }
+    }
+
+    #[test]
+    fn comparison_table_golden_with_hostile_labels_and_unmeasured_cells() {
+        let t = results_table(&[measured("sft|ema <b>"), unmeasured("line\nbreak & co")]).to_markdown().unwrap();
+        let rows: Vec<&str> = t.lines().collect();
+        assert_eq!(rows.len(), 4, "{t}");
+        assert_eq!(
+            rows[0],
+            "| branch | capability (task acc.) | safety (harmful refused) | over-refusal (benign refused) | KL(π‖π_ref) | ΔS | χ² | χ² ESS \
+             | e^KL − 1 | Var_ref(s) | sqrt(KL/2) | \\|ΔS\\| ≤ sqrt(KL/2) | sqrt(Var·χ²) | \\|ΔS\\| ≤ sqrt(Var·χ²) |"
+        );
+        assert_eq!(
+            rows[2],
+            "| sft\\|ema &lt;b&gt; | 80.0% | 90.0% | 25.0% | 0.6150 | -0.0390 | ≥ 0.8497 (KL floor; estimate unreliable, ESS 3.2) \
+             | 3.2 | 0.8497 | 0.0650 | 0.5545 | yes | 0.2350 | yes |"
+        );
+        let nm = "not measured";
+        assert_eq!(
+            rows[3],
+            format!("| line break &amp; co | {nm} | 90.0% | {nm} | {nm} | {nm} | {nm} | {nm} | {nm} | {nm} | {nm} | {nm} | {nm} | {nm} |")
+        );
+    }
+
+    #[test]
+    fn unmeasured_drift_is_null_in_results_json_and_not_measured_in_report_md() {
+        let dir = std::env::temp_dir().join(format!("keel-stages-report-honest-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let results = vec![measured("sft"), EvalResult { capability: Some(0.7), ..unmeasured("no-drift") }];
+        write_run_report(&dir, "t", &results).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+        for key in ["kl", "drift", "chi2", "drift_bound_kl", "drift_bound_chi2", "bound_holds", "bound_kl_holds", "bound_chi2_holds"] {
+            assert!(json[1][key].is_null(), "{key}: {}", json[1][key]);
+            assert!(!json[0][key].is_null(), "{key} measured");
+        }
+        // results.json reads back, as `keel report` and the sweep report read it.
+        let back: Vec<EvalResult> = serde_json::from_value(json).unwrap();
+        assert_eq!(back, results);
+        let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+        let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| no-drift |")).collect();
+        assert_eq!(rows.len(), 2, "comparison and branch tables: {md}");
+        for row in rows {
+            assert!(row.contains("not measured") && !row.contains("yes") && !row.contains("| 0.0000 |"), "{row}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -550,13 +550,15 @@ impl Stage for LearnStage {
             let sets = EvalSets { task: Some(task.clone()), ..EvalSets::default() };
             let seeds = ctx.seeds();
             let live = evaluate("live", PathBuf::new(), &learner.policy, None, &sets, &eval_config, seeds, None)?;
-            let mut values = vec![("eval_accuracy".to_string(), live.capability)];
+            // A capability is logged only when one was measured (there were task prompts).
+            let mut values: Vec<(String, f64)> = Vec::new();
+            values.extend(Option::<f64>::from(live.capability).map(|c| ("eval_accuracy".to_string(), c)));
             if let Some(ema) = &learner.ema {
                 let mut ema_policy = learner.policy.clone();
                 ema_policy.model = learner.policy.model.deep_copy().ctx(|| "copying weights for the EMA evaluation".to_string())?;
                 ema.copy_into(&ema_policy.model.named_vars()).ctx(|| "loading EMA weights for evaluation".to_string())?;
                 let r = evaluate("ema", PathBuf::new(), &ema_policy, None, &sets, &eval_config, seeds, None)?;
-                values.push(("eval_accuracy_ema".to_string(), r.capability));
+                values.extend(Option::<f64>::from(r.capability).map(|c| ("eval_accuracy_ema".to_string(), c)));
             }
             ctx.log_metrics(step, values)
         };
