@@ -1,6 +1,7 @@
-//! End-to-end: a run killed with SIGKILL in the middle of RL training and resumed with
-//! `keel run --resume` logs exactly the learner metrics of an uninterrupted run; and runs with
-//! max staleness 0 and 1 are each reproducible.
+//! End-to-end: a run killed with SIGKILL twice in the middle of RL training and resumed with
+//! `keel run --resume` leaves a run directory equal to an uninterrupted run's (metrics.jsonl and
+//! rollouts.jsonl byte for byte, nothing twice); and runs with max staleness 0 and 1 are each
+//! reproducible.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,8 +25,8 @@ fn keel(args: &[&str]) -> std::process::Output {
     Command::new(support::keel_bin()).args(args).arg("--quiet").output().expect("the keel binary runs")
 }
 
-/// The last logged values of each (stage, step) of one stage: a resumed run logs the steps
-/// between its checkpoint and the kill twice; the later lines are the ones that count.
+/// The logged values of each step of one stage; a step logged twice (as a resumed run once did
+/// for the steps between its checkpoint and the kill) fails the test.
 fn metrics(run: &Path, stage: &str) -> BTreeMap<u64, BTreeMap<String, f64>> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics.jsonl exists");
     let mut out = BTreeMap::new();
@@ -33,7 +34,8 @@ fn metrics(run: &Path, stage: &str) -> BTreeMap<u64, BTreeMap<String, f64>> {
         let v: serde_json::Value = serde_json::from_str(line).expect("every metrics line is JSON");
         if v["stage"] == stage {
             let values: BTreeMap<String, f64> = serde_json::from_value(v["values"].clone()).expect("values map");
-            out.insert(v["step"].as_u64().expect("step"), values);
+            let step = v["step"].as_u64().expect("step");
+            assert!(out.insert(step, values).is_none(), "{}: stage `{stage}` logged step {step} twice", run.display());
         }
     }
     out
@@ -75,41 +77,122 @@ fn kill_and_resume(name: &str, extra: &[&str]) {
         assert!(!same("model.layers.0.self_attn.q_proj.weight"), "the merged q_proj equals the base: adapters not trained or not merged");
     }
 
-    // Start the same run, wait until the learner has saved a state past step 6, then SIGKILL it.
+    // Start the same run; SIGKILL it once the learner has saved a state past step 4, resume it
+    // and SIGKILL it again past step 10, then resume it to the end.
+    let killed = root.join("rl-small/killed");
+    kill_after_step(&[&["run", file, "--runs-dir", runs, "--run-id", "killed", "--quiet"], extra].concat(), &killed, 4);
+    let before = shard_steps(&killed.join("records/learn/metrics.jsonl"));
+    assert!(before < 16, "the first kill happened mid-run ({before} of 16 steps logged)");
+    kill_after_step(&[&["run", file, "--runs-dir", runs, "--run-id", "killed", "--resume", "--quiet"], extra].concat(), &killed, 10);
+    let before = shard_steps(&killed.join("records/learn/metrics.jsonl"));
+    assert!(before < 16, "the second kill happened mid-run ({before} of 16 steps logged)");
+
+    let resumed = keel(&[&["run", file, "--runs-dir", runs, "--run-id", "killed", "--resume"], extra].concat());
+    assert!(resumed.status.success(), "resumed run failed: {}", String::from_utf8_lossy(&resumed.stderr));
+    let got = metrics(&killed, "learn");
+    assert_eq!(got, expected, "resumed metrics differ from the uninterrupted run");
+    // Nothing is logged twice, and every file of the run directory (weights, learner states,
+    // metrics.jsonl, rollouts.jsonl, the per-stage record shards) is the same bytes as the
+    // uninterrupted run's, except timing fields and logs.
+    let full_dir = root.join("rl-small/full");
+    assert_eq!(
+        std::fs::read_to_string(killed.join("rollouts.jsonl")).expect("rollouts.jsonl").lines().count(),
+        16 * 4 * 4,
+        "16 steps of 4 prompts × 4 completions, each once"
+    );
+    assert_same_run(&full_dir, &killed);
+    std::fs::remove_dir_all(&root).ok();
+}
+
+/// Runs `keel args` until the learner's `LATEST` state in `run` is at `step` or later, then
+/// SIGKILLs it.
+fn kill_after_step(args: &[&str], run: &Path, step: u64) {
     let mut child = Command::new(support::keel_bin())
-        .args([&["run", file, "--runs-dir", runs, "--run-id", "killed", "--quiet"], extra].concat())
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("the keel binary starts");
-    let latest = root.join("rl-small/killed/stages/learn/state/LATEST");
+    let latest = run.join("stages/learn/state/LATEST");
     let started = Instant::now();
     loop {
-        let step = std::fs::read_to_string(&latest)
+        let at = std::fs::read_to_string(&latest)
             .ok()
             .and_then(|s| s.trim().trim_start_matches("step-").parse::<u64>().ok())
             .unwrap_or(0);
-        if step >= 6 {
+        if at >= step {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(300), "the learner never checkpointed step 6");
+        assert!(started.elapsed() < Duration::from_secs(300), "the learner never checkpointed step {step}");
         assert!(child.try_wait().expect("polling the child").is_none(), "the run finished before it could be killed");
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().expect("SIGKILL");
     child.wait().expect("reaping the child");
-    let before = metrics(&root.join("rl-small/killed"), "learn").len();
-    assert!(before < 16, "the kill happened mid-run ({before} of 16 steps logged)");
+}
 
-    let resumed = keel(&[&["run", file, "--runs-dir", runs, "--run-id", "killed", "--resume"], extra].concat());
-    assert!(resumed.status.success(), "resumed run failed: {}", String::from_utf8_lossy(&resumed.stderr));
-    let got = metrics(&root.join("rl-small/killed"), "learn");
-    assert_eq!(got, expected, "resumed metrics differ from the uninterrupted run");
-    // Final weights are identical too.
-    let a = std::fs::read(root.join("rl-small/full/stages/learn/checkpoint/model.safetensors")).expect("weights");
-    let b = std::fs::read(root.join("rl-small/killed/stages/learn/checkpoint/model.safetensors")).expect("weights");
-    assert!(a == b, "final weights differ after resume");
-    std::fs::remove_dir_all(&root).ok();
+/// The number of distinct steps in a record shard.
+fn shard_steps(path: &Path) -> usize {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let steps: std::collections::BTreeSet<u64> =
+        text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter_map(|v| v["step"].as_u64()).collect();
+    steps.len()
+}
+
+/// Every file under `dir`, relative to it, sorted.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("readable directory").map(|e| e.expect("entry")) {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).expect("under dir").to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Asserts that two run directories hold the same files with the same bytes, except: `logs/`
+/// (lines carry seconds), `resumes.jsonl` (only a resumed run has one), the run id, creation time
+/// and command line in `manifest.json`, and the times in `status.json`.
+fn assert_same_run(a: &Path, b: &Path) {
+    let keep = |p: &PathBuf| !p.starts_with("logs") && p.as_path() != Path::new("resumes.jsonl");
+    let fa: Vec<PathBuf> = files_under(a).into_iter().filter(keep).collect();
+    let fb: Vec<PathBuf> = files_under(b).into_iter().filter(keep).collect();
+    assert_eq!(fa, fb, "the run directories hold different files");
+    let json = |p: &Path| -> serde_json::Value { serde_json::from_slice(&std::fs::read(p).expect("readable")).expect("JSON") };
+    for rel in &fa {
+        let (pa, pb) = (a.join(rel), b.join(rel));
+        match rel.to_str() {
+            Some("manifest.json") => {
+                let (mut ma, mut mb) = (json(&pa), json(&pb));
+                for m in [&mut ma, &mut mb] {
+                    for k in ["run_id", "created_at", "command_line"] {
+                        m[k] = serde_json::Value::Null;
+                    }
+                }
+                assert_eq!(ma, mb, "manifest.json differs beyond run id, time and command line");
+            }
+            Some("status.json") => {
+                let (mut sa, mut sb) = (json(&pa), json(&pb));
+                for s in [&mut sa, &mut sb] {
+                    for k in ["started_at", "finished_at", "wall_time_s"] {
+                        s[k] = serde_json::Value::Null;
+                    }
+                    if let Some(stages) = s["stages"].as_object_mut() {
+                        stages.values_mut().for_each(|st| st["wall_time_s"] = serde_json::Value::Null);
+                    }
+                }
+                assert_eq!(sa, sb, "status.json differs beyond its times");
+            }
+            _ => assert!(std::fs::read(&pa).expect("readable") == std::fs::read(&pb).expect("readable"), "{} differs", rel.display()),
+        }
+    }
 }
 
 #[test]
