@@ -566,7 +566,7 @@ impl Stage for LearnStage {
             eval_now(&learner, 0)?;
         }
         let rollout_log = if p.save_rollouts {
-            Some(keel_core::JsonlWriter::append(ctx.run_dir().root().join("rollouts.jsonl"))?)
+            Some(ctx.records("rollouts.jsonl")?)
         } else {
             None
         };
