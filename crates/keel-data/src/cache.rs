@@ -79,26 +79,31 @@ impl Cache {
         file.path.split('/').fold(self.root.clone(), |p, part| p.join(part))
     }
 
-    /// Whether the file is present and intact, without failing on either.
+    /// Whether the file is present and intact, without failing on either; a path that is not a
+    /// regular file (a FIFO, a device) is an error rather than a status, so it is never hashed.
     pub fn status(&self, manifest: &Manifest) -> Result<CacheStatus> {
         let path = self.path_for(manifest);
-        if !path.is_file() {
+        if !path.exists() {
             return Ok(CacheStatus::Missing);
         }
+        crate::file::regular_file_len(&path)?;
         let actual = keel_core::sha256_file(&path)?;
         Ok(if manifest.file.accepts(&actual) { CacheStatus::Verified } else { CacheStatus::Mismatch { actual } })
     }
 
-    /// Returns the cached path after checking that the file exists and has an accepted sha256.
+    /// Returns the cached path after checking that the file exists, is a regular file
+    /// ([`DataError::NotRegularFile`] for a FIFO, device or directory) and has an accepted sha256.
     pub fn verify(&self, manifest: &Manifest) -> Result<PathBuf> {
         let path = self.path_for(manifest);
-        if !path.is_file() {
+        if !path.exists() {
             return Err(DataError::NotCached {
                 dataset: manifest.name.clone(),
                 path,
                 urls: manifest.file.urls.join(" "),
             });
         }
+        // A FIFO or device in the cache is refused before hashing would block on it.
+        crate::file::regular_file_len(&path)?;
         let actual = keel_core::sha256_file(&path)?;
         if !manifest.file.accepts(&actual) {
             return Err(DataError::HashMismatch {

@@ -17,6 +17,28 @@ pub enum DataError {
         #[source]
         source: std::io::Error,
     },
+    /// A dataset path names a FIFO, a device, a directory or a socket: refused before it is
+    /// opened, because a FIFO blocks the reader and a device never ends.
+    #[error("{path} is {kind}, not a regular file; a dataset must be a regular file")]
+    NotRegularFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead ("a FIFO (named pipe)", "a directory", ...).
+        kind: &'static str,
+    },
+    /// A dataset file is larger than the loaders read whole.
+    #[error(
+        "{path} is {size} bytes, more than the {limit}-byte limit for one dataset file (the loaders \
+         read a file whole); split it into smaller files"
+    )]
+    FileTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size in bytes (or "more than LIMIT" when it grew while being read).
+        size: String,
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// A row (or the structure around it) could not be parsed or mapped.
     ///
     /// `line` is 1-based and points at the line where the offending record starts.

@@ -27,6 +27,7 @@
 mod cache;
 mod dedup;
 mod error;
+mod file;
 mod loader;
 mod manifest;
 mod split;
@@ -35,6 +36,7 @@ pub mod synthetic;
 pub use cache::{fetch, fetch_manifest, Cache, CacheStatus, Fetched, DATA_DIR_ENV};
 pub use dedup::{dedup, exclude_overlapping, normalize, overlap, prompt_key, Overlap, OverlapReport};
 pub use error::{DataError, Result};
+pub use file::{read_dataset_file, regular_file_len, MAX_DATASET_FILE_BYTES};
 pub use loader::{
     extract_after_last_hashes, extract_last_boxed, load_file, read_records, AnswerRule, Extract, FieldMapping, Format,
     Loaded, OnError, Record, RowFilter, SafetyRule,
@@ -44,6 +46,6 @@ pub use split::{shuffle, shuffled, split, split_n, subset, Split};
 pub use synthetic::safety::{SafetyWorld, SafetyWorldConfig};
 pub use synthetic::tasks::{
     extract_answer, generate_tasks, task_world, verify_task, ArithConfig, CountConfig, SortConfig, TaskDomain, TaskWorld,
-    ANSWER_PREFIX,
+    ANSWER_PREFIX, MAX_TASK_WORLD_EXAMPLES,
 };
 pub use synthetic::ReasoningFormat;

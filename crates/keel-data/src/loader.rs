@@ -229,7 +229,7 @@ impl std::fmt::Display for SkippedRow {
 const BOM: &str = "\u{feff}";
 
 fn read_text(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io("reading", path, e))?;
+    let bytes = crate::file::read_dataset_file(path, crate::file::MAX_DATASET_FILE_BYTES)?;
     match String::from_utf8(bytes) {
         Ok(s) => Ok(match s.strip_prefix(BOM) {
             Some(rest) => rest.to_string(),
@@ -243,8 +243,9 @@ fn read_text(path: &Path) -> Result<String> {
     }
 }
 
-/// Reads every row of a file. File-level problems (unreadable file, broken CSV quoting, a JSON
-/// array that does not parse, a duplicate header) are the outer error; row-level problems are
+/// Reads every row of a file. File-level problems (unreadable file, not a regular file, larger
+/// than [`crate::MAX_DATASET_FILE_BYTES`], broken CSV quoting, a JSON array that does not parse, a
+/// duplicate header) are the outer error; row-level problems are
 /// returned per row so the caller can apply its [`OnError`] policy.
 pub fn read_records(path: &Path, format: Format) -> Result<Vec<Result<Record>>> {
     let text = read_text(path)?;

@@ -193,6 +193,9 @@ impl Manifest {
 }
 
 /// The manifests compiled into the binary, so `keel data list` works from any directory.
+/// Largest manifest file [`Catalog::from_dir`] reads: manifests are a few KB of YAML.
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
 const EMBEDDED: &[(&str, &str)] = &[
     ("advbench.yaml", include_str!("../../../datasets/advbench.yaml")),
     ("jbb-harmful.yaml", include_str!("../../../datasets/jbb-harmful.yaml")),
@@ -231,7 +234,11 @@ impl Catalog {
             let path = entry.map_err(|e| DataError::io("reading manifest directory", dir, e))?.path();
             let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
             if matches!(ext, "yaml" | "yml" | "json") && path.is_file() {
-                let text = std::fs::read_to_string(&path).map_err(|e| DataError::io("reading", &path, e))?;
+                let bytes = crate::file::read_dataset_file(&path, MAX_MANIFEST_BYTES)?;
+                let text = String::from_utf8(bytes).map_err(|_| DataError::Manifest {
+                    name: path.display().to_string(),
+                    message: "not valid UTF-8".into(),
+                })?;
                 manifests.push(Manifest::from_yaml(&text, &path.display().to_string())?);
             }
         }

@@ -257,3 +257,99 @@ proptest! {
         prop_assert_eq!(line, starts[bad]);
     }
 }
+
+/// Runs `f` on another thread and fails the test if it does not return within 10 s (a FIFO that
+/// is opened blocks forever).
+fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10)).expect("returned at once, without blocking")
+}
+
+fn not_regular(e: DataError) -> (PathBuf, &'static str) {
+    match e {
+        DataError::NotRegularFile { path, kind } => (path, kind),
+        other => panic!("expected NotRegularFile, got {other}"),
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn fifos_devices_and_directories_are_refused_at_once() {
+    let d = tmpdir("special");
+    let fifo = d.join("data.jsonl");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
+    assert!(made.success());
+    let load = |p: PathBuf| {
+        within_10s(move || load_file(&p, Format::Jsonl, &FieldMapping::prompt_only("q"), OnError::Fail, "t"))
+    };
+    let (path, kind) = not_regular(load(fifo.clone()).unwrap_err());
+    assert_eq!((path.as_path(), kind), (fifo.as_path(), "a FIFO (named pipe)"));
+    let (_, kind) = not_regular(load(PathBuf::from("/dev/zero")).unwrap_err());
+    assert_eq!(kind, "a character device");
+    let (_, kind) = not_regular(load(d.clone()).unwrap_err());
+    assert_eq!(kind, "a directory");
+    let msg = load(fifo.clone()).unwrap_err().to_string();
+    assert!(msg.contains("data.jsonl") && msg.contains("not a regular file"), "{msg}");
+
+    // A FIFO where the cache expects a catalogued file: refused by status and verify (which
+    // would otherwise hash it, blocking), not reported as missing.
+    let catalog = Catalog::embedded().unwrap();
+    let m = catalog.get("advbench").unwrap().clone();
+    let cache = keel_data::Cache::new(d.join("cache"));
+    let cached = cache.path_for(&m);
+    std::fs::create_dir_all(cached.parent().unwrap()).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(&cached).status().unwrap().success());
+    let (c2, m2) = (cache.clone(), m.clone());
+    let (path, _) = not_regular(within_10s(move || c2.verify(&m2)).unwrap_err());
+    assert_eq!(path, cached);
+    let (c3, m3) = (cache.clone(), m.clone());
+    not_regular(within_10s(move || c3.status(&m3)).unwrap_err());
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn dataset_files_are_capped_with_the_limit_in_the_message() {
+    let d = tmpdir("cap");
+    let p = write(&d, "x.jsonl", b"{\"q\":\"hello\"}\n");
+    assert_eq!(keel_data::read_dataset_file(&p, 14).unwrap().len(), 14);
+    match keel_data::read_dataset_file(&p, 13).unwrap_err() {
+        DataError::FileTooLarge { size, limit, .. } => assert_eq!((size.as_str(), limit), ("14", 13)),
+        other => panic!("{other}"),
+    }
+    // A (sparse) file one byte over the loaders' limit is refused before it is read.
+    let big = d.join("big.jsonl");
+    std::fs::File::create(&big).unwrap().set_len(keel_data::MAX_DATASET_FILE_BYTES + 1).unwrap();
+    let e = load_file(&big, Format::Jsonl, &FieldMapping::prompt_only("q"), OnError::Fail, "t").unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, DataError::FileTooLarge { .. }), "{msg}");
+    assert!(msg.contains(&format!("{} bytes", keel_data::MAX_DATASET_FILE_BYTES + 1)), "{msg}");
+    assert!(msg.contains(&format!("{}-byte limit", keel_data::MAX_DATASET_FILE_BYTES)), "{msg}");
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn corrupt_rows_name_the_file_and_line() {
+    let d = tmpdir("corrupt");
+    let mapping = FieldMapping::prompt_only("q");
+    // Invalid UTF-8 on line 3.
+    let p = write(&d, "u.jsonl", b"{\"q\":\"a\"}\n{\"q\":\"b\"}\n{\"q\":\"\xff\"}\n");
+    let (path, line, msg) = row_error(load_file(&p, Format::Jsonl, &mapping, OnError::Fail, "t").unwrap_err());
+    assert_eq!((path, line, msg.as_str()), (p.clone(), 3, "file is not valid UTF-8"));
+    // A JSONL line that is not an object, and one missing the prompt field.
+    let p = write(&d, "o.jsonl", b"{\"q\":\"a\"}\n\n[1,2]\n");
+    let (path, line, msg) = row_error(load_file(&p, Format::Jsonl, &mapping, OnError::Fail, "t").unwrap_err());
+    assert_eq!((path, line), (p.clone(), 3), "blank lines count: {msg}");
+    assert!(msg.contains("expected a JSON object, found an array"), "{msg}");
+    let p = write(&d, "m.jsonl", b"{\"q\":\"a\"}\n{\"other\":\"b\"}\n");
+    let e = load_file(&p, Format::Jsonl, &mapping, OnError::Fail, "t").unwrap_err();
+    assert!(e.to_string().starts_with(&format!("{}:2: missing field `q`", p.display())), "{e}");
+    // A CSV row with a field too many, after a multi-line quoted field.
+    let p = write(&d, "c.csv", b"q,a\n\"two\nlines\",x\nok,y\nbad,z,extra\n");
+    let (path, line, msg) = row_error(load_file(&p, Format::Csv, &mapping, OnError::Fail, "t").unwrap_err());
+    assert_eq!((path, line), (p, 5));
+    assert!(msg.contains("3 fields but the header has 2"), "{msg}");
+    std::fs::remove_dir_all(&d).ok();
+}

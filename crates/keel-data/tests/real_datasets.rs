@@ -13,8 +13,8 @@ fn data_dir() -> PathBuf {
         Some(d) if !d.is_empty() => PathBuf::from(d),
         _ => panic!(
             "KEEL_DATA_DIR is not set: these tests read the real benchmark files; run \
-             `KEEL_DATA_DIR=/work/shared/datasets cargo test --release -p keel-data` \
-             (or point it at a cache filled with `keel data fetch`)"
+             `bash scripts/fetch-test-data.sh` and run the tests with cargo (it sets KEEL_DATA_DIR), \
+             or point KEEL_DATA_DIR at a cache filled with `keel data fetch`"
         ),
     }
 }
@@ -23,7 +23,7 @@ fn load(name: &str) -> Loaded {
     let cache = Cache::new(data_dir());
     let catalog = Catalog::embedded().unwrap();
     let m = catalog.get(name).unwrap();
-    let l = m.load(&cache).unwrap_or_else(|e| panic!("loading {name}: {e}"));
+    let l = m.load(&cache).unwrap_or_else(|e| panic!("loading {name}: {e} (`bash scripts/fetch-test-data.sh` fetches every dataset the tests read)"));
     assert_eq!(l.rows, m.rows, "{name}: manifest row count");
     assert!(l.skipped.is_empty());
     let ids: HashSet<&str> = l.examples.iter().map(|e| e.id.as_str()).collect();

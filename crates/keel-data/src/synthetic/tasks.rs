@@ -298,13 +298,29 @@ fn gen_count(c: &CountConfig, rng: &mut ChaCha8Rng) -> Item {
     }
 }
 
-/// `n` examples with unique prompts, deterministic in `seed`.
+/// Most examples one task world holds (train + test). Why a bound: each example takes about
+/// 0.5 KB in memory and is written to JSONL by the `synthetic_world` stage, so a million is
+/// already ~0.5 GB, and a size like `1e15` would otherwise abort on allocation.
+pub const MAX_TASK_WORLD_EXAMPLES: usize = 1_000_000;
+
+fn check_world_size(n: usize) -> Result<()> {
+    if n > MAX_TASK_WORLD_EXAMPLES {
+        return Err(DataError::Invalid {
+            what: "task world size",
+            message: format!("{n} examples requested, more than the limit of {MAX_TASK_WORLD_EXAMPLES}"),
+        });
+    }
+    Ok(())
+}
+
+/// `n` examples with unique prompts, deterministic in `seed`; at most [`MAX_TASK_WORLD_EXAMPLES`].
 ///
 /// Each example has `target` (reasoning then `Answer: …`, rendered with `format`), `answer`, the
 /// domain as `category`, `source` = `synthetic/<domain>` and id `<domain>-<seed>-<i>`. Fails if the
 /// configured space has fewer than `n` distinct prompts (make the task harder or ask for fewer).
 pub fn generate_tasks(domain: &TaskDomain, n: usize, seed: u64, format: ReasoningFormat) -> Result<Vec<Example>> {
     domain.validate()?;
+    check_world_size(n)?;
     let mut rng = keel_core::SeedStream::new(seed).rng(&format!("keel-data/tasks/{}", domain.name()));
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(n);
@@ -353,9 +369,14 @@ pub struct TaskWorld {
     pub test: Vec<Example>,
 }
 
-/// Generates `n_train + n_test` unique tasks and splits them (disjoint by construction).
+/// Generates `n_train + n_test` unique tasks and splits them (disjoint by construction); the sum
+/// is bounded by [`MAX_TASK_WORLD_EXAMPLES`].
 pub fn task_world(domain: &TaskDomain, n_train: usize, n_test: usize, seed: u64, format: ReasoningFormat) -> Result<TaskWorld> {
-    let mut all = generate_tasks(domain, n_train + n_test, seed, format)?;
+    let total = n_train.checked_add(n_test).ok_or_else(|| DataError::Invalid {
+        what: "task world size",
+        message: format!("n_train {n_train} + n_test {n_test} overflows"),
+    })?;
+    let mut all = generate_tasks(domain, total, seed, format)?;
     let test = all.split_off(n_train);
     Ok(TaskWorld { train: all, test })
 }
@@ -514,6 +535,18 @@ mod tests {
         assert_eq!((steps.join(". "), v), ("3-8=-5. -5+2=-3".to_string(), -3));
         let (tokens, c) = count_walk("bacab", 'a');
         assert_eq!((tokens.join(" "), c), ("b a1 c a2 b".to_string(), 2));
+    }
+
+    #[test]
+    fn absurd_world_sizes_are_errors_not_aborts() {
+        let d = TaskDomain::Arithmetic(ArithConfig::default());
+        let err = task_world(&d, 1_000_000_000_000_000, 0, 1, ReasoningFormat::Plain).unwrap_err().to_string();
+        assert!(err.contains("1000000000000000 examples") && err.contains("limit of 1000000"), "{err}");
+        let err = task_world(&d, usize::MAX, 1, 1, ReasoningFormat::Plain).unwrap_err().to_string();
+        assert!(err.contains("overflows"), "{err}");
+        let err = task_world(&d, MAX_TASK_WORLD_EXAMPLES, 1, 1, ReasoningFormat::Plain).unwrap_err().to_string();
+        assert!(err.contains(&format!("{} examples", MAX_TASK_WORLD_EXAMPLES + 1)), "{err}");
+        assert_eq!(task_world(&d, 3, 2, 1, ReasoningFormat::Plain).unwrap().test.len(), 2);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use keel_data::{Cache, Catalog, DataError, ReasoningFormat, SafetyWorld, SafetyWorldConfig, TaskDomain};
+use keel_data::{
+    Cache, Catalog, DataError, ReasoningFormat, SafetyWorld, SafetyWorldConfig, TaskDomain, MAX_TASK_WORLD_EXAMPLES,
+};
 use keel_core::SafetyLabel;
 use keel_pipeline::{DryRun, ParamProblem, ParamSpec, ParamType, Params, PortSpec, Stage, StageContext, StageError, StageKind};
 use rand::seq::SliceRandom;
@@ -11,6 +13,22 @@ use serde::Deserialize;
 use crate::ctx::Ctx;
 use crate::kinds::recv_examples;
 use crate::messages::{ExampleSet, TokenizerFiles, EXAMPLES, TOKENIZER};
+
+/// Most examples a task world holds, as a parameter bound (whole numbers below 2^53 are exact in
+/// an `f64`).
+const WORLD_MAX: f64 = MAX_TASK_WORLD_EXAMPLES as f64;
+
+/// Why task-world sizes are bounded, shown with the error and by `keel list`.
+const WORLD_WHY: &str = "n_train + n_test examples are generated in memory and written to JSONL, about 0.5 KB each";
+
+/// Largest vocabulary a trained tokenizer may have (2^20). Why: a model over it holds a
+/// vocabulary × hidden embedding matrix, and the largest real vocabularies are ~260k tokens; a
+/// value like `9223372036854775807` would otherwise reach the trainer and panic.
+pub const MAX_VOCAB_SIZE: usize = 1 << 20;
+
+/// Why vocabulary sizes are bounded, shown with the error and by `keel list`.
+pub const VOCAB_WHY: &str =
+    "a model over it holds a vocabulary x hidden embedding matrix; real vocabularies stop near 260k tokens";
 
 /// `synthetic_world`: generates a verifiable task world and a safety world from the seed.
 pub struct SyntheticWorld;
@@ -67,9 +85,10 @@ impl StageKind for SyntheticWorld {
         vec![
             ParamSpec::optional("task", ParamType::Enum(&["arithmetic", "sorting", "counting"]), "arithmetic", "task domain"),
             ParamSpec::optional("task_config", ParamType::Map, "{}", "difficulty knobs of the domain (see docs/pipelines.md)"),
-            ParamSpec::optional("n_train", ParamType::Int, "2000", "task training examples"),
-            ParamSpec::optional("n_test", ParamType::Int, "200", "held-out task examples"),
-            ParamSpec::optional("n_base_task", ParamType::Int, "1000", "task examples included in base_mix"),
+            ParamSpec::optional("n_train", ParamType::Int, "2000", "task training examples").range(0.0, WORLD_MAX, WORLD_WHY),
+            ParamSpec::optional("n_test", ParamType::Int, "200", "held-out task examples").range(0.0, WORLD_MAX, WORLD_WHY),
+            ParamSpec::optional("n_base_task", ParamType::Int, "1000", "task examples included in base_mix")
+                .range(0.0, WORLD_MAX, WORLD_WHY),
             ParamSpec::optional(
                 "safety",
                 ParamType::Enum(&["embedded", "real", "none"]),
@@ -89,6 +108,15 @@ impl StageKind for SyntheticWorld {
                 }
                 if let Err(e) = p.safety_config() {
                     out.push(ParamProblem::new("safety_config", format!("invalid safety configuration: {e}")));
+                }
+                if p.n_train.saturating_add(p.n_test) > MAX_TASK_WORLD_EXAMPLES {
+                    out.push(ParamProblem::new(
+                        "n_test",
+                        format!(
+                            "n_train + n_test = {} exceeds the maximum {MAX_TASK_WORLD_EXAMPLES} ({WORLD_WHY})",
+                            p.n_train as u128 + p.n_test as u128
+                        ),
+                    ));
                 }
                 if p.n_base_task > p.n_train {
                     out.push(ParamProblem::new("n_base_task", format!("{} exceeds n_train = {}", p.n_base_task, p.n_train)));
@@ -230,7 +258,21 @@ impl StageKind for Dataset {
     }
     fn check(&self, params: &Params) -> Vec<ParamProblem> {
         let Ok(p) = params.parse::<DatasetParams>() else { return Vec::new() };
-        match Catalog::embedded() {
+        let catalog = Catalog::embedded();
+        // A FIFO or device where the cache expects the file is refused at validation, before
+        // anything opens it.
+        if let (Ok(c), Ok(cache)) = (&catalog, Cache::from_env()) {
+            if let Ok(m) = c.get(&p.name) {
+                let path = cache.path_for(m);
+                if path.exists() {
+                    if let Err(e) = keel_data::regular_file_len(&path) {
+                        return vec![ParamProblem::new("name", e.to_string())
+                            .with_help(format!("delete it and run `keel data fetch {}`", p.name))];
+                    }
+                }
+            }
+        }
+        match catalog {
             Ok(c) if c.get(&p.name).is_err() => {
                 let names: Vec<String> = c.names().into_iter().map(str::to_string).collect();
                 let mut prob = ParamProblem::new("name", format!("unknown dataset `{}`", p.name));
@@ -247,8 +289,9 @@ impl StageKind for Dataset {
         let (Ok(p), Ok(c), Ok(cache)) = (params.parse::<DatasetParams>(), Catalog::embedded(), Cache::from_env()) else {
             return Vec::new();
         };
+        // Only a regular file is hashed into the manifest: hashing a FIFO would block the run.
         match c.get(&p.name) {
-            Ok(m) => Some(cache.path_for(m)).into_iter().filter(|p| p.exists()).collect(),
+            Ok(m) => Some(cache.path_for(m)).into_iter().filter(|p| p.is_file()).collect(),
             Err(_) => Vec::new(),
         }
     }
@@ -319,7 +362,11 @@ impl StageKind for TrainTokenizer {
         vec![PortSpec::new("tokenizer", TOKENIZER, "directory with tokenizer.json and tokenizer_config.json")]
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![ParamSpec::optional("vocab_size", ParamType::Int, "512", "vocabulary size (>= 259: specials + 256 bytes)")]
+        vec![ParamSpec::optional("vocab_size", ParamType::Int, "512", "vocabulary size (>= 259: specials + 256 bytes)").range(
+            259.0,
+            MAX_VOCAB_SIZE as f64,
+            VOCAB_WHY,
+        )]
     }
     fn build(&self, params: &Params) -> Result<Box<dyn Stage>, StageError> {
         Ok(Box::new(TokStage(params.parse()?)))
@@ -345,5 +392,39 @@ impl Stage for TokStage {
         tok.save(&dir).ctx(|| format!("saving the tokenizer to {}", dir.display()))?;
         ctx.log_metrics(0, [("vocab_size", tok.vocab_size() as f64), ("texts", texts.len() as f64)])?;
         ctx.send("tokenizer", TokenizerFiles { dir })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The validation errors of a one-stage pipeline whose stage is `stage` (YAML flow mapping).
+    fn errors(stage: &str) -> String {
+        let text = format!("name: bounds\nseed: 1\nstages:\n  s: {stage}\n");
+        match keel_pipeline::load_str("bounds.yaml", &text, &[], &crate::registry()) {
+            Ok(_) => String::new(),
+            Err(d) => d.to_string(),
+        }
+    }
+
+    #[test]
+    fn sizes_beyond_the_machine_are_refused_at_validation() {
+        let e = errors("{use: synthetic_world, with: {n_train: 1000000000000000}}");
+        assert!(e.contains("bounds.yaml:4:") && e.contains("n_train"), "{e}");
+        assert!(e.contains("above the maximum 1000000") && e.contains("JSONL"), "{e}");
+        // YAML reads 1e15 as a float: refused as not an integer, never reaching the generator.
+        let e = errors("{use: synthetic_world, with: {n_train: 1e15}}");
+        assert!(e.contains("n_train") && e.contains("float"), "{e}");
+        // Each within the limit, the sum beyond it.
+        let e = errors("{use: synthetic_world, with: {n_train: 600000, n_test: 600000}}");
+        assert!(e.contains("n_train + n_test = 1200000 exceeds the maximum 1000000"), "{e}");
+        assert_eq!(errors("{use: synthetic_world, with: {n_train: 1000000, n_test: 0, n_base_task: 10}}"), "");
+        let e = errors("{use: train_tokenizer, with: {vocab_size: 9223372036854775807}}");
+        assert!(e.contains("vocab_size") && e.contains("above the maximum 1048576"), "{e}");
+        let e = errors("{use: train_tokenizer, with: {vocab_size: 100}}");
+        assert!(e.contains("below the minimum 259"), "{e}");
+        let e = errors("{use: tiny_model, with: {family: llama, vocab_size: 9223372036854775807}}");
+        assert!(e.contains("vocab_size") && e.contains("above the maximum 1048576"), "{e}");
+        let e = errors("{use: tiny_model, with: {family: llama, vocab_size: 262}}");
+        assert!(e.contains("below the minimum 263"), "{e}");
     }
 }

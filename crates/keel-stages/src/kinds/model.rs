@@ -11,6 +11,7 @@ use keel_pipeline::{
 use serde::Deserialize;
 
 use crate::ctx::Ctx;
+use crate::kinds::data::{MAX_VOCAB_SIZE, VOCAB_WHY};
 use crate::messages::CHECKPOINT;
 use crate::policy::Policy;
 
@@ -243,14 +244,18 @@ impl StageKind for TinyModel {
         vec![
             ParamSpec::required("family", ParamType::Enum(FAMILIES), "architecture family (Hugging Face model_type)"),
             ParamSpec::optional("template", ParamType::Enum(TEMPLATES), "chatml", "chat template and special tokens of the tokenizer"),
-            ParamSpec::optional("vocab_size", ParamType::Int, "512", "upper bound of the BPE vocabulary (>= 263)"),
+            ParamSpec::optional("vocab_size", ParamType::Int, "512", "upper bound of the BPE vocabulary (>= 263)").range(
+                263.0,
+                MAX_VOCAB_SIZE as f64,
+                VOCAB_WHY,
+            ),
             ParamSpec::optional("stands_in_for", ParamType::Any, "null", "the model reference it replaces in a dry run (recorded in config.json)"),
             ParamSpec::optional("label", ParamType::Any, "null", "name in reports (default: the stage name)"),
         ]
     }
     fn check(&self, params: &Params) -> Vec<ParamProblem> {
+        // `vocab_size` is bounded by its declared range (263: special tokens + 256 bytes).
         match params.parse::<TinyParams>() {
-            Ok(p) if p.vocab_size < 263 => vec![ParamProblem::new("vocab_size", "must be at least 263 (special tokens + 256 bytes)")],
             Ok(_) => Vec::new(),
             Err(e) => vec![ParamProblem::new("family", e.to_string())],
         }
