@@ -37,12 +37,12 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use keel_core::{Example, SeedStream};
-use keel_optim::{KlEstimator, RewardScaling};
+use keel_optim::{KlEstimator, KlPlacement, LossAggregation, RewardScaling};
 use keel_rewards::{AnswerFormat, CompositeReward, MathReward};
 use keel_rollout::SamplingParams;
 use keel_stages::messages::ScoredBatch;
 use keel_stages::policy::{sample_rollouts, Policy};
-use keel_stages::rl::{Aggregation, Algorithm, KlIn, LearnConfig, Learner};
+use keel_stages::rl::{Algorithm, LearnConfig, Learner};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -109,11 +109,10 @@ fn learn_config() -> LearnConfig {
         grad_clip: 1.0,
         beta: BETA,
         kl_estimator: KlEstimator::K3,
-        kl_in: KlIn::Loss,
+        kl_placement: KlPlacement::Loss,
         eps_low: 0.2,
         eps_high: 0.2,
-        aggregation: Aggregation::SequenceMean,
-        constant_len: MAX_NEW,
+        aggregation: LossAggregation::SequenceMean,
         scale_rewards: RewardScaling::Group,
         epochs: 1,
         minibatches: 1,

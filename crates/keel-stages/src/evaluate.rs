@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::ctx::Ctx;
 use crate::messages::{EvalResult, ExampleSet, SetMetrics};
 use crate::policy::Policy;
-use crate::train::{collate, TokenBatch, TokenizedPair};
+use crate::batch::{collate, logprobs, TokenBatch, TokenizedPair};
 
 /// Knobs of an evaluation (the `with:` block of an `evaluate` stage).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -168,7 +168,7 @@ pub fn sequence_logprobs(
 ) -> Result<Vec<f64>, StageError> {
     let mut out = Vec::with_capacity(completions.len());
     for tb in completion_batches(prompts, completions, pad_id, model.device())? {
-        let lp = crate::rl::logprobs(model, &tb.ids, &tb.attention, temperature)?;
+        let lp = logprobs(model, &tb.ids, &tb.attention, temperature)?;
         let masked = (lp * &tb.loss_mask).and_then(|x| x.sum(1)).ctx(|| "summing sequence log-probs".to_string())?;
         let v: Vec<f32> = masked.to_vec1().ctx(|| "reading sequence log-probs".to_string())?;
         out.extend(v.into_iter().map(f64::from));

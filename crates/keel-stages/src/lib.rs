@@ -12,6 +12,7 @@
 //! steps (world building, tokenizer training, warm-up SFT, evaluation, report) are stages of the
 //! same graph, connected by checkpoint and example-set messages.
 
+pub mod batch;
 mod ctx;
 pub mod evaluate;
 mod kinds;

@@ -7,24 +7,17 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
 use keel_core::{Example, SeedStream};
-use keel_optim::{clip_grad_norm, sft_loss, AdamW, AdamWConfig, DecayRule, Ema, EmaConfig, LrSchedule, SftReduction};
+use keel_optim::{
+    clip_grad_norm, sft_loss, AdamW, AdamWConfig, DecayRule, Ema, EmaConfig, GradAccumulator, LrSchedule, SftReduction,
+};
 use keel_pipeline::StageError;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+use crate::batch::{collate, micro_batches, scalar, TokenizedPair};
 use crate::ctx::Ctx;
 use crate::policy::Policy;
-
-/// A prompt + completion pair as token ids, with where the completion starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenizedPair {
-    /// Prompt ids followed by completion ids.
-    pub ids: Vec<u32>,
-    /// Number of prompt tokens; positions `prompt_len..` are the completion.
-    pub prompt_len: usize,
-}
 
 /// Tokenizes an example for SFT: the rendered prompt, then the gold `target` and the end-of-turn
 /// token, tokenized separately exactly as generation sees them. Returns `None` for examples
@@ -44,51 +37,6 @@ pub fn tokenize_pair(policy: &Policy, example: &Example, max_len: usize) -> Resu
     }
     ids.truncate(max_len);
     Ok(Some(TokenizedPair { ids, prompt_len: prompt.len() }))
-}
-
-/// A right-padded batch ready for `token_logprobs`.
-#[derive(Debug)]
-pub struct TokenBatch {
-    /// `[B, T]` u32 token ids.
-    pub ids: Tensor,
-    /// `[B, T]` f32, 1 for real tokens.
-    pub attention: Tensor,
-    /// `[B, T-1]` f32, 1 where position `t` predicts a completion token `t+1`.
-    pub loss_mask: Tensor,
-    /// Number of completion tokens in the batch.
-    pub tokens: usize,
-}
-
-/// Pads pairs on the right to a common length and builds the masks that align with the
-/// `[B, T-1]` output of `CausalLm::token_logprobs`.
-pub fn collate(pairs: &[&TokenizedPair], pad_id: u32, device: &Device) -> Result<TokenBatch, StageError> {
-    let t = pairs.iter().map(|p| p.ids.len()).max().unwrap_or(0);
-    if t < 2 {
-        return Err(StageError::msg("cannot train on sequences shorter than two tokens"));
-    }
-    let b = pairs.len();
-    let mut ids = Vec::with_capacity(b * t);
-    let mut attention = Vec::with_capacity(b * t);
-    let mut loss_mask = Vec::with_capacity(b * (t - 1));
-    let mut tokens = 0;
-    for p in pairs {
-        let n = p.ids.len();
-        ids.extend(p.ids.iter().copied().chain(std::iter::repeat_n(pad_id, t - n)));
-        attention.extend((0..t).map(|i| if i < n { 1f32 } else { 0.0 }));
-        for pos in 0..t - 1 {
-            let predicts = pos + 1;
-            let on = predicts >= p.prompt_len && predicts < n;
-            tokens += on as usize;
-            loss_mask.push(if on { 1f32 } else { 0.0 });
-        }
-    }
-    let mk = |v: Vec<f32>, cols: usize| Tensor::from_vec(v, (b, cols), device).ctx(|| "building a batch tensor".to_string());
-    Ok(TokenBatch {
-        ids: Tensor::from_vec(ids, (b, t), device).ctx(|| "building the id tensor".to_string())?,
-        attention: mk(attention, t)?,
-        loss_mask: mk(loss_mask, t - 1)?,
-        tokens,
-    })
 }
 
 /// Hyper-parameters of an SFT run (part of the `with:` block of an `sft` stage).
@@ -228,9 +176,9 @@ pub fn run_sft(
         // tokens, so the summed gradients equal the whole batch's.
         let target_tokens = |ps: &[&TokenizedPair]| ps.iter().map(|p| p.ids.len().saturating_sub(p.prompt_len)).sum::<usize>() as f64;
         let batch_tokens = target_tokens(&batch).max(1.0);
-        let mut accumulated: Vec<Option<Tensor>> = vec![None; params.len()];
-        let (mut grads, mut loss_v, mut tokens) = (None, 0.0, 0usize);
-        for (pi, part) in parts.iter().enumerate() {
+        let mut acc = GradAccumulator::new();
+        let (mut loss_v, mut tokens) = (0.0, 0usize);
+        for part in &parts {
             let tb = collate(part, pad, &device)?;
             let logp = policy
                 .model
@@ -238,19 +186,14 @@ pub fn run_sft(
                 .ctx(|| format!("sft step {step}: forward pass"))?;
             let mut loss = sft_loss(&logp, &tb.loss_mask, SftReduction::Token).ctx(|| format!("sft step {step}: loss"))?;
             tokens += tb.tokens;
-            if parts.len() == 1 {
-                loss_v = scalar(&loss)?;
-                grads = Some(loss.backward().ctx(|| format!("sft step {step}: backward pass"))?);
-                break;
+            if parts.len() > 1 {
+                loss = (loss * (target_tokens(part) / batch_tokens)).ctx(|| "weighting a micro-batch".to_string())?;
             }
-            let w = target_tokens(part) / batch_tokens;
-            loss = (loss * w).ctx(|| "weighting a micro-batch".to_string())?;
             loss_v += scalar(&loss)?;
-            let mut g = loss.backward().ctx(|| format!("sft step {step}: backward pass"))?;
-            accumulate_grads(&params, &mut accumulated, &mut g, pi + 1 == parts.len())?;
-            grads = Some(g);
+            let g = loss.backward().ctx(|| format!("sft step {step}: backward pass"))?;
+            acc.add(&params, &g, 1.0).ctx(|| format!("sft step {step}: accumulating gradients"))?;
         }
-        let mut grads = grads.ok_or_else(|| StageError::msg(format!("sft step {step}: empty batch")))?;
+        let mut grads = acc.grads(&params);
         let grad_norm = if config.grad_clip > 0.0 {
             clip_grad_norm(&params, &mut grads, config.grad_clip).ctx(|| format!("sft step {step}: gradient clipping"))?
         } else {
@@ -284,41 +227,4 @@ pub fn run_sft(
         }
     }
     Ok(SftOutcome { ema, final_loss, samples: config.steps * config.batch_size as u64 })
-}
-
-/// The micro-batches of `batch`: chunks of `micro_batch_size` items (0 = the whole batch as one).
-pub(crate) fn micro_batches<T>(batch: &[T], micro_batch_size: usize) -> std::slice::Chunks<'_, T> {
-    let size = if micro_batch_size == 0 { batch.len() } else { micro_batch_size.min(batch.len()) };
-    batch.chunks(size.max(1))
-}
-
-/// One micro-batch's share of gradient accumulation: moves the parameters' gradients out of `g`
-/// into `accumulated` (summing), so the rest of `g` can be freed; on the `last` micro-batch puts
-/// the sums back into `g`, which then carries them to clipping and the optimiser. (candle offers
-/// no empty `GradStore` to accumulate into.)
-pub(crate) fn accumulate_grads(
-    params: &[(String, candle_core::Var)],
-    accumulated: &mut [Option<Tensor>],
-    g: &mut candle_core::backprop::GradStore,
-    last: bool,
-) -> Result<(), StageError> {
-    for (k, (_, var)) in params.iter().enumerate() {
-        if let Some(t) = g.remove(var.as_tensor()) {
-            accumulated[k] = Some(match accumulated[k].take() {
-                Some(acc) => (acc + t).ctx(|| "accumulating gradients".to_string())?,
-                None => t,
-            });
-        }
-        if last {
-            if let Some(sum) = accumulated[k].take() {
-                g.insert(var.as_tensor(), sum);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Reads a scalar tensor as f64.
-pub fn scalar(t: &Tensor) -> Result<f64, StageError> {
-    t.to_dtype(DType::F64).and_then(|x| x.to_scalar::<f64>()).ctx(|| "reading a scalar".to_string())
 }

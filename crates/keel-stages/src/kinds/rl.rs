@@ -18,7 +18,7 @@ use rand::seq::SliceRandom;
 use serde::Deserialize;
 
 use crate::ctx::Ctx;
-use crate::kinds::sft::{check_ema, check_lora, optimiser_params};
+use crate::kinds::sft::{check_ema, check_lora, first_problem, optimiser_params, parse_params};
 use crate::evaluate::{evaluate, EvalConfig, EvalSets};
 use crate::kinds::{recv_examples, recv_one};
 use crate::messages::{
@@ -92,7 +92,8 @@ impl StageKind for Prompts {
         ]
     }
     fn check(&self, params: &Params) -> Vec<ParamProblem> {
-        match params.parse::<PromptParams>() {
+        match parse_params::<PromptParams>(params, &self.params()) {
+            Err(problems) => problems,
             Ok(p) if p.batch_size == 0 => vec![ParamProblem::new("batch_size", "must be at least 1")],
             Ok(PromptParams { harmful_fraction: Some(f), .. }) if !(0.0..=1.0).contains(&f) => {
                 vec![ParamProblem::new("harmful_fraction", format!("{f} is outside [0, 1]"))]
@@ -101,7 +102,7 @@ impl StageKind for Prompts {
         }
     }
     fn dry_run(&self, params: &Params) -> Result<DryRun, ParamProblem> {
-        let p = params.parse::<PromptParams>().map_err(|e| ParamProblem::new("steps", e.to_string()))?;
+        let p = parse_params::<PromptParams>(params, &self.params()).map_err(first_problem)?;
         Ok(DryRun::unchanged().set("steps", p.steps.min(2)).set("batch_size", p.batch_size.min(2)))
     }
     fn build(&self, params: &Params) -> Result<Box<dyn Stage>, StageError> {
@@ -195,19 +196,21 @@ impl StageKind for Rollout {
         ]
     }
     fn check(&self, params: &Params) -> Vec<ParamProblem> {
+        let p = match parse_params::<RolloutParams>(params, &self.params()) {
+            Ok(p) => p,
+            Err(problems) => return problems,
+        };
         let mut out = Vec::new();
-        if let Ok(p) = params.parse::<RolloutParams>() {
-            if p.group_size == 0 {
-                out.push(ParamProblem::new("group_size", "must be at least 1"));
-            }
-            if !(p.temperature > 0.0) {
-                out.push(ParamProblem::new("temperature", "RL sampling needs a temperature > 0"));
-            }
+        if p.group_size == 0 {
+            out.push(ParamProblem::new("group_size", "must be at least 1"));
+        }
+        if !(p.temperature > 0.0) {
+            out.push(ParamProblem::new("temperature", "RL sampling needs a temperature > 0"));
         }
         out
     }
     fn dry_run(&self, params: &Params) -> Result<DryRun, ParamProblem> {
-        let p = params.parse::<RolloutParams>().map_err(|e| ParamProblem::new("group_size", e.to_string()))?;
+        let p = parse_params::<RolloutParams>(params, &self.params()).map_err(first_problem)?;
         Ok(DryRun::unchanged().set("group_size", p.group_size.min(4)).set("max_new_tokens", p.max_new_tokens.min(16)))
     }
     fn build(&self, params: &Params) -> Result<Box<dyn Stage>, StageError> {
@@ -347,7 +350,7 @@ impl StageKind for Score {
                 Ok(_) => Vec::new(),
                 Err(e) => vec![ParamProblem::new("rewards", e)],
             },
-            Err(e) => vec![ParamProblem::new("rewards", e.to_string())],
+            Err(e) => vec![ParamProblem::new("rewards", e.full_message())],
         }
     }
     fn build(&self, params: &Params) -> Result<Box<dyn Stage>, StageError> {
@@ -455,7 +458,7 @@ impl StageKind for Learn {
         v
     }
     fn check(&self, params: &Params) -> Vec<ParamProblem> {
-        match params.parse::<LearnParams>() {
+        match parse_params::<LearnParams>(params, &self.params()) {
             Ok(p) => {
                 let p = &p.learner;
                 let mut out = check_ema(p.ema_alpha);
@@ -471,11 +474,11 @@ impl StageKind for Learn {
                 }
                 out
             }
-            Err(e) => vec![ParamProblem::new("algorithm", e.to_string())],
+            Err(problems) => problems,
         }
     }
     fn dry_run(&self, params: &Params) -> Result<DryRun, ParamProblem> {
-        let p = params.parse::<LearnParams>().map_err(|e| ParamProblem::new("algorithm", e.to_string()))?;
+        let p = parse_params::<LearnParams>(params, &self.params()).map_err(first_problem)?;
         // One optimiser step per RL step, so two prompt batches give exactly two updates.
         Ok(DryRun::unchanged()
             .set("epochs", 1)

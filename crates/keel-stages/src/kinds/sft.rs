@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use keel_core::CheckpointRef;
 use keel_pipeline::{DryRun, ParamProblem, ParamSpec, ParamType, Params, PortSpec, Stage, StageContext, StageError, StageKind};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::kinds::{recv_examples, recv_one};
@@ -40,6 +41,49 @@ pub(crate) fn optimiser_params(lr: &'static str) -> Vec<ParamSpec> {
         ParamSpec::optional("lora", ParamType::Any, "null", "train LoRA adapters `{r, alpha, target_modules}` instead of every weight; null trains all"),
         ParamSpec::optional("label", ParamType::Any, "null", "name of the produced checkpoint in reports (default: the stage name)"),
     ]
+}
+
+/// Deserializes a stage's parameters, or says which parameter cannot be read and why.
+///
+/// Why not just `params.parse()`: a failure there reports the stage as a whole, and through
+/// `#[serde(flatten)]` serde's message does not say which field failed (a typo inside `lora:`
+/// read as a problem with the stage's first parameter). So on failure each parameter the user set
+/// is tried alone, every other one at its default: a parameter that fails alone is named, with
+/// serde's message for it. If none fails alone (only a combination does), the problem is the
+/// stage's, with the full message.
+pub(crate) fn parse_params<T: DeserializeOwned>(params: &Params, specs: &[ParamSpec]) -> Result<T, Vec<ParamProblem>> {
+    let err = match params.parse::<T>() {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    let defaults: Vec<(&str, serde_yaml::Value)> =
+        specs.iter().filter_map(|s| s.default_value().map(|d| (s.name, d))).collect();
+    let mut problems = Vec::new();
+    for (name, default) in &defaults {
+        let Some(value) = params.value(name) else { continue };
+        if value == default {
+            continue;
+        }
+        let mut alone = params.values().clone();
+        for (other, d) in &defaults {
+            if other != name {
+                alone.insert(other.to_string(), d.clone());
+            }
+        }
+        if let Err(e) = Params::new(params.stage(), alone).parse::<T>() {
+            let why = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_else(|| e.full_message());
+            problems.push(ParamProblem::new(*name, why));
+        }
+    }
+    if problems.is_empty() {
+        problems.push(ParamProblem::new("", err.full_message()));
+    }
+    Err(problems)
+}
+
+/// The first of [`parse_params`]'s problems, for `dry_run`, which reports one.
+pub(crate) fn first_problem(problems: Vec<ParamProblem>) -> ParamProblem {
+    problems.into_iter().next().unwrap_or_else(|| ParamProblem::new("", "the parameters cannot be read"))
 }
 
 /// Checks an optional LoRA spec (rank and target names).
@@ -109,7 +153,7 @@ impl StageKind for Sft {
         v
     }
     fn check(&self, params: &Params) -> Vec<ParamProblem> {
-        match params.parse::<SftParams>() {
+        match parse_params::<SftParams>(params, &self.params()) {
             Ok(p) => {
                 let mut out = check_ema(p.train.ema_alpha);
                 out.extend(check_lora(p.train.lora.as_ref()));
@@ -122,11 +166,11 @@ impl StageKind for Sft {
                 }
                 out
             }
-            Err(e) => vec![ParamProblem::new("steps", e.to_string())],
+            Err(problems) => problems,
         }
     }
     fn dry_run(&self, params: &Params) -> Result<DryRun, ParamProblem> {
-        let p = params.parse::<SftParams>().map_err(|e| ParamProblem::new("steps", e.to_string()))?;
+        let p = parse_params::<SftParams>(params, &self.params()).map_err(first_problem)?;
         Ok(DryRun::unchanged()
             .set("steps", p.train.steps.min(2))
             .set("batch_size", p.train.batch_size.min(2))
