@@ -407,6 +407,13 @@ pub fn parse_yaml(file: &str, text: &str) -> Result<Node, Diagnostics> {
             .with_help("a pipeline file is plain text; this looks like binary data or a corrupted file")
             .into());
     }
+    if let Some(at) = text.find('\u{feff}') {
+        // Invisible in an editor, it would make `use` a different key from `\u{feff}use`.
+        let (line, col) = line_col(text, at);
+        return Err(Diagnostic::new(Span::new(file, line, col), "byte order mark (U+FEFF) inside a YAML text")
+            .with_help("delete this invisible character (only the very start of a file may hold one); files concatenated from several sources often carry one")
+            .into());
+    }
     let mut b = Builder {
         file: file.clone(),
         stack: Vec::new(),
@@ -509,6 +516,8 @@ mod tests {
         assert_eq!((k.as_scalar(), k.span.col), (Some("name"), 1));
         // One document with explicit markers is fine.
         assert!(parse_yaml("f", "---\na: 1\n...\n").is_ok());
+        let e = parse_yaml("f", "a: 1\nb:\u{feff} 2\n").unwrap_err();
+        assert_eq!((e.0[0].message.as_str(), e.0[0].span.line, e.0[0].span.col), ("byte order mark (U+FEFF) inside a YAML text", 2, 3));
     }
 
     #[test]

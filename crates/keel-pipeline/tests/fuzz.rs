@@ -62,8 +62,61 @@ fn pipeline_like() -> impl Strategy<Value = String> {
     })
 }
 
+/// A valid pipeline with a sweep, the seed of the mutation fuzzer.
+const SEED_PIPELINE: &str = "name: fuzz\nseed: 1\nresources:\n  policy: {kind: policy_store, max_staleness: 1}\nstages:\n  a:\n    use: counter\n    with: {count: 3, delay_ms: 0}\n  b:\n    use: map\n    inputs: {in: a.out}\n    with: {mul: 2}\n  c: {use: publisher, inputs: {in: b.out}, resources: {policy: policy}}\nsweep:\n  grid: {stages.b.with.mul: [1, 2, 3]}\n  seeds: [1, 2]\n";
+
+/// Fragments that hostile files contain: NULs, BOMs, document markers, complex keys, anchors,
+/// huge numbers and grids.
+const HOSTILE: &[&str] = &[
+    "\0", "\u{feff}", "\n---\n", "\n...\n", "? [x]\n: 1\n", "{[a]: 1}", "&a [*a]", "*a", "1e15", "9223372036854775807",
+    "99999999999999999999", "-1", ".nan", "!!binary aGk=", "max_cells: 100000000", "[0,1,2,3,4,5,6,7,8,9]", "\t", "\r\n", "#",
+    "'", "\"", ":", "- ", "  ", "\n",
+];
+
+/// One edit of a text: insert a hostile fragment, delete a range, or duplicate a range, at a
+/// position chosen by `at` (wrapped to a character boundary).
+fn mutate(text: &str, op: u8, at: usize, len: usize, frag: usize) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let i = at % (chars.len() + 1);
+    let j = (i + len % 40).min(chars.len());
+    let (head, tail): (String, String) = (chars[..i].iter().collect(), chars[i..].iter().collect());
+    match op % 3 {
+        0 => format!("{head}{}{tail}", HOSTILE[frag % HOSTILE.len()]),
+        1 => format!("{head}{}", chars[j..].iter().collect::<String>()),
+        _ => format!("{head}{}{tail}", chars[i..j].iter().collect::<String>()),
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, .. ProptestConfig::default() })]
+
+    /// Up to eight edits of a valid pipeline: loading gives a pipeline or located diagnostics,
+    /// never a panic, and always within a second (no hang on grids, aliases or odd bytes).
+    #[test]
+    fn mutated_pipelines_never_panic_or_hang(edits in prop::collection::vec((any::<u8>(), any::<usize>(), any::<usize>(), any::<usize>()), 1..8)) {
+        let mut text = SEED_PIPELINE.to_string();
+        for (op, at, len, frag) in edits {
+            text = mutate(&text, op, at, len, frag);
+        }
+        let reg = registry();
+        let t = std::time::Instant::now();
+        match load_str("fuzz.yaml", &text, &[], &reg) {
+            Ok(p) => {
+                if p.sweep.is_some() {
+                    let cells = keel_pipeline::expand_sweep(&p, &reg);
+                    prop_assert!(cells.is_ok(), "validated pipelines expand: {:?}", cells.err());
+                }
+            }
+            Err(e) => {
+                prop_assert!(!e.is_empty());
+                for d in e.iter() {
+                    prop_assert!(d.span.line >= 1 && d.span.col >= 1, "{d}");
+                    prop_assert!(!d.message.contains('\u{feff}'), "a BOM leaked into a message: {d}");
+                }
+            }
+        }
+        prop_assert!(t.elapsed() < std::time::Duration::from_secs(1), "took {:?} on:\n{text}", t.elapsed());
+    }
 
     #[test]
     fn random_text_never_panics(text in "\\PC{0,200}") {
