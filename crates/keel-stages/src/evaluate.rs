@@ -239,6 +239,34 @@ fn mean(xs: &[f64]) -> Option<f64> {
     (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
 }
 
+impl EvalResult {
+    /// The result of an evaluation that has measured nothing yet: every metric `None`, so that
+    /// whatever an evaluation skips reads "not measured", never 0.
+    pub fn unmeasured(label: &str, checkpoint: PathBuf) -> Self {
+        EvalResult {
+            label: label.to_string(),
+            checkpoint,
+            capability: None,
+            safety: None,
+            over_refusal: None,
+            kl: None,
+            drift: None,
+            chi2: None,
+            chi2_ess: None,
+            chi2_kl_floor: None,
+            chi2_reliable: None,
+            var_ref_s: None,
+            drift_bound_kl: None,
+            drift_bound_chi2: None,
+            bound_kl_holds: None,
+            bound_chi2_holds: None,
+            bound_holds: None,
+            sets: BTreeMap::new(),
+            benchmarks: BTreeMap::new(),
+        }
+    }
+}
+
 /// Evaluates `policy` (labelled `label`) on `sets`; drift is measured against `reference`.
 pub fn evaluate(
     label: &str,
@@ -262,27 +290,7 @@ pub fn evaluate(
         }
     };
     let greedy = SamplingParams::greedy(config.max_new_tokens);
-    let mut result = EvalResult {
-        label: label.to_string(),
-        checkpoint,
-        capability: None,
-        safety: None,
-        over_refusal: None,
-        kl: None,
-        drift: None,
-        chi2: None,
-        chi2_ess: None,
-        chi2_kl_floor: None,
-        chi2_reliable: None,
-        var_ref_s: None,
-        drift_bound_kl: None,
-        drift_bound_chi2: None,
-        bound_kl_holds: None,
-        bound_chi2_holds: None,
-        bound_holds: None,
-        sets: BTreeMap::new(),
-        benchmarks: BTreeMap::new(),
-    };
+    let mut result = EvalResult::unmeasured(label, checkpoint);
     if let Some(task) = &sets.task {
         let ex = take_per_source(task, config.max_per_source, config.max_task);
         let outs = generate(policy, &ex, &greedy)?;

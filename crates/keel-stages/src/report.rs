@@ -149,7 +149,8 @@ pub fn write_run_report(root: &Path, title: &str, results: &[EvalResult]) -> Res
          prompts. KL (exact next-token KL summed along sampled completions), ΔS = E_π[s] − E_ref[s] (s = 1 when the completion refuses a harmful prompt) and the bounds \
          are estimated from sampled completions (temperature 1) against the reference policy. χ² = E_π[w] − 1 (w = π/π_ref) is \
          estimated from the policy's own samples; KL implies χ² ≥ e^KL − 1, and where the estimate falls below that floor the \
-         floor is shown, marked unreliable with the estimate's effective sample size (ESS). \"not measured\" marks what an \
+         floor is shown, marked unreliable with the estimate's effective sample size (ESS). An ESS far below the number of \
+         samples (the `drift` set's n) means a few samples with large w carry the estimate: read that χ² as rough. \"not measured\" marks what an \
          evaluation did not measure (no such set, no reference, or drift_prompts: 0)."
         .to_string();
     let input = ReportInput {
@@ -246,32 +247,10 @@ pub fn write_sweep_report(dir: &Path, title: &str, cells: &[(String, std::path::
 #[cfg(test)]
 mod tests {
     //! Honest reports (nothing unmeasured reads as 0 or "yes") and labels that cannot break tables.
-    use std::collections::BTreeMap;
-
     use super::*;
 
     fn unmeasured(label: &str) -> EvalResult {
-        EvalResult {
-            label: label.into(),
-            checkpoint: "stages/x/checkpoint".into(),
-            capability: None,
-            safety: Some(0.9),
-            over_refusal: None,
-            kl: None,
-            drift: None,
-            chi2: None,
-            chi2_ess: None,
-            chi2_kl_floor: None,
-            chi2_reliable: None,
-            var_ref_s: None,
-            drift_bound_kl: None,
-            drift_bound_chi2: None,
-            bound_kl_holds: None,
-            bound_chi2_holds: None,
-            bound_holds: None,
-            sets: BTreeMap::new(),
-            benchmarks: BTreeMap::new(),
-        }
+        EvalResult { safety: Some(0.9), ..EvalResult::unmeasured(label, "stages/x/checkpoint".into()) }
     }
 
     fn measured(label: &str) -> EvalResult {
