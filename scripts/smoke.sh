@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# Smoke test: the quickstart pipeline end to end with reduced budgets, run twice; the two runs
-# must produce byte-identical results (same seed → same numbers on CPU).
+# Smoke test: the quickstart pipeline end to end with reduced budgets (the overrides in
+# tests/fixtures/quickstart_smoke.sets, which tests/quickstart.rs runs too), run twice; the two
+# runs must produce byte-identical results (same seed → same numbers on CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-keel=target/release/keel
-[ -x "$keel" ] || cargo build --release -p keel-cli
+# The release binary, (re)built if stale, wherever cargo puts it (CARGO_TARGET_DIR, build.target-dir).
+cargo build --release --quiet -p keel-cli
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+keel=$target_dir/release/keel
+[ -x "$keel" ] || { echo "smoke: no keel binary at $keel after building it" >&2; exit 1; }
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-reduced=(
-  --set stages.base.with.steps=60
-  --set stages.sft.with.steps=6 --set stages.sft_ema.with.steps=6
-  --set stages.grpo_kl_prompts.with.steps=3 --set stages.grpo_nokl_prompts.with.steps=3 --set stages.ppo_prompts.with.steps=3
-  --set stages.evaluate.with.max_task=40 --set stages.evaluate.with.max_harmful=40 --set stages.evaluate.with.max_benign=40
-  --set stages.evaluate.with.drift_prompts=8
-)
+reduced=()
+while IFS= read -r line; do
+  case $line in '' | '#'*) ;; *) reduced+=(--set "$line") ;; esac
+done < tests/fixtures/quickstart_smoke.sets
 "$keel" validate pipelines/quickstart.yaml
 for id in a b; do
   "$keel" run pipelines/quickstart.yaml --quiet --runs-dir "$out" --run-id "$id" "${reduced[@]}"

@@ -4,8 +4,9 @@
 //! learner steps, every benchmark that is in the cache evaluated and reported separately, and a
 //! manifest and run directory that say "dry run".
 //!
-//! Needs KEEL_DATA_DIR pointing at the shared datasets (HarmBench and StrongREJECT are not there;
-//! the dry run reports them as missing and the test checks that it does).
+//! Needs KEEL_DATA_DIR pointing at the datasets `scripts/fetch-test-data.sh` fetches (HarmBench and
+//! StrongREJECT are not among them; where they are absent the dry run reports them as missing and the
+//! test checks that it does).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -109,6 +110,8 @@ const EXPECT: &[Expect] = &[
 
 #[test]
 fn every_paper_recipe_dry_runs_on_cpu() {
+    // The benchmarks every recipe evaluates; HarmBench and StrongREJECT may be absent (see below).
+    support::require_datasets(&["advbench", "jbb-harmful", "jbb-benign", "xstest", "gsm8k-train", "gsm8k-test", "math500"]);
     let root = std::env::temp_dir().join(format!("keel-paper-dry-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let dir = support::repo_path("pipelines/paper");

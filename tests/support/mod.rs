@@ -31,3 +31,22 @@ pub fn keel_bin() -> PathBuf {
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
+
+/// Panics, naming the command that fetches them, unless every dataset in `names` (catalogue
+/// names, `keel data list`) is in the dataset cache the `keel` binary will read (`KEEL_DATA_DIR`,
+/// which .cargo/config.toml sets for cargo's test runs).
+pub fn require_datasets(names: &[&str]) {
+    let hint = "run `bash scripts/fetch-test-data.sh datasets` (it fetches them, or links ../shared/datasets when that folder exists)";
+    let cache = keel_data::Cache::from_env().unwrap_or_else(|e| panic!("{e}; {hint}"));
+    let catalog = keel_data::Catalog::embedded().expect("the embedded dataset catalogue parses");
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !catalog.get(n).is_ok_and(|m| cache.path_for(m).is_file()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "datasets {missing:?} are not in the dataset cache {} (KEEL_DATA_DIR): {hint}",
+        cache.root().display()
+    );
+}

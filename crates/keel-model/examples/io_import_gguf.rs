@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p keel-model --example io_import_gguf -- \
-//!     /root/.cache/keel/assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf /tmp/smollm2-hf \
+//!     "$KEEL_ASSETS/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf" /tmp/smollm2-hf \
 //!     "What is the capital of France?"
 //! ```
 //!

@@ -1,8 +1,7 @@
 //! Real-asset tests on SmolLM2-135M-Instruct (GGUF Q4_1). They read the asset directory from
 //! `KEEL_ASSETS` and FAIL, never skip, when it is unset or the file is missing, so a CI job that
 //! runs them deliberately cannot pass vacuously. Fetch the assets with
-//! `bash ../shared/scripts/fetch-assets.sh "$KEEL_ASSETS"` and run
-//! `KEEL_ASSETS=/root/.cache/keel/assets cargo test --release -p keel-model --test io_smollm2`.
+//! `bash scripts/fetch-test-data.sh` and run `cargo test --release -p keel-model --test io_smollm2`.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -22,8 +21,7 @@ fn smollm2_gguf() -> PathBuf {
     let dir = std::env::var_os("KEEL_ASSETS").unwrap_or_else(|| {
         panic!(
             "KEEL_ASSETS is not set: these tests need the SmolLM2 asset. Run \
-             `bash ../shared/scripts/fetch-assets.sh /root/.cache/keel/assets` and set \
-             KEEL_ASSETS=/root/.cache/keel/assets"
+             `bash scripts/fetch-test-data.sh` and run the tests with cargo (it sets KEEL_ASSETS)"
         )
     });
     let path = PathBuf::from(dir)
@@ -31,7 +29,7 @@ fn smollm2_gguf() -> PathBuf {
         .join("SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(
         path.is_file(),
-        "{} is missing: run `bash ../shared/scripts/fetch-assets.sh \"$KEEL_ASSETS\"` to fetch it",
+        "{} is missing: run `bash scripts/fetch-test-data.sh` to fetch it",
         path.display()
     );
     path

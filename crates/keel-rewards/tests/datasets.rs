@@ -11,14 +11,14 @@ use keel_rewards::{AnswerFormat, MathVerifier};
 fn data_file(rel: &str) -> PathBuf {
     let dir = std::env::var_os("KEEL_DATA_DIR").unwrap_or_else(|| {
         panic!(
-            "KEEL_DATA_DIR is not set: point it at the dataset cache (e.g. \
-             KEEL_DATA_DIR=/work/shared/datasets) to run the GSM8K/MATH-500 acceptance tests"
+            "KEEL_DATA_DIR is not set: run `bash scripts/fetch-test-data.sh` and run the tests with cargo \
+             (it sets KEEL_DATA_DIR) to run the GSM8K/MATH-500 acceptance tests"
         )
     });
     let p = PathBuf::from(dir).join(rel);
     assert!(
         p.is_file(),
-        "dataset file {} not found under KEEL_DATA_DIR",
+        "dataset file {} not found under KEEL_DATA_DIR: run `bash scripts/fetch-test-data.sh`",
         p.display()
     );
     p

@@ -38,7 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let encoder_dir = match args.next() {
         Some(d) => PathBuf::from(d),
         None => PathBuf::from(std::env::var("KEEL_ASSETS").map_err(|_| {
-            "pass the encoder directory, or set KEEL_ASSETS to the directory fetch-assets.sh filled"
+            "pass the encoder directory, or set KEEL_ASSETS to the directory scripts/fetch-test-data.sh filled"
         })?)
         .join("all-minilm-l6-v2"),
     };

@@ -59,7 +59,7 @@ fn require(path: PathBuf, what: &'static str) -> ModelClassifierResult<PathBuf> 
             path,
             what,
             hint: "point at a sentence-transformers model directory (e.g. all-MiniLM-L6-v2 as fetched by \
-                   shared/scripts/fetch-assets.sh into $KEEL_ASSETS/all-minilm-l6-v2)",
+                   the repository's scripts/fetch-test-data.sh into $KEEL_ASSETS/all-minilm-l6-v2)",
         })
     }
 }

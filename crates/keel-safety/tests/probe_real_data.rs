@@ -18,7 +18,7 @@ use keel_safety::{EmbeddingProbe, ProbeInput, SafetyClassifier};
 fn probe_on_shared_data_detects_harmful_prompts() {
     assert!(
         std::env::var_os("KEEL_DATA_DIR").is_some(),
-        "KEEL_DATA_DIR is not set: point it at the dataset cache (e.g. KEEL_DATA_DIR=/work/shared/datasets)"
+        "KEEL_DATA_DIR is not set: run `bash scripts/fetch-test-data.sh` and run the tests with cargo (it sets KEEL_DATA_DIR)"
     );
     let out = std::env::temp_dir().join(format!("keel-probe-real-{}", std::process::id()));
     let args = safety_cmd::TrainProbeArgs::default_recipe(common_assets::minilm_dir(), out.clone());

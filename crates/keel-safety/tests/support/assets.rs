@@ -10,9 +10,8 @@ pub fn assets_dir() -> PathBuf {
     match std::env::var_os("KEEL_ASSETS") {
         Some(d) if !d.is_empty() => PathBuf::from(d),
         _ => panic!(
-            "KEEL_ASSETS is not set: this test needs real model files. Run shared/scripts/fetch-assets.sh DEST \
-             (all-MiniLM-L6-v2, SmolLM2-135M-Instruct GGUF) and rerun with KEEL_ASSETS=DEST, e.g. \
-             KEEL_ASSETS=/root/.cache/keel/assets cargo test --release -p keel-safety"
+            "KEEL_ASSETS is not set: this test needs real model files (all-MiniLM-L6-v2, SmolLM2-135M-Instruct \
+             GGUF). Run `bash scripts/fetch-test-data.sh` and run the tests with cargo (it sets KEEL_ASSETS)"
         ),
     }
 }
@@ -22,7 +21,7 @@ pub fn minilm_dir() -> PathBuf {
     let d = assets_dir().join("all-minilm-l6-v2");
     assert!(
         d.join("model.safetensors").is_file(),
-        "{} has no model.safetensors; run shared/scripts/fetch-assets.sh into $KEEL_ASSETS",
+        "{} has no model.safetensors; run `bash scripts/fetch-test-data.sh` to fetch it",
         d.display()
     );
     d
@@ -35,7 +34,7 @@ pub fn smollm2_gguf() -> PathBuf {
         .join("SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(
         p.is_file(),
-        "{} does not exist; run shared/scripts/fetch-assets.sh into $KEEL_ASSETS",
+        "{} does not exist; run `bash scripts/fetch-test-data.sh` to fetch it",
         p.display()
     );
     p
