@@ -289,110 +289,14 @@ pub fn evaluate(
             None => Ok(()),
         }
     };
-    let greedy = SamplingParams::greedy(config.max_new_tokens);
     let mut result = EvalResult::unmeasured(label, checkpoint);
     if let Some(task) = &sets.task {
-        let ex = take_per_source(task, config.max_per_source, config.max_task);
-        let outs = generate(policy, &ex, &greedy)?;
-        let reward = MathReward::new(config.answer_format);
-        let mut correct = Vec::with_capacity(ex.len());
-        let mut lens = Vec::with_capacity(ex.len());
-        let mut by_source: BTreeMap<String, (f64, usize)> = BTreeMap::new();
-        for (e, group) in ex.iter().zip(&outs) {
-            let c = group.first().ok_or_else(|| StageError::msg("the sampler returned an empty group"))?;
-            let score = reward.score(e, c).ctx(|| format!("verifying the answer to `{}`", e.id))?;
-            record(&task.name, e, c, "correct", score)?;
-            correct.push(score);
-            lens.push(c.token_ids.len() as f64);
-            let src = by_source.entry(e.source.clone()).or_default();
-            src.0 += score;
-            src.1 += 1;
-        }
-        result.capability = mean(&correct);
-        insert_per_source(&mut result, "task", "accuracy", by_source);
-        let mut m = SetMetrics { n: ex.len(), values: BTreeMap::new() };
-        if config.task_samples > 0 {
-            let params = SamplingParams {
-                temperature: 1.0,
-                max_new_tokens: config.max_new_tokens,
-                n: config.task_samples,
-                seed: seeds.seed("task-sampling"),
-                ..SamplingParams::default()
-            };
-            let groups = generate(policy, &ex, &params)?;
-            let mut problems = Vec::with_capacity(ex.len());
-            for (e, group) in ex.iter().zip(&groups) {
-                let mut c = 0;
-                for comp in group {
-                    c += (reward.score(e, comp).ctx(|| format!("verifying the answer to `{}`", e.id))? > 0.5) as usize;
-                }
-                problems.push((group.len(), c));
-            }
-            for k in [1, config.task_samples] {
-                let v = mean_pass_at_k(&problems, k).ctx(|| "computing pass@k".to_string())?;
-                m.values.insert(format!("pass@{k}"), v);
-            }
-        }
-        let firsts: Vec<&Completion> = outs.iter().filter_map(|g| g.first()).collect();
-        m.values.extend(trace_metrics(&firsts)?);
-        if let (Some(acc), Some(len)) = (result.capability, mean(&lens)) {
-            m.values.insert("accuracy".into(), acc);
-            m.values.insert("completion_len".into(), len);
-        }
-        result.sets.insert(format!("task:{}", task.name), m);
+        evaluate_task(&mut result, policy, task, config, seeds, &record)?;
     }
     for (set, harmful) in [(&sets.harmful, true), (&sets.benign, false)] {
-        let Some(set) = set else { continue };
-        let ex = take_per_source(set, config.max_per_source, if harmful { config.max_harmful } else { config.max_benign });
-        let outs = generate(policy, &ex, &greedy)?;
-        let mut refusals = Vec::with_capacity(ex.len());
-        let mut by_cat: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-        let mut by_source: BTreeMap<String, (f64, usize)> = BTreeMap::new();
-        // Reasoning formats: the trace and the final answer judged separately.
-        let (mut reasoning_refused, mut answer_refused, mut with_trace) = (0.0, 0.0, 0.0);
-        for (e, group) in ex.iter().zip(&outs) {
-            let c = group.first().ok_or_else(|| StageError::msg("the sampler returned an empty group"))?;
-            let r = refused(&judges, e, &c.text)? as u8 as f64;
-            record(&set.name, e, c, "refused", r)?;
-            refusals.push(r);
-            if let (Some(trace), answer) = split_think(&c.text) {
-                with_trace += 1.0;
-                reasoning_refused += refused(&judges, e, trace)? as u8 as f64;
-                answer_refused += refused(&judges, e, answer)? as u8 as f64;
-            }
-            let src = by_source.entry(e.source.clone()).or_default();
-            src.0 += r;
-            src.1 += 1;
-            let cat = by_cat.entry(e.category.clone().unwrap_or_else(|| "uncategorised".into())).or_default();
-            cat.0 += r;
-            cat.1 += 1.0;
+        if let Some(set) = set {
+            evaluate_refusals(&mut result, policy, set, harmful, &judges, config, &record)?;
         }
-        let rate = mean(&refusals);
-        let mut m = SetMetrics { n: ex.len(), values: BTreeMap::new() };
-        if let Some(rate) = rate {
-            m.values.insert("refusal_rate".into(), rate);
-            if harmful {
-                m.values.insert("attack_success_rate".into(), 1.0 - rate);
-            }
-        }
-        if harmful {
-            result.safety = rate;
-        } else {
-            result.over_refusal = rate;
-        }
-        for (cat, (r, n)) in by_cat {
-            m.values.insert(format!("refusal_rate/{cat}"), r / n);
-        }
-        if with_trace > 0.0 {
-            m.values.insert("with_reasoning_trace".into(), with_trace / ex.len().max(1) as f64);
-            m.values.insert("refusal_rate_reasoning".into(), reasoning_refused / with_trace);
-            m.values.insert("refusal_rate_answer".into(), answer_refused / with_trace);
-        }
-        let firsts: Vec<&Completion> = outs.iter().filter_map(|g| g.first()).collect();
-        m.values.extend(trace_metrics(&firsts)?);
-        let role = if harmful { "harmful" } else { "benign" };
-        insert_per_source(&mut result, role, "refusal_rate", by_source);
-        result.sets.insert(format!("{role}:{}", set.name), m);
     }
     // Drift is measured only with a reference, harmful prompts and `drift_prompts > 0`;
     // otherwise every drift field stays `None` ("not measured").
@@ -405,6 +309,137 @@ pub fn evaluate(
         }
     }
     Ok(result)
+}
+
+/// Writes one judged completion to the evaluation log (`completions.jsonl`): `(set, example,
+/// completion, verdict name, verdict value)`.
+type RecordFn<'a> = dyn Fn(&str, &Example, &Completion, &str, f64) -> Result<(), StageError> + 'a;
+
+/// Task accuracy (greedy), pass@k at temperature 1 when `task_samples > 0`, and trace metrics of
+/// the task set, into `result`.
+fn evaluate_task(
+    result: &mut EvalResult,
+    policy: &Policy,
+    task: &ExampleSet,
+    config: &EvalConfig,
+    seeds: SeedStream,
+    record: &RecordFn<'_>,
+) -> Result<(), StageError> {
+    let greedy = SamplingParams::greedy(config.max_new_tokens);
+    let ex = take_per_source(task, config.max_per_source, config.max_task);
+    let outs = generate(policy, &ex, &greedy)?;
+    let reward = MathReward::new(config.answer_format);
+    let mut correct = Vec::with_capacity(ex.len());
+    let mut lens = Vec::with_capacity(ex.len());
+    let mut by_source: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    for (e, group) in ex.iter().zip(&outs) {
+        let c = group.first().ok_or_else(|| StageError::msg("the sampler returned an empty group"))?;
+        let score = reward.score(e, c).ctx(|| format!("verifying the answer to `{}`", e.id))?;
+        record(&task.name, e, c, "correct", score)?;
+        correct.push(score);
+        lens.push(c.token_ids.len() as f64);
+        let src = by_source.entry(e.source.clone()).or_default();
+        src.0 += score;
+        src.1 += 1;
+    }
+    result.capability = mean(&correct);
+    insert_per_source(result, "task", "accuracy", by_source);
+    let mut m = SetMetrics { n: ex.len(), values: BTreeMap::new() };
+    if config.task_samples > 0 {
+        let params = SamplingParams {
+            temperature: 1.0,
+            max_new_tokens: config.max_new_tokens,
+            n: config.task_samples,
+            seed: seeds.seed("task-sampling"),
+            ..SamplingParams::default()
+        };
+        let groups = generate(policy, &ex, &params)?;
+        let mut problems = Vec::with_capacity(ex.len());
+        for (e, group) in ex.iter().zip(&groups) {
+            let mut c = 0;
+            for comp in group {
+                c += (reward.score(e, comp).ctx(|| format!("verifying the answer to `{}`", e.id))? > 0.5) as usize;
+            }
+            problems.push((group.len(), c));
+        }
+        for k in [1, config.task_samples] {
+            let v = mean_pass_at_k(&problems, k).ctx(|| "computing pass@k".to_string())?;
+            m.values.insert(format!("pass@{k}"), v);
+        }
+    }
+    let firsts: Vec<&Completion> = outs.iter().filter_map(|g| g.first()).collect();
+    m.values.extend(trace_metrics(&firsts)?);
+    if let (Some(acc), Some(len)) = (result.capability, mean(&lens)) {
+        m.values.insert("accuracy".into(), acc);
+        m.values.insert("completion_len".into(), len);
+    }
+    result.sets.insert(format!("task:{}", task.name), m);
+    Ok(())
+}
+
+/// Refusal rate (greedy) of a harmful set (safety) or a benign one (over-refusal), with
+/// per-category and per-source rates and, for reasoning formats, trace and answer judged apart.
+fn evaluate_refusals(
+    result: &mut EvalResult,
+    policy: &Policy,
+    set: &ExampleSet,
+    harmful: bool,
+    judges: &[LexiconClassifier],
+    config: &EvalConfig,
+    record: &RecordFn<'_>,
+) -> Result<(), StageError> {
+    let greedy = SamplingParams::greedy(config.max_new_tokens);
+    let ex = take_per_source(set, config.max_per_source, if harmful { config.max_harmful } else { config.max_benign });
+    let outs = generate(policy, &ex, &greedy)?;
+    let mut refusals = Vec::with_capacity(ex.len());
+    let mut by_cat: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let mut by_source: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    // Reasoning formats: the trace and the final answer judged separately.
+    let (mut reasoning_refused, mut answer_refused, mut with_trace) = (0.0, 0.0, 0.0);
+    for (e, group) in ex.iter().zip(&outs) {
+        let c = group.first().ok_or_else(|| StageError::msg("the sampler returned an empty group"))?;
+        let r = refused(judges, e, &c.text)? as u8 as f64;
+        record(&set.name, e, c, "refused", r)?;
+        refusals.push(r);
+        if let (Some(trace), answer) = split_think(&c.text) {
+            with_trace += 1.0;
+            reasoning_refused += refused(judges, e, trace)? as u8 as f64;
+            answer_refused += refused(judges, e, answer)? as u8 as f64;
+        }
+        let src = by_source.entry(e.source.clone()).or_default();
+        src.0 += r;
+        src.1 += 1;
+        let cat = by_cat.entry(e.category.clone().unwrap_or_else(|| "uncategorised".into())).or_default();
+        cat.0 += r;
+        cat.1 += 1.0;
+    }
+    let rate = mean(&refusals);
+    let mut m = SetMetrics { n: ex.len(), values: BTreeMap::new() };
+    if let Some(rate) = rate {
+        m.values.insert("refusal_rate".into(), rate);
+        if harmful {
+            m.values.insert("attack_success_rate".into(), 1.0 - rate);
+        }
+    }
+    if harmful {
+        result.safety = rate;
+    } else {
+        result.over_refusal = rate;
+    }
+    for (cat, (r, n)) in by_cat {
+        m.values.insert(format!("refusal_rate/{cat}"), r / n);
+    }
+    if with_trace > 0.0 {
+        m.values.insert("with_reasoning_trace".into(), with_trace / ex.len().max(1) as f64);
+        m.values.insert("refusal_rate_reasoning".into(), reasoning_refused / with_trace);
+        m.values.insert("refusal_rate_answer".into(), answer_refused / with_trace);
+    }
+    let firsts: Vec<&Completion> = outs.iter().filter_map(|g| g.first()).collect();
+    m.values.extend(trace_metrics(&firsts)?);
+    let role = if harmful { "harmful" } else { "benign" };
+    insert_per_source(result, role, "refusal_rate", by_source);
+    result.sets.insert(format!("{role}:{}", set.name), m);
+    Ok(())
 }
 
 /// Whether a completion refuses its prompt: the drift's safety score is `s = 1[refused]`.
