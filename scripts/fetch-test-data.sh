@@ -107,9 +107,14 @@ fetch_datasets() {
     ln -s "$shared" "$dest"
     echo "fetch-test-data: $dest -> $shared"
   fi
-  # `keel data fetch` verifies sha256 and downloads only what is missing or wrong; built here
-  # (and reused by the tests) in the same target directory as `cargo test --release`.
-  KEEL_DATA_DIR=$dest cargo run --release --quiet -p keel-cli -- data fetch --quiet "${datasets[@]}"
+  # `keel data fetch` verifies sha256 and downloads only what is missing or wrong. The binary is
+  # built by the README's test command itself (--no-run): the same features and target directory,
+  # so the `cargo test --release --workspace` that follows compiles nothing again (a `cargo run -p
+  # keel-cli` would unify features differently and cost a second build of half the workspace).
+  cargo test --release --workspace --no-run --quiet
+  local target_dir
+  target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+  KEEL_DATA_DIR=$dest "$target_dir/release/keel" data fetch --quiet "${datasets[@]}"
   echo "fetch-test-data: datasets ready in $dest"
 }
 

@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The release binary, (re)built if stale, wherever cargo puts it (CARGO_TARGET_DIR, build.target-dir).
-cargo build --release --quiet -p keel-cli
+# Built as the README's test command builds it: `cargo build -p keel-cli` unifies dependency
+# features differently and would rebuild half the workspace after a test run.
+cargo test --release --workspace --no-run --quiet
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 keel=$target_dir/release/keel
 [ -x "$keel" ] || { echo "smoke: no keel binary at $keel after building it" >&2; exit 1; }
