@@ -19,7 +19,7 @@ use crate::messages::{ExampleSet, TokenizerFiles, EXAMPLES, TOKENIZER};
 const WORLD_MAX: f64 = MAX_TASK_WORLD_EXAMPLES as f64;
 
 /// Why task-world sizes are bounded, shown with the error and by `keel list`.
-const WORLD_WHY: &str = "n_train + n_test examples are generated in memory and written to JSONL, about 0.5 KB each";
+const WORLD_WHY: &str = "task examples are generated in memory and written to JSONL, about 0.5 KB each";
 
 /// Largest vocabulary a trained tokenizer may have (2^20). Why: a model over it holds a
 /// vocabulary × hidden embedding matrix, and the largest real vocabularies are ~260k tokens; a
@@ -362,7 +362,7 @@ impl StageKind for TrainTokenizer {
         vec![PortSpec::new("tokenizer", TOKENIZER, "directory with tokenizer.json and tokenizer_config.json")]
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![ParamSpec::optional("vocab_size", ParamType::Int, "512", "vocabulary size (>= 259: specials + 256 bytes)").range(
+        vec![ParamSpec::optional("vocab_size", ParamType::Int, "512", "vocabulary size (at least 259: specials + 256 bytes)").range(
             259.0,
             MAX_VOCAB_SIZE as f64,
             VOCAB_WHY,

@@ -244,7 +244,7 @@ impl StageKind for TinyModel {
         vec![
             ParamSpec::required("family", ParamType::Enum(FAMILIES), "architecture family (Hugging Face model_type)"),
             ParamSpec::optional("template", ParamType::Enum(TEMPLATES), "chatml", "chat template and special tokens of the tokenizer"),
-            ParamSpec::optional("vocab_size", ParamType::Int, "512", "upper bound of the BPE vocabulary (>= 263)").range(
+            ParamSpec::optional("vocab_size", ParamType::Int, "512", "upper bound of the BPE vocabulary (at least 263: specials + 256 bytes)").range(
                 263.0,
                 MAX_VOCAB_SIZE as f64,
                 VOCAB_WHY,
