@@ -353,44 +353,31 @@ mod tests {
     /// stage that reruns from its start replaces all of its records.
     #[test]
     fn resume_truncates_each_stage_to_the_step_it_writes_again() {
+        // A data stage logs step 0; the learner logs metrics at steps `from..=to` and rollouts at
+        // steps `from-1..to`.
+        let log = |dir: &Path, resuming: bool, from: u64, to: u64| {
+            let run = RunDir::for_stages(dir, vec!["data".into(), "learn".into()], resuming).unwrap();
+            run.log_metrics(&MetricRecord::new("data", 0).with("n", 10.0)).unwrap();
+            for step in from..=to {
+                run.log_metrics(&MetricRecord::new("learn", step).with("loss", 1.0 / step as f64)).unwrap();
+            }
+            let rollouts = run.records("learn", "rollouts.jsonl").unwrap();
+            for step in from - 1..to {
+                rollouts.write(&serde_json::json!({"stage": "learn", "step": step, "reward": step})).unwrap();
+            }
+            run
+        };
         let full = tmp("resume-full");
-        let run = RunDir::for_stages(&full, vec!["data".into(), "learn".into()], false).unwrap();
-        run.log_metrics(&MetricRecord::new("data", 0).with("n", 10.0)).unwrap();
-        for step in 1..=6 {
-            run.log_metrics(&MetricRecord::new("learn", step).with("loss", 1.0 / step as f64)).unwrap();
-        }
-        let rollouts = run.records("learn", "rollouts.jsonl").unwrap();
-        for step in 0..6 {
-            rollouts.write(&serde_json::json!({"stage": "learn", "step": step, "reward": step})).unwrap();
-        }
-        run.assemble_all().unwrap();
-
+        log(&full, false, 1, 6).assemble_all().unwrap();
         let killed = tmp("resume-killed");
-        let run = RunDir::for_stages(&killed, vec!["data".into(), "learn".into()], false).unwrap();
-        run.log_metrics(&MetricRecord::new("data", 0).with("n", 10.0)).unwrap();
-        for step in 1..=5 {
-            run.log_metrics(&MetricRecord::new("learn", step).with("loss", 1.0 / step as f64)).unwrap();
-        }
-        let rollouts = run.records("learn", "rollouts.jsonl").unwrap();
-        for step in 0..5 {
-            rollouts.write(&serde_json::json!({"stage": "learn", "step": step, "reward": step})).unwrap();
-        }
-        drop((run, rollouts));
+        drop(log(&killed, false, 1, 5));
         let shard = killed.join("records/learn/metrics.jsonl");
         let mut f = OpenOptions::new().append(true).open(&shard).unwrap();
         f.write_all(br#"{"stage":"learn","st"#).unwrap();
         drop(f);
         assert_eq!(lines(&shard).len(), 6, "5 records and a partial line");
 
-        let run = RunDir::for_stages(&killed, vec!["data".into(), "learn".into()], true).unwrap();
-        run.log_metrics(&MetricRecord::new("data", 0).with("n", 10.0)).unwrap();
-        for step in 4..=6 {
-            run.log_metrics(&MetricRecord::new("learn", step).with("loss", 1.0 / step as f64)).unwrap();
-        }
-        let rollouts = run.records("learn", "rollouts.jsonl").unwrap();
-        for step in 3..6 {
-            rollouts.write(&serde_json::json!({"stage": "learn", "step": step, "reward": step})).unwrap();
-        }
+        let run = log(&killed, true, 4, 6);
         run.assemble_all().unwrap();
         for file in ["metrics.jsonl", "rollouts.jsonl"] {
             assert_eq!(fs::read(killed.join(file)).unwrap(), fs::read(full.join(file)).unwrap(), "{file}");

@@ -62,6 +62,27 @@ fn pipeline_like() -> impl Strategy<Value = String> {
     })
 }
 
+/// Loads `text`: a valid pipeline's sweep expands; an invalid one has located diagnostics, none
+/// showing an invisible byte order mark.
+fn check_load(text: &str, overrides: &[String], reg: &keel_pipeline::Registry) -> Result<(), TestCaseError> {
+    match load_str("fuzz.yaml", text, overrides, reg) {
+        Ok(p) => {
+            if p.sweep.is_some() {
+                let cells = keel_pipeline::expand_sweep(&p, reg);
+                prop_assert!(cells.is_ok(), "validated pipelines expand: {:?}", cells.err());
+            }
+        }
+        Err(e) => {
+            prop_assert!(!e.is_empty());
+            for d in e.iter() {
+                prop_assert!(d.span.line >= 1 && d.span.col >= 1, "{d}");
+                prop_assert!(!d.message.contains('\u{feff}'), "a BOM leaked into a message: {d}");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A valid pipeline with a sweep, the seed of the mutation fuzzer.
 const SEED_PIPELINE: &str = "name: fuzz\nseed: 1\nresources:\n  policy: {kind: policy_store, max_staleness: 1}\nstages:\n  a:\n    use: counter\n    with: {count: 3, delay_ms: 0}\n  b:\n    use: map\n    inputs: {in: a.out}\n    with: {mul: 2}\n  c: {use: publisher, inputs: {in: b.out}, resources: {policy: policy}}\nsweep:\n  grid: {stages.b.with.mul: [1, 2, 3]}\n  seeds: [1, 2]\n";
 
@@ -100,21 +121,7 @@ proptest! {
         }
         let reg = registry();
         let t = std::time::Instant::now();
-        match load_str("fuzz.yaml", &text, &[], &reg) {
-            Ok(p) => {
-                if p.sweep.is_some() {
-                    let cells = keel_pipeline::expand_sweep(&p, &reg);
-                    prop_assert!(cells.is_ok(), "validated pipelines expand: {:?}", cells.err());
-                }
-            }
-            Err(e) => {
-                prop_assert!(!e.is_empty());
-                for d in e.iter() {
-                    prop_assert!(d.span.line >= 1 && d.span.col >= 1, "{d}");
-                    prop_assert!(!d.message.contains('\u{feff}'), "a BOM leaked into a message: {d}");
-                }
-            }
-        }
+        check_load(&text, &[], &reg)?;
         prop_assert!(t.elapsed() < std::time::Duration::from_secs(1), "took {:?} on:\n{text}", t.elapsed());
     }
 
@@ -144,20 +151,7 @@ proptest! {
     #[test]
     fn random_pipelines_never_panic(text in pipeline_like(), spec in "stages\\.[a-d]\\.(with|inputs|use)\\.[a-z]{1,5}=[a-z0-9.\\[\\]]{0,6}") {
         let reg = registry();
-        match load_str("fuzz.yaml", &text, std::slice::from_ref(&spec), &reg) {
-            Ok(p) => {
-                if p.sweep.is_some() {
-                    let cells = keel_pipeline::expand_sweep(&p, &reg);
-                    prop_assert!(cells.is_ok(), "validated pipelines expand: {:?}", cells.err());
-                }
-            }
-            Err(e) => {
-                prop_assert!(!e.is_empty());
-                for d in e.iter() {
-                    prop_assert!(d.span.line >= 1 && d.span.col >= 1, "{d}");
-                }
-            }
-        }
+        check_load(&text, std::slice::from_ref(&spec), &reg)?;
     }
 
     #[test]
