@@ -144,7 +144,7 @@ fn tampered_copy_fails_the_hash_check() {
     let dir = std::env::temp_dir().join(format!("keel-data-tamper-{}", std::process::id()));
     let dest = dir.join("advbench").join("harmful_behaviors.csv");
     std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-    let mut bytes = std::fs::read(&src).unwrap();
+    let mut bytes = std::fs::read(&src).unwrap_or_else(|e| panic!("reading {}: {e}; run `bash scripts/fetch-test-data.sh`", src.display()));
     bytes[100] ^= 0x20; // flip the case of one letter
     std::fs::write(&dest, &bytes).unwrap();
     let m = Catalog::embedded().unwrap().get("advbench").unwrap().clone();
@@ -179,7 +179,7 @@ fn overlap_counts() {
 fn real_safety_world_is_deterministic_and_disjoint() {
     let cache = Cache::new(data_dir());
     let cfg = SafetyWorldConfig::default();
-    let a = SafetyWorld::real(&cache, &cfg, 7).unwrap();
+    let a = SafetyWorld::real(&cache, &cfg, 7).unwrap_or_else(|e| panic!("{e} (`bash scripts/fetch-test-data.sh` fetches every dataset the tests read)"));
     let b = SafetyWorld::real(&cache, &cfg, 7).unwrap();
     assert_eq!(a, b);
     let c = SafetyWorld::real(&cache, &cfg, 8).unwrap();
