@@ -60,6 +60,15 @@ pub enum ChatError {
         /// The minijinja error, or the template's exception message.
         message: String,
     },
+    /// Rendering hit one of the limits that keep a hostile or broken template from hanging Keel
+    /// or exhausting memory ([`TEMPLATE_FUEL`], [`max_render_bytes`]).
+    #[error("rendering chat template ({name}): {what}; Keel stops templates at this limit (a loop that never ends or nests too deeply?)")]
+    Limit {
+        /// Which template (its origin).
+        name: String,
+        /// Which limit was hit, with its value.
+        what: String,
+    },
     /// The assistant turns could not be located in the rendered text, so no mask can be built.
     #[error("chat template ({name}): cannot locate assistant message {index} in the rendered conversation: {reason}")]
     Mask {
@@ -97,6 +106,45 @@ impl std::fmt::Debug for ChatTemplate {
     }
 }
 
+/// Template instructions one rendering may execute (minijinja fuel).
+///
+/// Why: a chat template is code from the model's files (tokenizer_config.json, GGUF metadata);
+/// one with nested loops (`{% for i in range(100000) %}{% for j in range(100000) %}`) made chat,
+/// serve and run hang. Real templates use some tens of instructions per message, so this bound
+/// allows conversations of tens of thousands of messages, and running out of it takes about a
+/// second (measured in the tests).
+pub const TEMPLATE_FUEL: u64 = 20_000_000;
+
+/// The most bytes a rendering of `messages` may produce: 1 MiB plus 8 times the conversation's
+/// text. A template writes each message once plus fixed headers, so a longer output means a
+/// template that loops over its output (memory grows until the process dies otherwise).
+pub fn max_render_bytes(messages: &[Message]) -> usize {
+    let text: usize = messages.iter().map(|m| m.content.len()).sum();
+    (1usize << 20).saturating_add(text.saturating_mul(8))
+}
+
+/// An output buffer that refuses to grow beyond `limit` bytes.
+struct CappedWriter {
+    buf: Vec<u8>,
+    limit: usize,
+    exceeded: bool,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len().saturating_add(data.len()) > self.limit {
+            self.exceeded = true;
+            return Err(std::io::Error::other("chat template output limit reached"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn raise_exception(message: String) -> Result<String, minijinja::Error> {
     Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
 }
@@ -126,6 +174,7 @@ impl ChatTemplate {
         let mut env = Environment::new();
         // transformers renders with jinja2.Environment(trim_blocks=True, lstrip_blocks=True).
         env.set_trim_blocks(true);
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
@@ -214,19 +263,40 @@ impl ChatTemplate {
                 name: self.name.clone(),
                 message: describe(&e),
             })?;
-        tmpl.render(context! {
-            messages => minijinja::Value::from_serialize(messages),
-            add_generation_prompt => add_generation_prompt,
-            bos_token => &self.bos_token,
-            eos_token => &self.eos_token,
-            pad_token => &self.pad_token,
-            unk_token => &self.unk_token,
-        })
-        .map_err(|e| ChatError::Render {
-            name: self.name.clone(),
-            message: describe(&e),
-        })
+        let limit = max_render_bytes(messages);
+        let mut out = CappedWriter { buf: Vec::new(), limit, exceeded: false };
+        let rendered = tmpl.render_captured_to(
+            context! {
+                messages => minijinja::Value::from_serialize(messages),
+                add_generation_prompt => add_generation_prompt,
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+                pad_token => &self.pad_token,
+                unk_token => &self.unk_token,
+            },
+            &mut out,
+        );
+        let name = || self.name.clone();
+        match rendered {
+            Ok(_) => {}
+            Err(_) if out.exceeded => {
+                return Err(ChatError::Limit {
+                    name: name(),
+                    what: format!("its output exceeded {limit} bytes for a conversation of {} bytes", limit_text(messages)),
+                })
+            }
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => {
+                return Err(ChatError::Limit {
+                    name: name(),
+                    what: format!("it executed more than {TEMPLATE_FUEL} template instructions"),
+                })
+            }
+            Err(e) => return Err(ChatError::Render { name: name(), message: describe(&e) }),
+        }
+        String::from_utf8(out.buf)
+            .map_err(|e| ChatError::Render { name: name(), message: format!("the output is not UTF-8: {e}") })
     }
+
 
     /// Renders a conversation for SFT and returns its token ids with a 0/1 mask (same length)
     /// that is 1 exactly on the tokens of assistant turns: the assistant's content and the
@@ -374,6 +444,11 @@ impl ChatTemplate {
     ) -> Result<String, ChatError> {
         self.render(&prompt_messages(prompt, system, reasoning), true)
     }
+}
+
+/// Total bytes of the messages' text, for limit messages.
+fn limit_text(messages: &[Message]) -> usize {
+    messages.iter().map(|m| m.content.len()).sum()
 }
 
 /// The messages [`ChatTemplate::format_prompt`] renders: the prompt as chat messages, with

@@ -256,6 +256,126 @@ fn parse_rope(
     }
 }
 
+/// The decoder variant a config.json names (`model_type`, else `architectures[0]`).
+fn architecture_of(o: &Map<String, Value>) -> ModelResult<Architecture> {
+    let arch_from_type = o.get("model_type").and_then(Value::as_str).map(|s| (s, Architecture::from_model_type(s)));
+    let arch_from_class = o
+        .get("architectures")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+        .and_then(Value::as_str)
+        .map(|s| (s, Architecture::from_class_name(s)));
+    match (arch_from_type, arch_from_class) {
+        (Some((_, Some(a))), _) | (_, Some((_, Some(a)))) => Ok(a),
+        (Some((t, None)), _) => Err(ModelError::Unsupported(format!(
+            "model_type `{t}` (Keel's decoder supports llama, qwen2, qwen3, mistral)"
+        ))),
+        (None, Some((c, None))) => Err(ModelError::Unsupported(format!("architecture `{c}`"))),
+        (None, None) => Err(ModelError::config("model_type", "missing (and no `architectures` list)")),
+    }
+}
+
+/// `(num_attention_heads, num_key_value_heads, head_dim)`: KV heads default to the query heads,
+/// `head_dim` to `hidden_size / num_attention_heads`.
+#[allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87; the workspace MSRV is 1.85
+fn attention_shape(o: &Map<String, Value>, hidden_size: usize) -> ModelResult<(usize, usize, usize)> {
+    let num_attention_heads = req_usize(o, "num_attention_heads")?;
+    if num_attention_heads == 0 {
+        return Err(ModelError::config("num_attention_heads", "must be > 0"));
+    }
+    let num_key_value_heads = get_usize(o, "num_key_value_heads")?.unwrap_or(num_attention_heads);
+    if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+        return Err(ModelError::config(
+            "num_key_value_heads",
+            format!("{num_key_value_heads} must divide num_attention_heads {num_attention_heads}"),
+        ));
+    }
+    let head_dim = match get_usize(o, "head_dim")? {
+        Some(d) => d,
+        None => {
+            if hidden_size % num_attention_heads != 0 {
+                return Err(ModelError::config(
+                    "head_dim",
+                    format!(
+                        "missing, and hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}"
+                    ),
+                ));
+            }
+            hidden_size / num_attention_heads
+        }
+    };
+    if head_dim % 2 != 0 {
+        return Err(ModelError::config("head_dim", format!("RoPE needs an even head_dim, got {head_dim}")));
+    }
+    Ok((num_attention_heads, num_key_value_heads, head_dim))
+}
+
+/// RoPE base and scaling; transformers 5 keeps both in `rope_parameters`, transformers 4 in
+/// `rope_theta` and `rope_scaling` (which wins when both are present).
+fn rope_of(o: &Map<String, Value>, max_position_embeddings: usize) -> ModelResult<(f64, Option<RopeScaling>)> {
+    let (mut rope_theta, mut rope_scaling) = (get_f64(o, "rope_theta")?, None);
+    if let Some(Value::Object(rp)) = o.get("rope_parameters") {
+        if let Some(t) = get_f64(rp, "rope_theta")? {
+            rope_theta = Some(t);
+        }
+        rope_scaling = parse_rope(rp, "rope_parameters", max_position_embeddings)?;
+    }
+    if let Some(Value::Object(rs)) = o.get("rope_scaling") {
+        rope_scaling = parse_rope(rs, "rope_scaling", max_position_embeddings)?;
+    }
+    Ok((rope_theta.unwrap_or(10_000.0), rope_scaling))
+}
+
+/// `eos_token_id` as a list (a config may give one id or several).
+fn eos_ids(o: &Map<String, Value>) -> ModelResult<Vec<u32>> {
+    match o.get("eos_token_id") {
+        None | Some(Value::Null) => Ok(vec![]),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| {
+                x.as_u64()
+                    .and_then(|x| u32::try_from(x).ok())
+                    .ok_or_else(|| ModelError::config("eos_token_id", format!("bad id {x}")))
+            })
+            .collect(),
+        Some(_) => Ok(get_u32(o, "eos_token_id")?.into_iter().collect()),
+    }
+}
+
+/// Upper bounds on the sizes a config.json may declare, checked by [`ModelConfig::validate`]
+/// before anything is allocated.
+///
+/// Why: every one of these numbers sizes an allocation (the embedding, each layer's weights, the
+/// per-layer inventory, RoPE tables), and a typo or a hostile file (`num_hidden_layers: 10000000`)
+/// used to run the machine out of memory instead of giving an error. The bounds are sanity
+/// limits, several times the largest published open models (vocabularies ≤ 262,144, widths ≤
+/// 16,384, SwiGLU ≤ 53,248, ≤ 126 layers, ≤ 128 heads, contexts ≤ 10 M), so no real checkpoint
+/// meets them; whether the weights fit in this machine's memory is checked separately.
+pub const SIZE_LIMITS: &[(&str, usize)] = &[
+    ("vocab_size", 1 << 22),
+    ("hidden_size", 1 << 16),
+    ("intermediate_size", 1 << 19),
+    ("num_hidden_layers", 1 << 12),
+    ("num_attention_heads", 1 << 12),
+    ("num_key_value_heads", 1 << 12),
+    ("head_dim", 1 << 12),
+    ("max_position_embeddings", 1 << 26),
+];
+
+/// Bytes per weight in the smallest dtype Keel computes in (bf16/f16): the memory estimate of
+/// [`ModelConfig::validate`] uses it, so a configuration is refused only when its weights could
+/// not fit in memory in any dtype.
+pub const MIN_BYTES_PER_PARAMETER: u128 = 2;
+
+/// Total physical memory of this machine in bytes (`MemTotal` of `/proc/meminfo`), or `None`
+/// where that is unknown (then only [`SIZE_LIMITS`] bound a configuration).
+pub fn physical_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.trim_start_matches("MemTotal:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 impl ModelConfig {
     /// Parses a config.json text (transformers 4 or 5 style).
     pub fn from_json_str(text: &str) -> ModelResult<Self> {
@@ -271,11 +391,11 @@ impl ModelConfig {
             what: format!("parsing {}", path.display()),
             source,
         })?;
-        Self::from_json(&v)
+        Self::from_json(&v).map_err(|e| ModelError::InFile { path: path.to_path_buf(), source: Box::new(e) })
     }
 
-    /// Interprets a parsed config.json value.
-    #[allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87; the workspace MSRV is 1.85
+    /// Interprets a parsed config.json value, then checks it with [`ModelConfig::validate`]
+    /// (sizes within [`SIZE_LIMITS`], weights that fit in memory) before anything is allocated.
     pub fn from_json(v: &Value) -> ModelResult<Self> {
         let o = v
             .as_object()
@@ -284,69 +404,11 @@ impl ModelConfig {
         if let (None, Some(Value::Object(_))) = (o.get("hidden_size"), o.get("text_config")) {
             return Self::from_json(&o["text_config"]);
         }
-        let arch_from_type = o.get("model_type").and_then(Value::as_str).map(|s| (s, Architecture::from_model_type(s)));
-        let arch_from_class = o
-            .get("architectures")
-            .and_then(Value::as_array)
-            .and_then(|a| a.first())
-            .and_then(Value::as_str)
-            .map(|s| (s, Architecture::from_class_name(s)));
-        let architecture = match (arch_from_type, arch_from_class) {
-            (Some((_, Some(a))), _) | (_, Some((_, Some(a)))) => a,
-            (Some((t, None)), _) => {
-                return Err(ModelError::Unsupported(format!(
-                    "model_type `{t}` (Keel's decoder supports llama, qwen2, qwen3, mistral)"
-                )))
-            }
-            (None, Some((c, None))) => {
-                return Err(ModelError::Unsupported(format!("architecture `{c}`")))
-            }
-            (None, None) => {
-                return Err(ModelError::config("model_type", "missing (and no `architectures` list)"))
-            }
-        };
-
+        let architecture = architecture_of(o)?;
         let hidden_size = req_usize(o, "hidden_size")?;
-        let num_attention_heads = req_usize(o, "num_attention_heads")?;
-        if num_attention_heads == 0 {
-            return Err(ModelError::config("num_attention_heads", "must be > 0"));
-        }
-        let num_key_value_heads = get_usize(o, "num_key_value_heads")?.unwrap_or(num_attention_heads);
-        if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
-            return Err(ModelError::config(
-                "num_key_value_heads",
-                format!("{num_key_value_heads} must divide num_attention_heads {num_attention_heads}"),
-            ));
-        }
-        let head_dim = match get_usize(o, "head_dim")? {
-            Some(d) => d,
-            None => {
-                if hidden_size % num_attention_heads != 0 {
-                    return Err(ModelError::config(
-                        "head_dim",
-                        "missing and hidden_size is not divisible by num_attention_heads",
-                    ));
-                }
-                hidden_size / num_attention_heads
-            }
-        };
-        if head_dim % 2 != 0 {
-            return Err(ModelError::config("head_dim", format!("RoPE needs an even head_dim, got {head_dim}")));
-        }
+        let (num_attention_heads, num_key_value_heads, head_dim) = attention_shape(o, hidden_size)?;
         let max_position_embeddings = get_usize(o, "max_position_embeddings")?.unwrap_or(2048);
-
-        // RoPE: transformers 5 keeps theta and scaling in `rope_parameters`.
-        let (mut rope_theta, mut rope_scaling) = (get_f64(o, "rope_theta")?, None);
-        if let Some(Value::Object(rp)) = o.get("rope_parameters") {
-            if let Some(t) = get_f64(rp, "rope_theta")? {
-                rope_theta = Some(t);
-            }
-            rope_scaling = parse_rope(rp, "rope_parameters", max_position_embeddings)?;
-        }
-        if let Some(Value::Object(rs)) = o.get("rope_scaling") {
-            rope_scaling = parse_rope(rs, "rope_scaling", max_position_embeddings)?;
-        }
-        let rope_theta = rope_theta.unwrap_or(10_000.0);
+        let (rope_theta, rope_scaling) = rope_of(o, max_position_embeddings)?;
 
         let hidden_act = o.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
         if hidden_act != "silu" && hidden_act != "swish" {
@@ -361,19 +423,6 @@ impl ModelConfig {
             Architecture::Llama | Architecture::Qwen3 => (attention_bias, attention_bias),
         };
         let mlp_bias = architecture == Architecture::Llama && get_bool(o, "mlp_bias")?.unwrap_or(false);
-
-        let eos_token_ids = match o.get("eos_token_id") {
-            None | Some(Value::Null) => vec![],
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|x| {
-                    x.as_u64()
-                        .and_then(|x| u32::try_from(x).ok())
-                        .ok_or_else(|| ModelError::config("eos_token_id", format!("bad id {x}")))
-                })
-                .collect::<ModelResult<Vec<_>>>()?,
-            Some(_) => get_u32(o, "eos_token_id")?.into_iter().collect(),
-        };
 
         let extra: Map<String, Value> =
             o.iter().filter(|(k, _)| !KNOWN.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -398,7 +447,7 @@ impl ModelConfig {
             qk_norm: architecture == Architecture::Qwen3,
             initializer_range: get_f64(o, "initializer_range")?.unwrap_or(0.02),
             bos_token_id: get_u32(o, "bos_token_id")?,
-            eos_token_ids,
+            eos_token_ids: eos_ids(o)?,
             pad_token_id: get_u32(o, "pad_token_id")?,
             extra,
         };
@@ -406,7 +455,10 @@ impl ModelConfig {
         Ok(cfg)
     }
 
-    /// Checks the invariants the decoder relies on (positive sizes, head divisibility).
+    /// Checks the invariants the decoder relies on: positive sizes within [`SIZE_LIMITS`], head
+    /// divisibility, finite positive norms and RoPE parameters, and weights that fit in this
+    /// machine's memory ([`ModelConfig::parameter_count`] × [`MIN_BYTES_PER_PARAMETER`] against
+    /// [`physical_memory_bytes`]). Allocates nothing, so it runs before any model is built.
     // Negated comparisons also reject NaN; is_multiple_of needs Rust 1.87 (MSRV 1.85).
     #[allow(clippy::neg_cmp_op_on_partial_ord, clippy::manual_is_multiple_of)]
     pub fn validate(&self) -> ModelResult<()> {
@@ -415,25 +467,96 @@ impl ModelConfig {
             ("hidden_size", self.hidden_size),
             ("intermediate_size", self.intermediate_size),
             ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
             ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
         ] {
             if v == 0 {
                 return Err(ModelError::config(f, "must be > 0"));
             }
         }
+        for &(field, limit) in SIZE_LIMITS {
+            let value = self.size_field(field);
+            if value > limit {
+                return Err(ModelError::config(
+                    field,
+                    format!(
+                        "{value} is more than Keel accepts ({limit}, a sanity bound several times the largest \
+                         published models; see keel_model::config::SIZE_LIMITS)"
+                    ),
+                ));
+            }
+        }
         if self.num_key_value_heads == 0 || self.num_attention_heads % self.num_key_value_heads != 0 {
-            return Err(ModelError::config("num_key_value_heads", "must divide num_attention_heads"));
+            return Err(ModelError::config(
+                "num_key_value_heads",
+                format!("{} must divide num_attention_heads {}", self.num_key_value_heads, self.num_attention_heads),
+            ));
         }
         if self.head_dim % 2 != 0 {
             return Err(ModelError::config("head_dim", "must be even for RoPE"));
         }
-        if !(self.rms_norm_eps > 0.0) {
-            return Err(ModelError::config("rms_norm_eps", "must be > 0"));
+        if !(self.rms_norm_eps > 0.0) || !self.rms_norm_eps.is_finite() {
+            return Err(ModelError::config("rms_norm_eps", format!("must be a finite number > 0, got {}", self.rms_norm_eps)));
         }
-        if !(self.rope_theta > 0.0) {
-            return Err(ModelError::config("rope_theta", "must be > 0"));
+        if !(self.rope_theta > 0.0) || !self.rope_theta.is_finite() {
+            return Err(ModelError::config("rope_theta", format!("must be a finite number > 0, got {}", self.rope_theta)));
         }
-        Ok(())
+        if let Some(RopeScaling::Llama3 { low_freq_factor, high_freq_factor, original_max_position_embeddings, .. }) =
+            &self.rope_scaling
+        {
+            if !(*low_freq_factor > 0.0 && high_freq_factor > low_freq_factor && high_freq_factor.is_finite()) {
+                return Err(ModelError::config(
+                    "rope_scaling",
+                    format!("llama3 scaling needs 0 < low_freq_factor < high_freq_factor, got {low_freq_factor} and {high_freq_factor}"),
+                ));
+            }
+            if *original_max_position_embeddings == 0 {
+                return Err(ModelError::config("rope_scaling.original_max_position_embeddings", "must be > 0"));
+            }
+        }
+        self.check_memory(physical_memory_bytes())
+    }
+
+    /// The value of one of the [`SIZE_LIMITS`] fields.
+    fn size_field(&self, field: &str) -> usize {
+        match field {
+            "vocab_size" => self.vocab_size,
+            "hidden_size" => self.hidden_size,
+            "intermediate_size" => self.intermediate_size,
+            "num_hidden_layers" => self.num_hidden_layers,
+            "num_attention_heads" => self.num_attention_heads,
+            "num_key_value_heads" => self.num_key_value_heads,
+            "head_dim" => self.head_dim,
+            _ => self.max_position_embeddings,
+        }
+    }
+
+    /// Refuses a configuration whose weights alone, in the smallest dtype Keel computes in, would
+    /// exceed `available` bytes of memory (no check when `available` is unknown).
+    pub fn check_memory(&self, available: Option<u64>) -> ModelResult<()> {
+        let parameters = self.parameter_count();
+        let bytes = parameters.saturating_mul(MIN_BYTES_PER_PARAMETER);
+        match available {
+            Some(avail) if bytes > u128::from(avail) => {
+                Err(ModelError::TooLarge { parameters, bytes, available: avail })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Number of weights this configuration implies (base model, no adapters), computed from the
+    /// sizes without building the tensor inventory, in `u128` so no size can overflow it.
+    pub fn parameter_count(&self) -> u128 {
+        let u = |x: usize| x as u128;
+        let (h, hd, ff, v) = (u(self.hidden_size), u(self.head_dim), u(self.intermediate_size), u(self.vocab_size));
+        let (qd, kvd) = (u(self.num_attention_heads) * hd, u(self.num_key_value_heads) * hd);
+        let b = |on: bool, n: u128| if on { n } else { 0 };
+        let attention = qd * h + 2 * kvd * h + h * qd + b(self.qkv_bias, qd + 2 * kvd) + b(self.o_bias, h);
+        let mlp = 3 * ff * h + b(self.mlp_bias, 2 * ff + h);
+        let norms = 2 * h + b(self.qk_norm, 2 * hd);
+        let head = if self.tie_word_embeddings { 0 } else { v * h };
+        v * h + u(self.num_hidden_layers) * (attention + mlp + norms) + h + head
     }
 
     /// The config as a Hugging Face config.json value (transformers-4 key layout, which
@@ -550,7 +673,7 @@ impl ModelConfig {
 
     /// Total number of parameters this configuration implies (base model, no adapters).
     pub fn num_parameters(&self) -> usize {
-        crate::weights::tensor_specs(self).iter().map(|s| s.shape.iter().product::<usize>()).sum()
+        usize::try_from(self.parameter_count()).unwrap_or(usize::MAX)
     }
 
     /// A tiny Llama-architecture preset for from-scratch training, sized for CPU experiments.
@@ -706,5 +829,91 @@ mod tests {
         let one = ModelConfig::preset("tiny-1m", 4096).unwrap().num_parameters();
         assert!((1_000_000..1_100_000).contains(&one), "{one}");
         assert!(ModelConfig::preset("tiny-9000", 10).unwrap_err().to_string().contains("tiny-1m"));
+    }
+
+    fn llama(fields: &str) -> String {
+        format!(
+            r#"{{"model_type":"llama","hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,
+            "num_attention_heads":4,"vocab_size":100{fields}}}"#
+        )
+    }
+
+    /// Issue 19 row 5: absurd sizes are refused at parse time with the field, the value and the
+    /// limit; nothing is allocated for them.
+    #[test]
+    fn absurd_sizes_are_refused_with_field_value_and_limit() {
+        for (field, value) in [
+            ("num_hidden_layers", 10_000_000u64),
+            ("hidden_size", 1 << 20),
+            ("vocab_size", 9_223_372_036_854_775_807),
+            ("intermediate_size", 1 << 40),
+            ("max_position_embeddings", 1 << 40),
+        ] {
+            let mut v: Value = serde_json::from_str(&llama("")).unwrap();
+            v[field] = value.into();
+            let t0 = std::time::Instant::now();
+            let e = ModelConfig::from_json(&v).unwrap_err().to_string();
+            assert!(t0.elapsed().as_millis() < 100, "{field}: took {:?}", t0.elapsed());
+            let limit = SIZE_LIMITS.iter().find(|(f, _)| *f == field).map(|(_, l)| *l);
+            assert!(e.contains(field) && e.contains(&value.to_string()), "{field}: {e}");
+            if let Some(limit) = limit {
+                assert!(e.contains(&limit.to_string()), "{field}: {e}");
+            }
+        }
+        let e = ModelConfig::from_json_str(&llama(r#","num_attention_heads":100000,"head_dim":2"#)).unwrap_err();
+        assert!(e.to_string().contains("num_attention_heads") && e.to_string().contains("4096"), "{e}");
+        // Consistency: hidden_size not divisible by the heads, KV heads not dividing them.
+        let e = ModelConfig::from_json_str(&llama(r#","num_attention_heads":3"#)).unwrap_err().to_string();
+        assert!(e.contains("hidden_size 64") && e.contains("num_attention_heads 3"), "{e}");
+        let e = ModelConfig::from_json_str(&llama(r#","num_key_value_heads":3"#)).unwrap_err().to_string();
+        assert!(e.contains("num_key_value_heads") && e.contains("3 must divide"), "{e}");
+        let e = ModelConfig::from_json_str(&llama(r#","max_position_embeddings":0"#)).unwrap_err().to_string();
+        assert!(e.contains("max_position_embeddings"), "{e}");
+        let e = ModelConfig::from_json_str(&llama(
+            r#","rope_scaling":{"rope_type":"llama3","factor":8.0,"low_freq_factor":4.0,"high_freq_factor":4.0}"#,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("low_freq_factor < high_freq_factor"), "{e}");
+    }
+
+    /// Sizes each within its limit whose product is beyond any machine: refused by the memory
+    /// estimate, which states the numbers; a small config passes the same check.
+    #[test]
+    fn weights_beyond_memory_are_refused_with_the_numbers() {
+        let big = ModelConfig::from_json_str(&llama(r#","hidden_size":65536,"intermediate_size":524288,"num_hidden_layers":4096,"num_attention_heads":512"#));
+        let e = big.unwrap_err();
+        assert!(matches!(e, ModelError::TooLarge { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("parameters") && msg.contains("GiB of memory"), "{msg}");
+        // The same check against a given amount of memory: exactly at the boundary.
+        let c = ModelConfig::from_json_str(&llama("")).unwrap();
+        let bytes = c.parameter_count() * MIN_BYTES_PER_PARAMETER;
+        assert!(c.check_memory(Some(bytes as u64)).is_ok());
+        match c.check_memory(Some(bytes as u64 - 1)) {
+            Err(ModelError::TooLarge { parameters, bytes: b, available }) => {
+                assert_eq!((parameters, b, available), (c.parameter_count(), bytes, bytes as u64 - 1));
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert!(c.check_memory(None).is_ok());
+    }
+
+    /// The analytic parameter count equals the sum over the tensor inventory for every
+    /// architecture and bias/tying combination.
+    #[test]
+    fn parameter_count_matches_the_tensor_inventory() {
+        for (mt, extra) in [
+            ("llama", r#","tie_word_embeddings":true"#),
+            ("llama", r#","attention_bias":true,"mlp_bias":true"#),
+            ("qwen2", ""),
+            ("qwen3", r#","head_dim":32,"num_key_value_heads":2"#),
+            ("mistral", r#","num_key_value_heads":1"#),
+        ] {
+            let c = ModelConfig::from_json_str(&llama(extra).replace("\"llama\"", &format!("\"{mt}\""))).unwrap();
+            let inventory: usize =
+                crate::weights::tensor_specs(&c).iter().map(|s| s.shape.iter().product::<usize>()).sum();
+            assert_eq!(c.num_parameters(), inventory, "{mt}{extra}");
+        }
     }
 }

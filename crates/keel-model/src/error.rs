@@ -34,6 +34,31 @@ pub enum ModelError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The configuration's weights alone would not fit in this machine's memory.
+    #[error(
+        "the configuration implies {parameters} parameters, at least {bytes} bytes of weights ({gib:.1} GiB in bf16, \
+         the smallest dtype Keel computes in), more than this machine's {avail_gib:.1} GiB of memory; check the sizes \
+         in config.json (num_hidden_layers, hidden_size, intermediate_size, vocab_size)",
+        gib = *bytes as f64 / (1u64 << 30) as f64,
+        avail_gib = *available as f64 / (1u64 << 30) as f64
+    )]
+    TooLarge {
+        /// Parameters the configuration implies.
+        parameters: u128,
+        /// Bytes of weights at 2 bytes per parameter.
+        bytes: u128,
+        /// Physical memory of this machine in bytes.
+        available: u64,
+    },
+    /// An error in a file, with the file's path (e.g. a bad field of a config.json).
+    #[error("{path}: {source}")]
+    InFile {
+        /// The file the error is in.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: Box<ModelError>,
+    },
     /// The checkpoint uses a feature this decoder does not implement (unknown architecture,
     /// unsupported rope scaling, non-SiLU activation); refusing beats silently wrong logits.
     #[error("unsupported model feature: {0}")]

@@ -22,7 +22,9 @@ use candle_core::quantized::gguf_file::{self, Value as GgufValue};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Map, Value};
 
+use crate::config::ModelConfig;
 use crate::tokenizer::{Tokenizer, TokenizerError};
+use crate::weights::tensor_specs;
 
 /// Errors from reading or importing a GGUF file. File-level variants name the file; metadata and
 /// tensor variants name the key or tensor, and [`read_gguf`] prefixes the file name.
@@ -65,6 +67,15 @@ pub enum GgufError {
     /// The file uses an architecture or tokenizer Keel cannot convert.
     #[error("unsupported GGUF content: {0}")]
     Unsupported(String),
+    /// The configuration derived from the metadata is invalid or absurd (sizes beyond
+    /// [`crate::config::SIZE_LIMITS`], weights larger than this machine's memory).
+    #[error("the configuration its metadata describes: {0}")]
+    Config(#[source] Box<crate::error::ModelError>),
+    /// The tensors the file holds do not match the configuration its metadata describes (missing
+    /// blocks or tensors, wrong shapes, data beyond the end of the file): importing it would write
+    /// a model that cannot load.
+    #[error("{0}")]
+    Inventory(String),
     /// The rebuilt tokenizer was rejected.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
@@ -482,6 +493,7 @@ fn read_gguf_inner(path: &Path) -> Result<GgufModel, GgufError> {
         .map_or(0, Map::len);
     let tied = !content.tensor_infos.contains_key("output.weight");
     let config = config_from_metadata(md, n_tokens, tied)?;
+    check_inventory(&content, &config, &arch, file_len(path, &reader)?)?;
     let tokenizer = Tokenizer::from_json(
         &vocab.tokenizer_json,
         Some(&vocab.tokenizer_config),
@@ -551,6 +563,80 @@ fn read_gguf_inner(path: &Path) -> Result<GgufModel, GgufError> {
         source_dtypes,
         warnings,
     })
+}
+
+/// The length of the GGUF file in bytes.
+fn file_len(path: &Path, reader: &BufReader<File>) -> Result<u64, GgufError> {
+    reader.get_ref().metadata().map(|m| m.len()).map_err(|source| GgufError::Io { path: path.to_path_buf(), source })
+}
+
+/// Checks, before any tensor is read, that the file's tensors are the ones the configuration
+/// derived from its metadata needs: the metadata's sizes are sane ([`ModelConfig::validate`]),
+/// the `blk.N` tensors cover exactly `block_count` blocks, every tensor the decoder needs is
+/// present with the shape the configuration implies, and every tensor's data lies inside the
+/// file.
+///
+/// Why: a file claiming 100,000 blocks (or with dimensions that contradict its metadata) used to
+/// be imported tensor by tensor and written out as a model directory that then failed to load.
+fn check_inventory(content: &gguf_file::Content, config: &Value, arch: &str, file_len: u64) -> Result<(), GgufError> {
+    let blocks = config["num_hidden_layers"].as_u64().unwrap_or(0);
+    let mut present: Vec<u64> = content
+        .tensor_infos
+        .keys()
+        .filter_map(|n| n.strip_prefix("blk.")?.split_once('.')?.0.parse::<u64>().ok())
+        .collect();
+    present.sort_unstable();
+    present.dedup();
+    let contiguous = present.iter().enumerate().all(|(i, &b)| i as u64 == b);
+    if present.len() as u64 != blocks || !contiguous {
+        let have = match (present.first(), present.last()) {
+            (Some(a), Some(b)) => format!("{} blocks (blk.{a} … blk.{b})", present.len()),
+            _ => "no blk.* tensors".to_string(),
+        };
+        return Err(GgufError::Inventory(format!(
+            "metadata `{arch}.block_count` says {blocks} blocks, but the file has tensors for {have}"
+        )));
+    }
+    let cfg = ModelConfig::from_json(config).map_err(|e| GgufError::Config(Box::new(e)))?;
+    let by_hf: HashMap<String, &String> =
+        content.tensor_infos.keys().filter_map(|n| gguf_to_hf_name(n).map(|hf| (hf, n))).collect();
+    for spec in tensor_specs(&cfg) {
+        let gguf_name = by_hf.get(&spec.name).ok_or_else(|| {
+            GgufError::Inventory(format!(
+                "tensor for `{}` (shape {:?}) is missing from the file, though the metadata implies it",
+                spec.name, spec.shape
+            ))
+        })?;
+        let dims = content.tensor_infos[*gguf_name].shape.dims();
+        if dims != spec.shape.as_slice() {
+            return Err(GgufError::Inventory(format!(
+                "tensor `{gguf_name}` has shape {dims:?}, but the metadata implies {:?} for `{}`",
+                spec.shape, spec.name
+            )));
+        }
+    }
+    for (name, info) in &content.tensor_infos {
+        let elems = info.shape.dims().iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+        let block = info.ggml_dtype.block_size() as u64;
+        let bytes = elems
+            .filter(|e| e % block == 0)
+            .and_then(|e| (e / block).checked_mul(info.ggml_dtype.type_size() as u64));
+        let end = bytes.and_then(|b| content.tensor_data_offset.checked_add(info.offset)?.checked_add(b));
+        match end {
+            Some(end) if end <= file_len => {}
+            _ => {
+                return Err(GgufError::Inventory(format!(
+                    "tensor `{name}` ({:?}, shape {:?}) does not fit in the file: it needs {} bytes at offset {}, \
+                     and the file has {file_len} bytes",
+                    info.ggml_dtype,
+                    info.shape.dims(),
+                    bytes.map_or("more than 2^64".to_string(), |b| b.to_string()),
+                    content.tensor_data_offset.saturating_add(info.offset),
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 fn with_name(e: GgufError, name: &str) -> GgufError {

@@ -145,6 +145,18 @@ fn expand_vars(s: &str) -> Result<String, String> {
     Ok(out)
 }
 
+/// Whether `rev` can name a branch, tag or commit (git's ref-name rules, roughly): `/`-separated
+/// components of letters, digits, `-`, `_`, `.`, `+`, none empty or starting with `.`.
+///
+/// Why: the revision becomes a path inside the Hugging Face cache (`refs/<rev>`,
+/// `snapshots/<rev>`), so `@/abs/dir` or `@../x` would load a model from outside the cache
+/// while the run manifest recorded an `hf://` source.
+fn valid_revision(rev: &str) -> bool {
+    rev.split('/').all(|c| {
+        !c.is_empty() && !c.starts_with('.') && c.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.' | '+'))
+    })
+}
+
 fn valid_repo_part(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
@@ -179,6 +191,12 @@ impl ModelSource {
                 Some(_) => return Err(invalid("empty revision after `@`")),
                 None => (rest, None),
             };
+            if let Some(rev) = revision.as_deref().filter(|r| !valid_revision(r)) {
+                return Err(invalid(&format!(
+                    "revision `{rev}` is not a branch, tag or commit name (letters, digits, `-_.+`, `/`-separated, \
+                     no `..` or absolute paths); a local directory is written without hf://"
+                )));
+            }
             let parts: Vec<&str> = repo.split('/').collect();
             if parts.len() != 2 || !parts.iter().all(|p| valid_repo_part(p)) {
                 return Err(invalid("expected hf://org/name or hf://org/name@revision"));
@@ -374,33 +392,19 @@ pub fn model_files(dir: &Path) -> Result<ModelFiles, SourceError> {
     let weights = if single.is_file() {
         vec![single]
     } else if index.is_file() {
-        let text = std::fs::read_to_string(&index).map_err(|e| SourceError::Read {
+        let shards = crate::weights::index_shards(dir).map_err(|e| SourceError::Read {
             path: index.clone(),
-            reason: e.to_string(),
+            reason: match e {
+                crate::error::ModelError::InFile { source, .. } => source.to_string(),
+                other => other.to_string(),
+            },
         })?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| SourceError::Read {
-            path: index.clone(),
-            reason: e.to_string(),
-        })?;
-        let map = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| SourceError::Read {
-                path: index.clone(),
-                reason: "no `weight_map` object".into(),
-            })?;
-        let mut shards: Vec<String> = map
-            .values()
-            .filter_map(|s| s.as_str().map(str::to_string))
-            .collect();
-        shards.sort();
-        shards.dedup();
         for s in &shards {
-            if !dir.join(s).is_file() {
-                missing.push(s.clone());
+            if !s.is_file() {
+                missing.push(s.strip_prefix(dir).unwrap_or(s).display().to_string());
             }
         }
-        shards.into_iter().map(|s| dir.join(s)).collect()
+        shards
     } else {
         missing.push("model.safetensors".into());
         Vec::new()
@@ -505,6 +509,22 @@ fn resolve_hub(cache_dir: &Path, repo: &str, revision: &str) -> Result<ResolvedM
     let Some(snapshot) = snapshot else {
         return Err(not_in_cache("config.json".into()));
     };
+    // The refs file is data too: its commit must name a snapshot of this repository.
+    let snapshots = cache_dir.join(&folder).join("snapshots");
+    let inside = match (snapshot.canonicalize(), snapshots.canonicalize()) {
+        (Ok(s), Ok(root)) => s.starts_with(&root),
+        _ => false,
+    };
+    if !inside || !valid_revision(revision) {
+        return Err(SourceError::Invalid {
+            reference: format!("hf://{repo}@{revision}"),
+            reason: format!(
+                "the cache resolves it to {}, which is not a snapshot under {}; check refs/{revision} in the cache",
+                snapshot.display(),
+                snapshots.display()
+            ),
+        });
+    }
     match model_files(&snapshot) {
         Ok(files) => Ok(ResolvedModel::Dir(files)),
         Err(SourceError::IncompleteDir { missing, .. }) => Err(not_in_cache(missing)),

@@ -5,7 +5,7 @@
 //! a checkpoint Keel writes is exactly what transformers expects and vice versa.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -119,23 +119,76 @@ pub fn read_checkpoint_tensors(dir: &Path, device: &Device) -> ModelResult<HashM
             std::io::Error::new(std::io::ErrorKind::NotFound, "no weights found"),
         ));
     }
+    let mut out = HashMap::new();
+    for p in index_shards(dir)? {
+        let part = candle_core::safetensors::load(&p, device).ctx(|| format!("reading shard {}", p.display()))?;
+        out.extend(part);
+    }
+    Ok(out)
+}
+/// The shard files `model.safetensors.index.json` in `dir` lists (its `weight_map` values),
+/// sorted and distinct, as paths inside `dir`.
+///
+/// Each must stay inside the model directory: a relative path of plain components (no `..`, no
+/// absolute path), and, where it exists, resolving (through symlinks) to a file inside `dir` or,
+/// for a Hugging Face cache snapshot (`…/models--org--name/snapshots/<commit>`), inside that
+/// repository's cache folder, where the snapshot's symlinks point. Why: an index is data from
+/// wherever the model came from, and `../../x` or `/etc/x` would load weights (and record hashes)
+/// from outside the model the user named. Shards that do not exist are returned as they are, for
+/// the caller to report as missing.
+pub fn index_shards(dir: &Path) -> ModelResult<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    let in_index = |e: ModelError| ModelError::InFile { path: index.clone(), source: Box::new(e) };
     let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io("reading", &index, e))?;
     let v: serde_json::Value = serde_json::from_str(&text)
         .map_err(|source| ModelError::Json { what: format!("parsing {}", index.display()), source })?;
     let map = v
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .ok_or_else(|| ModelError::config("weight_map", format!("missing in {}", index.display())))?;
-    let mut files: Vec<&str> = map.values().filter_map(|f| f.as_str()).collect();
+        .ok_or_else(|| in_index(ModelError::config("weight_map", "missing (expected an object of tensor name → shard file)")))?;
+    let mut files: Vec<&str> = Vec::with_capacity(map.len());
+    for (tensor, f) in map {
+        let f = f.as_str().ok_or_else(|| {
+            in_index(ModelError::config(format!("weight_map.{tensor}"), format!("expected a file name, got {f}")))
+        })?;
+        files.push(f);
+    }
     files.sort_unstable();
     files.dedup();
-    let mut out = HashMap::new();
+    let root = allowed_root(dir);
+    let mut out = Vec::with_capacity(files.len());
     for f in files {
-        let p = dir.join(f);
-        let part = candle_core::safetensors::load(&p, device).ctx(|| format!("reading shard {}", p.display()))?;
-        out.extend(part);
+        let rel = Path::new(f);
+        let plain = !f.is_empty() && rel.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain {
+            return Err(in_index(ModelError::config(
+                "weight_map",
+                format!("shard `{f}` points outside the model directory (shards are file names inside it: no `..`, no absolute paths)"),
+            )));
+        }
+        let p = dir.join(rel);
+        if let (Ok(real), Some(root)) = (p.canonicalize(), &root) {
+            if !real.starts_with(root) {
+                return Err(in_index(ModelError::config(
+                    "weight_map",
+                    format!("shard `{f}` resolves to {}, outside the model directory {}", real.display(), root.display()),
+                )));
+            }
+        }
+        out.push(p);
     }
     Ok(out)
+}
+
+/// The directory shards of `dir` must resolve into: `dir` itself, or the repository folder of a
+/// Hugging Face cache snapshot (`…/models--org--name` for `…/models--org--name/snapshots/<commit>`).
+fn allowed_root(dir: &Path) -> Option<PathBuf> {
+    let real = dir.canonicalize().ok()?;
+    let snapshots = real.parent().filter(|p| p.file_name().is_some_and(|n| n == "snapshots"));
+    let repo = snapshots
+        .and_then(Path::parent)
+        .filter(|r| r.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("models--")));
+    Some(repo.map(Path::to_path_buf).unwrap_or(real))
 }
 
 /// Writes `tensors` as a safetensors file atomically (temporary file, then rename), so a crash

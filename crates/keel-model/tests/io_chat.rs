@@ -312,3 +312,54 @@ fn chat_missing_template_is_a_clear_error() {
     assert!(matches!(err, ChatError::NoTemplate { .. }));
     assert!(err.to_string().contains("chat_template"), "{err}");
 }
+
+/// Issue 19 row 6: a chat template with nested loops (from a model's tokenizer_config.json) is
+/// stopped by the fuel limit with an error naming the tokenizer's files and the limit, in bounded
+/// time; one that multiplies its output is stopped by the output limit. Real templates are far
+/// below both (the tests above render them).
+#[test]
+fn runaway_templates_stop_at_the_fuel_and_output_limits() {
+    let dir = std::env::temp_dir().join(format!("keel-io-chat-limits-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    chatml_tokenizer().save(&dir).unwrap();
+    let nested = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}done";
+    let cfg: serde_json::Value = serde_json::json!({ "chat_template": nested, "eos_token": "<|im_end|>" });
+    std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    let tok = Tokenizer::from_dir(&dir).unwrap();
+    let t = ChatTemplate::from_tokenizer(&tok).unwrap();
+    let t0 = std::time::Instant::now();
+    let err = t.render(&[Message::new(Role::User, "hi")], true).unwrap_err();
+    let took = t0.elapsed();
+    assert!(matches!(err, ChatError::Limit { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(&dir.join("tokenizer.json").display().to_string()), "{msg}");
+    assert!(msg.contains(&keel_model::chat::TEMPLATE_FUEL.to_string()), "{msg}");
+    assert!(took.as_secs_f64() < 10.0, "fuel ran out after {took:?}");
+    println!("fuel limit ({}) reached after {took:?}", keel_model::chat::TEMPLATE_FUEL);
+
+    // Output: each message written 100,000 times.
+    let loud = ChatTemplate::new(
+        "{% for i in range(100000) %}{% for m in messages %}{{ m.content }}{% endfor %}{% endfor %}",
+        "loud.jinja",
+        "",
+        "",
+    )
+    .unwrap();
+    let messages = [Message::new(Role::User, "x".repeat(1000))];
+    let err = loud.render(&messages, false).unwrap_err();
+    let limit = keel_model::chat::max_render_bytes(&messages);
+    assert_eq!(limit, (1 << 20) + 8 * 1000);
+    let msg = err.to_string();
+    assert!(matches!(err, ChatError::Limit { .. }) && msg.contains("loud.jinja"), "{msg}");
+    assert!(msg.contains(&format!("exceeded {limit} bytes")), "{msg}");
+    // Below the limit the same template renders in full.
+    let quiet = ChatTemplate::new(
+        "{% for i in range(1000) %}{% for m in messages %}{{ m.content }}{% endfor %}{% endfor %}",
+        "quiet.jinja",
+        "",
+        "",
+    )
+    .unwrap();
+    assert_eq!(quiet.render(&messages, false).unwrap().len(), 1_000_000);
+    std::fs::remove_dir_all(&dir).ok();
+}

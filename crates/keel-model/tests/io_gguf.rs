@@ -174,6 +174,15 @@ struct Fixture {
 }
 
 fn write_tiny_gguf(dir: &Path, with_output: bool) -> Fixture {
+    write_gguf_with(dir, with_output, |_, _| {})
+}
+
+/// The tiny file of [`write_tiny_gguf`], after `tweak` has edited its metadata and tensors.
+fn write_gguf_with(
+    dir: &Path,
+    with_output: bool,
+    tweak: impl FnOnce(&mut Vec<(&'static str, Value)>, &mut Vec<(String, QTensor)>),
+) -> Fixture {
     let vocab = vocab_tokens();
     let n_vocab = vocab.len();
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
@@ -252,7 +261,7 @@ fn write_tiny_gguf(dir: &Path, with_output: bool) -> Fixture {
     let s = |x: &str| Value::String(x.to_string());
     let mut types = vec![Value::I32(3); SPECIALS.len()];
     types.extend(std::iter::repeat_n(Value::I32(1), n_vocab - SPECIALS.len()));
-    let metadata: Vec<(&str, Value)> = vec![
+    let mut metadata: Vec<(&'static str, Value)> = vec![
         ("general.architecture", s("llama")),
         ("general.name", s("keel tiny test")),
         ("llama.context_length", Value::U32(128)),
@@ -282,6 +291,7 @@ fn write_tiny_gguf(dir: &Path, with_output: bool) -> Fixture {
         ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
         ("tokenizer.chat_template", s(SMOLLM2_TEMPLATE)),
     ];
+    tweak(&mut metadata, &mut tensors);
     let path = dir.join("tiny.gguf");
     let mut f = std::fs::File::create(&path).unwrap();
     let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
@@ -578,4 +588,53 @@ fn gguf_errors_name_the_file() {
     let err = config_from_metadata(&md, 10, true).unwrap_err().to_string();
     assert!(err.contains("mamba"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Issue 19 row 13: a GGUF whose metadata claims 100,000 blocks (tensors for one), a tensor whose
+/// shape contradicts the metadata, or tensor data beyond the end of the file is refused at import
+/// with a message naming the file and the inconsistency, and nothing is written.
+#[test]
+fn gguf_inconsistent_with_its_metadata_is_refused_at_import() {
+    let set = |md: &mut Vec<(&'static str, Value)>, key: &str, v: Value| {
+        md.iter_mut().find(|(k, _)| *k == key).unwrap().1 = v;
+    };
+    let dir = scratch("blocks");
+    let fx = write_gguf_with(&dir, false, |md, _| set(md, "llama.block_count", Value::U32(100_000)));
+    let out = dir.join("out");
+    let err = import_gguf(&fx.path, &out).unwrap_err().to_string();
+    assert!(err.contains("tiny.gguf") && err.contains("block_count") && err.contains("100000"), "{err}");
+    assert!(err.contains("1 blocks (blk.0 … blk.0)"), "{err}");
+    assert!(!out.join("model.safetensors").exists() && !out.join("config.json").exists());
+
+    // A tensor shape that contradicts the metadata (ffn_up with twice the rows).
+    let dir = scratch("shape");
+    let fx = write_gguf_with(&dir, false, |_, ts| {
+        ts.iter_mut().find(|(n, _)| n == "blk.0.ffn_up.weight").unwrap().1 = f16_tensor(2 * FFN, HIDDEN).0;
+    });
+    let err = import_gguf(&fx.path, dir.join("out")).unwrap_err().to_string();
+    assert!(err.contains("blk.0.ffn_up.weight") && err.contains(&format!("[{}, {HIDDEN}]", 2 * FFN)), "{err}");
+    assert!(err.contains(&format!("[{FFN}, {HIDDEN}]")), "{err}");
+
+    // A required tensor missing (no attention output projection).
+    let dir = scratch("missing");
+    let fx = write_gguf_with(&dir, false, |_, ts| ts.retain(|(n, _)| n != "blk.0.attn_output.weight"));
+    let err = read_gguf(&fx.path).unwrap_err().to_string();
+    assert!(err.contains("model.layers.0.self_attn.o_proj.weight") && err.contains("missing"), "{err}");
+
+    // Truncated: the last tensor's data runs past the end of the file.
+    let dir = scratch("truncated");
+    let fx = write_tiny_gguf(&dir, false);
+    let bytes = std::fs::read(&fx.path).unwrap();
+    std::fs::write(&fx.path, &bytes[..bytes.len() - 100]).unwrap();
+    let err = read_gguf(&fx.path).unwrap_err().to_string();
+    assert!(err.contains("does not fit in the file"), "{err}");
+
+    // Absurd sizes in the metadata are refused by the config limits, naming the key's meaning.
+    let dir = scratch("absurd");
+    let fx = write_gguf_with(&dir, false, |md, _| set(md, "llama.embedding_length", Value::U32(1 << 30)));
+    let err = read_gguf(&fx.path).unwrap_err().to_string();
+    assert!(err.contains("hidden_size") && err.contains(&(1u64 << 30).to_string()), "{err}");
+    for name in ["blocks", "shape", "missing", "truncated", "absurd"] {
+        std::fs::remove_dir_all(std::env::temp_dir().join(format!("keel-io-gguf-{}-{name}", std::process::id()))).ok();
+    }
 }

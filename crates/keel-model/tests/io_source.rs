@@ -275,3 +275,82 @@ fn io_source_expands_environment_variables() {
     let err = ModelSource::parse("${KEEL_TEST_SOURCE_ROOT/m.gguf").unwrap_err().to_string();
     assert!(err.contains("unclosed"), "{err}");
 }
+
+/// Issue 19 row 7: shard paths of `model.safetensors.index.json` that leave the model directory
+/// (`..`, absolute, a symlink resolving outside) are refused, both when resolving the reference
+/// and when loading; a Hugging Face cache snapshot whose shards link to the repository's blobs
+/// still resolves.
+#[test]
+fn io_source_refuses_shards_outside_the_model_directory() {
+    use candle_core::{DType, Device, Tensor};
+    use keel_model::weights::read_checkpoint_tensors;
+    let root = scratch("shards");
+    let outside = root.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let tensors: std::collections::HashMap<String, Tensor> =
+        [("w".to_string(), Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap())].into();
+    keel_model::weights::write_safetensors(&outside.join("evil.safetensors"), &tensors).unwrap();
+    let model = root.join("model");
+    touch(&model, &["config.json", "tokenizer.json"]);
+    keel_model::weights::write_safetensors(&model.join("good.safetensors"), &tensors).unwrap();
+    std::os::unix::fs::symlink(outside.join("evil.safetensors"), model.join("link.safetensors")).unwrap();
+    let abs = outside.join("evil.safetensors").display().to_string();
+    for shard in ["../outside/evil.safetensors", abs.as_str(), "link.safetensors", "sub/../../outside/evil.safetensors"] {
+        let index = serde_json::json!({"weight_map": {"w": shard, "v": "good.safetensors"}});
+        std::fs::write(model.join("model.safetensors.index.json"), index.to_string()).unwrap();
+        let err = ModelSource::Dir(model.clone()).resolve().unwrap_err().to_string();
+        assert!(err.contains("model.safetensors.index.json") && err.contains("outside the model directory"), "{shard}: {err}");
+        let err = read_checkpoint_tensors(&model, &Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("model.safetensors.index.json") && err.contains("outside the model directory"), "{shard}: {err}");
+    }
+    // Inside the directory: accepted, and loads.
+    let index = serde_json::json!({"weight_map": {"w": "good.safetensors"}});
+    std::fs::write(model.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let ResolvedModel::Dir(files) = ModelSource::Dir(model.clone()).resolve().unwrap() else { panic!() };
+    assert_eq!(files.weights, vec![model.join("good.safetensors")]);
+    assert_eq!(read_checkpoint_tensors(&model, &Device::Cpu).unwrap().len(), 1);
+
+    // A Hugging Face cache snapshot: shards are symlinks into ../../blobs, which is allowed.
+    let cache = root.join("hub");
+    let repo_dir = cache.join("models--org--name");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let snap = repo_dir.join("snapshots").join(commit);
+    touch(&snap, &["config.json", "tokenizer.json"]);
+    std::fs::create_dir_all(repo_dir.join("blobs")).unwrap();
+    keel_model::weights::write_safetensors(&repo_dir.join("blobs").join("abc123"), &tensors).unwrap();
+    std::os::unix::fs::symlink("../../blobs/abc123", snap.join("model-00001-of-00001.safetensors")).unwrap();
+    let index = serde_json::json!({"weight_map": {"w": "model-00001-of-00001.safetensors"}});
+    std::fs::write(snap.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
+    std::fs::write(repo_dir.join("refs").join("main"), commit).unwrap();
+    let src = ModelSource::parse("hf://org/name").unwrap();
+    assert!(matches!(src.resolve_with_cache(&cache).unwrap(), ResolvedModel::Dir(_)));
+    assert_eq!(read_checkpoint_tensors(&snap, &Device::Cpu).unwrap().len(), 1);
+    std::fs::remove_dir_all(&root).ok();
+}
+
+/// Issue 19 row 7: an `hf://` revision that is a path is refused when parsed, and a refs file
+/// pointing outside the repository's snapshots is refused when resolved; git-style names with
+/// slashes (`refs/pr/1`) stay valid.
+#[test]
+fn io_source_refuses_hub_revisions_that_are_paths() {
+    for bad in ["hf://org/name@/abs/dir", "hf://org/name@../x", "hf://org/name@a/../../x", "hf://org/name@.hidden", "hf://org/name@a//b"] {
+        let err = ModelSource::parse(bad).unwrap_err().to_string();
+        assert!(err.contains("is not a branch, tag or commit name"), "{bad}: {err}");
+    }
+    assert_eq!(
+        ModelSource::parse("hf://org/name@refs/pr/1").unwrap(),
+        ModelSource::Hub { repo: "org/name".into(), revision: Some("refs/pr/1".into()) }
+    );
+    // A refs file is data from the cache: one naming a directory outside the snapshots is refused.
+    let cache = scratch("evilrefs");
+    let elsewhere = cache.join("elsewhere");
+    touch(&elsewhere, &["config.json", "tokenizer.json", "model.safetensors"]);
+    let repo_dir = cache.join("models--org--name");
+    std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
+    std::fs::create_dir_all(repo_dir.join("snapshots")).unwrap();
+    std::fs::write(repo_dir.join("refs").join("main"), "../../elsewhere").unwrap();
+    let err = ModelSource::parse("hf://org/name").unwrap().resolve_with_cache(&cache).unwrap_err().to_string();
+    assert!(err.contains("not a snapshot under"), "{err}");
+    std::fs::remove_dir_all(&cache).ok();
+}

@@ -328,3 +328,24 @@ fn models_and_caches_cross_threads() {
     assert_send_sync::<keel_model::KvCache>();
     assert_send_sync::<std::sync::Arc<keel_model::WeightSnapshot>>();
 }
+
+/// Issue 19 row 5: a config.json with `num_hidden_layers: 10000000` is refused while the config
+/// is parsed, before any weight is read or allocated, with the file, the field, the value and the
+/// limit in the message.
+#[test]
+fn absurd_config_json_is_refused_before_any_allocation() {
+    let dir = tmpdir("absurd-config");
+    let mut cfg = tiny_config("llama", true).to_json();
+    cfg["num_hidden_layers"] = 10_000_000.into();
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    // No weights at all: the error must come from the config, not from looking for tensors.
+    let t0 = std::time::Instant::now();
+    let err = CausalLm::load(&dir, &Device::Cpu, DType::F32).unwrap_err();
+    assert!(t0.elapsed().as_millis() < 500, "took {:?}", t0.elapsed());
+    let msg = err.to_string();
+    assert!(matches!(err, ModelError::InFile { .. }), "{msg}");
+    for part in [dir.join("config.json").display().to_string(), "num_hidden_layers".into(), "10000000".into(), "4096".into()] {
+        assert!(msg.contains(&part), "missing `{part}` in: {msg}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
