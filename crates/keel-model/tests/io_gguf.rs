@@ -2,6 +2,8 @@
 //! F32, F16, Q8_0, Q4_0 and Q4_1 (raw blocks built by hand, so the expected values do not depend
 //! on candle's quantiser), permuted Q/K rows, llama metadata and a tiny GPT-2 vocabulary.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -637,4 +639,53 @@ fn gguf_inconsistent_with_its_metadata_is_refused_at_import() {
     for name in ["blocks", "shape", "missing", "truncated", "absurd"] {
         std::fs::remove_dir_all(std::env::temp_dir().join(format!("keel-io-gguf-{}-{name}", std::process::id()))).ok();
     }
+}
+
+/// The GGUF reader under a bounded-time fuzz harness (issue 19 item 6): 256 deterministic
+/// mutations of the tiny file (flipped bytes, extreme lengths/counts/offsets written into the
+/// header, truncations, random bytes). `read_gguf` and `read_gguf_tokenizer` must return `Ok` or a
+/// clear error naming the file, in bounded time and memory: no panic, hang or abort. Whatever
+/// reads must also build a model (the inventory check guarantees the tensors fit the config).
+#[test]
+fn gguf_fuzz_mutated_files_never_panic() {
+    use common::fuzz::{mutate, mutation, runner, within};
+    use proptest::prelude::*;
+    use std::cell::Cell;
+    use std::time::Duration;
+    let dir = scratch("fuzz");
+    let fx = write_tiny_gguf(&dir, true);
+    let good = std::fs::read(&fx.path).unwrap();
+    // The header (metadata and tensor infos) is everything before the vocabulary's tensors; the
+    // first 4 KiB hold the counts, the architecture keys and the start of the token list.
+    let header = 4096.min(good.len());
+    let path = dir.join("mutated.gguf");
+    let (read, refused) = (Cell::new(0), Cell::new(0));
+    runner(256)
+        .run(&mutation(), |m| {
+            std::fs::write(&path, mutate(&good, &m, header)).unwrap();
+            let g = within(Duration::from_secs(10), "read_gguf", || read_gguf(&path))?;
+            let t = within(Duration::from_secs(10), "read_gguf_tokenizer", || keel_model::read_gguf_tokenizer(&path))?;
+            if let Err(e) = &t {
+                prop_assert!(e.to_string().contains("mutated.gguf"), "{e}");
+            }
+            match g {
+                Ok(g) => {
+                    let cfg = keel_model::ModelConfig::from_json(&g.config);
+                    prop_assert!(cfg.is_ok(), "{:?}", cfg.err());
+                    let built = keel_model::CausalLm::from_tensors(cfg.unwrap(), g.tensors);
+                    prop_assert!(built.is_ok(), "{:?}", built.err());
+                    read.set(read.get() + 1);
+                }
+                Err(e) => {
+                    prop_assert!(e.to_string().contains("mutated.gguf"), "{e}");
+                    refused.set(refused.get() + 1);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    let (read, refused) = (read.get(), refused.get());
+    println!("{read} mutated files read, {refused} refused");
+    assert!(refused > 100, "{read} read, {refused} refused");
+    std::fs::remove_dir_all(&dir).ok();
 }

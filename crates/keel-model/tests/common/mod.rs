@@ -2,6 +2,8 @@
 //! random weights (non-trivial norms and biases, so every code path is exercised).
 #![allow(dead_code)]
 
+pub mod fuzz;
+
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
