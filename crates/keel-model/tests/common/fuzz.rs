@@ -54,7 +54,7 @@ pub fn mutation() -> impl Strategy<Value = Mutation> {
 pub fn mutate(bytes: &[u8], m: &Mutation, header: usize) -> Vec<u8> {
     let mut out = bytes.to_vec();
     let n = out.len().max(1);
-    let pos = |i: usize| if i % 2 == 0 { (i / 2) % header.clamp(1, n) } else { (i / 2) % n };
+    let pos = |i: usize| if i & 1 == 0 { (i / 2) % header.clamp(1, n) } else { (i / 2) % n };
     match m {
         Mutation::Flip(edits) => {
             for &(i, b) in edits {
