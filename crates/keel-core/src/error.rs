@@ -14,6 +14,15 @@ pub enum CoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A path that must be a regular file is a FIFO, device, socket or directory; refused
+    /// before it is opened, because a FIFO blocks the reader and a device never ends.
+    #[error("{path} is {kind}, not a regular file; pass a regular file")]
+    NotRegularFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead ("a FIFO (named pipe)", "a directory", ...).
+        kind: &'static str,
+    },
     /// A value could not be serialised to JSON (a bug or a non-finite float in a record).
     #[error("serialising {what}: {source}")]
     Json {

@@ -10,9 +10,15 @@ pub fn sha256_bytes(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Hex sha256 of a file, streamed so large model files do not need to fit in memory.
+/// Hex sha256 of a file, streamed so large model files do not need to fit in memory. Anything
+/// but a regular file (a FIFO, `/dev/zero`, a directory) is refused before it is opened
+/// ([`CoreError::NotRegularFile`]): opening a FIFO would block, and a device never ends.
 pub fn sha256_file(path: &Path) -> Result<String> {
+    crate::regular_file_len(path)?;
     let mut file = std::fs::File::open(path).map_err(|e| CoreError::io("opening", path, e))?;
+    // The path may have been replaced between the check and the open.
+    let meta = file.metadata().map_err(|e| CoreError::io("reading", path, e))?;
+    crate::regular::check_regular(path, &meta)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -45,6 +51,22 @@ mod tests {
         let p = dir.join("x.bin");
         std::fs::write(&p, vec![7u8; 3_000_000]).unwrap();
         assert_eq!(sha256_file(&p).unwrap(), sha256_bytes(&vec![7u8; 3_000_000]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A FIFO is refused at once instead of blocking until a writer appears.
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("keel-hash-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("pipe");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().map(|s| s.success()).unwrap_or(false);
+        assert!(made, "mkfifo {} failed", fifo.display());
+        let e = sha256_file(&fifo).unwrap_err();
+        assert!(matches!(e, CoreError::NotRegularFile { kind: "a FIFO (named pipe)", .. }), "{e}");
+        let e = sha256_file(Path::new("/dev/zero")).unwrap_err();
+        assert!(matches!(e, CoreError::NotRegularFile { kind: "a character device", .. }), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -139,6 +139,7 @@ impl From<keel_core::CoreError> for DataError {
     fn from(e: keel_core::CoreError) -> Self {
         match e {
             keel_core::CoreError::Io { action, path, source } => DataError::Io { action, path, source },
+            keel_core::CoreError::NotRegularFile { path, kind } => DataError::NotRegularFile { path, kind },
             other => DataError::Manifest { name: "core".into(), message: other.to_string() },
         }
     }

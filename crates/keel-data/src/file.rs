@@ -16,29 +16,9 @@ use crate::error::{DataError, Result};
 /// (GSM8K train, Alpaca) is a few tens of MB, so 1 GiB only stops mistakes.
 pub const MAX_DATASET_FILE_BYTES: u64 = 1 << 30;
 
-/// What a non-regular file is, for the error message.
+/// What a non-regular file is, for the error message (keel-core's one classification).
 fn kind_of(meta: &std::fs::Metadata) -> &'static str {
-    let ft = meta.file_type();
-    if ft.is_dir() {
-        return "a directory";
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if ft.is_fifo() {
-            return "a FIFO (named pipe)";
-        }
-        if ft.is_char_device() {
-            return "a character device";
-        }
-        if ft.is_block_device() {
-            return "a block device";
-        }
-        if ft.is_socket() {
-            return "a socket";
-        }
-    }
-    "not a regular file"
+    keel_core::non_regular_kind(meta).unwrap_or("not a regular file")
 }
 
 /// The size of `path` if it is a regular file (symbolic links followed), checked with `stat`

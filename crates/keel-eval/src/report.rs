@@ -44,44 +44,9 @@ pub struct Table {
     pub rows: Vec<Vec<String>>,
 }
 
-/// Escapes text for one cell of a GitHub-flavoured markdown table: the one escaping every
-/// markdown table Keel writes goes through ([`Table::to_markdown`]), so that a label (branch,
-/// checkpoint or benchmark name) cannot end a cell, a row or the table, nor inject HTML.
-///
-/// `|` → `\|` and `\` → `\\` (so a label's own backslash cannot unescape the pipe after it);
-/// `<`, `>`, `&` → `&lt;`, `&gt;`, `&amp;`; each line break (`\n`, `\r\n`, `\r`) → one space.
-pub fn md_cell(s: &str) -> String {
-    escape_markdown(s, true)
-}
-
-/// Text for a markdown heading or paragraph line: line breaks become spaces and HTML is
-/// escaped as in [`md_cell`] (pipes are harmless outside tables and kept).
-pub fn md_line(s: &str) -> String {
-    escape_markdown(s, false)
-}
-
-fn escape_markdown(s: &str, in_table: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' if in_table => out.push_str("\\\\"),
-            '|' if in_table => out.push_str("\\|"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '\r' => {
-                if chars.peek() == Some(&'\n') {
-                    chars.next();
-                }
-                out.push(' ');
-            }
-            '\n' => out.push(' '),
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// The markdown escaping of every table and heading here (one home in keel-core, shared with the
+/// pipeline engine's sweep summary), re-exported for reports built on this crate.
+pub use keel_core::{md_cell, md_line};
 
 impl Table {
     /// Renders the table as GitHub-flavoured markdown, every header and cell escaped by

@@ -122,9 +122,7 @@ fn read_pipeline_text(path: &Path) -> Result<String, (String, String, usize, usi
     let io = |what: &str, e: std::io::Error| (format!("cannot {what} pipeline file: {e}"), "check the path and permissions".to_string(), 1, 1);
     // `metadata` follows symbolic links, so a link to a FIFO is refused too.
     let meta = std::fs::metadata(path).map_err(|e| io("read", e))?;
-    let ft = meta.file_type();
-    if !ft.is_file() {
-        let what = if ft.is_dir() { "a directory" } else { "not a regular file (a FIFO, socket or device)" };
+    if let Some(what) = keel_core::non_regular_kind(&meta) {
         return Err((format!("the pipeline file is {what}"), "pass a regular `.yaml` file".into(), 1, 1));
     }
     if meta.len() > MAX_PIPELINE_BYTES {

@@ -268,10 +268,6 @@ pub fn list_text(registry: &Registry) -> String {
     s
 }
 
-fn md_cell(s: &str) -> String {
-    s.replace('|', "\\|").replace('\n', " ")
-}
-
 /// Renders every registered kind as Markdown (the stage reference in the docs).
 pub fn list_markdown(registry: &Registry) -> String {
     let mut s = String::from("# Stage kinds\n\n");
@@ -283,10 +279,10 @@ pub fn list_markdown(registry: &Registry) -> String {
             s.push_str("| port | direction | type | required | description |\n|---|---|---|---|---|\n");
             for p in ins {
                 let req = if p.required { "yes" } else { "no" };
-                let _ = writeln!(s, "| `{}` | input | `{}` | {req} | {} |", p.name, p.ty, md_cell(p.doc));
+                let _ = writeln!(s, "| `{}` | input | `{}` | {req} | {} |", p.name, p.ty, keel_core::md_cell(p.doc));
             }
             for p in outs {
-                let _ = writeln!(s, "| `{}` | output | `{}` | | {} |", p.name, p.ty, md_cell(p.doc));
+                let _ = writeln!(s, "| `{}` | output | `{}` | | {} |", p.name, p.ty, keel_core::md_cell(p.doc));
             }
             s.push('\n');
         }
@@ -299,8 +295,8 @@ pub fn list_markdown(registry: &Registry) -> String {
                     s,
                     "| `{}` | {} | {d} | {} |",
                     p.name,
-                    md_cell(&p.type_text()),
-                    md_cell(&match &p.range {
+                    keel_core::md_cell(&p.type_text()),
+                    keel_core::md_cell(&match &p.range {
                         Some(r) => format!("{} (limit: {})", p.doc, r.why),
                         None => p.doc.to_string(),
                     })
@@ -314,7 +310,7 @@ pub fn list_markdown(registry: &Registry) -> String {
             for r in res {
                 let access = if r.writes { "writes" } else { "reads" };
                 let req = if r.required { "yes" } else { "no" };
-                let _ = writeln!(s, "| `{}` | `{}` | {access} | {req} | {} |", r.role, r.kind, md_cell(r.doc));
+                let _ = writeln!(s, "| `{}` | `{}` | {access} | {req} | {} |", r.role, r.kind, keel_core::md_cell(r.doc));
             }
             s.push('\n');
         }

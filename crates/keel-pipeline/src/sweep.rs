@@ -365,7 +365,9 @@ pub fn summarize(
     let skipped = cells.iter().filter(|(_, o)| *o == CellOutcome::Skipped).count();
     let failed: Vec<&(CellInfo, CellOutcome)> = cells.iter().filter(|(_, o)| matches!(o, CellOutcome::Failed(_))).collect();
     let cancelled = cells.iter().filter(|(_, o)| *o == CellOutcome::Cancelled).count();
-    let mut md = format!("# Sweep summary: {}\n\n", p.name);
+    // Cell ids, metric names and messages carry user text (grid values, labels): escaped, so a
+    // `|` or `<` in them cannot break the table or inject HTML.
+    let mut md = format!("# Sweep summary: {}\n\n", keel_core::md_line(&p.name));
     let _ = writeln!(
         md,
         "{} cells: {complete} run now, {skipped} already complete, {} failed, {cancelled} cancelled. \
@@ -378,15 +380,17 @@ pub fn summarize(
     for (_, r) in &rows {
         let _ = writeln!(
             md,
-            "| `{}` | `{}` | {} | {:.4} | {:.4} | [{:.4}, {:.4}] |",
-            r.group, r.metric, r.n, r.mean, r.std, r.ci_low, r.ci_high
+            "| {} | {} | {} | {:.4} | {:.4} | [{:.4}, {:.4}] |",
+            keel_core::md_cell(&r.group),
+            keel_core::md_cell(&r.metric),
+            r.n, r.mean, r.std, r.ci_low, r.ci_high
         );
     }
     if !failed.is_empty() {
         md.push_str("\n## Failed cells\n\n");
         for (info, o) in failed {
             if let CellOutcome::Failed(msg) = o {
-                let _ = writeln!(md, "- `{}`: {}", info.id, msg.replace('\n', " "));
+                let _ = writeln!(md, "- {}: {}", keel_core::md_line(&info.id), keel_core::md_line(msg));
             }
         }
     }
@@ -520,5 +524,24 @@ mod tests {
         assert_eq!(bootstrap_ci(&xs, 2000, 7), (lo, hi), "deterministic");
         assert_eq!(bootstrap_ci(&[4.0], 2000, 7), (4.0, 4.0));
         assert_eq!(quantile(&[0.0, 10.0], 0.25), 2.5);
+    }
+
+    /// A label with `|`, `<` and a line break in a metric name and a failure message cannot
+    /// break the summary table: the rows are escaped by keel-core's `md_cell` (golden text).
+    #[test]
+    fn summary_markdown_escapes_user_text() {
+        let (reg, _) = crate::testkit::registry();
+        let p = crate::load_str("t.yaml", "name: esc\nseed: 1\nstages:\n  src: {use: counter, with: {count: 1}}\n", &[], &reg).unwrap();
+        let dir = std::env::temp_dir().join(format!("keel-sweep-md-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cell = |i: usize, id: &str| CellInfo { index: i, id: id.into(), group: "g|<b>".into(), assignments: Vec::new(), seed: 1 };
+        std::fs::create_dir_all(dir.join("ok")).unwrap();
+        std::fs::write(dir.join("ok/metrics.jsonl"), "{\"stage\":\"ev\",\"step\":0,\"values\":{\"a|b<i>\":0.5}}\n").unwrap();
+        let cells = [(cell(0, "ok"), CellOutcome::Complete), (cell(1, "bad"), CellOutcome::Failed("x | <y>\nz".into()))];
+        let (_, md) = summarize(&p, &dir, &cells, 10).unwrap();
+        let md = std::fs::read_to_string(md).unwrap();
+        assert!(md.contains("| g\\|&lt;b&gt; | ev/a\\|b&lt;i&gt; | 1 | 0.5000 | 0.0000 | [0.5000, 0.5000] |\n"), "{md}");
+        assert!(md.contains("- bad: x | &lt;y&gt; z\n"), "{md}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
