@@ -162,39 +162,9 @@ pub(crate) fn vocab_from_metadata(
         warnings.push(format!("{duplicates} duplicate token strings in tokenizer.ggml.tokens; the first id of each was kept"));
     }
 
-    let mut merge_pairs = Vec::with_capacity(merges.len());
-    for (i, m) in merges.iter().enumerate() {
-        let mut parts = m.split(' ');
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some(a), Some(b), None) if !a.is_empty() && !b.is_empty() => {
-                merge_pairs.push(json!([a, b]))
-            }
-            _ => {
-                return Err(GgufError::Metadata {
-                    key: "tokenizer.ggml.merges".into(),
-                    reason: format!("merge {i} `{m}` is not two space-separated tokens"),
-                })
-            }
-        }
-    }
+    let merge_pairs = merge_pairs(&merges)?;
 
-    let mut added_tokens = Vec::new();
-    let mut added_decoder = Map::new();
-    if let Some(types) = &types {
-        for (id, (&ty, tok)) in types.iter().zip(tokens.iter()).enumerate() {
-            if ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED {
-                let special = ty == TOKEN_TYPE_CONTROL;
-                added_tokens.push(json!({
-                    "id": id, "content": tok, "single_word": false, "lstrip": false,
-                    "rstrip": false, "normalized": !special, "special": special,
-                }));
-                added_decoder.insert(
-                    id.to_string(),
-                    json!({"content": tok, "lstrip": false, "normalized": !special, "rstrip": false, "single_word": false, "special": special}),
-                );
-            }
-        }
-    }
+    let (added_tokens, added_decoder) = added_tokens(types.as_deref(), &tokens);
 
     let pre = meta_str(md, "tokenizer.ggml.pre")?.unwrap_or("default");
     let (normalizer, pre_tokenizer, ignore_merges) = pipeline_for(pre, &mut warnings);
@@ -258,6 +228,67 @@ pub(crate) fn vocab_from_metadata(
         }
     });
 
+    let cfg = tokenizer_config(md, add_bos, added_decoder, [&bos, &eos, &pad, &unk], context_length)?;
+
+    Ok(GgufVocab {
+        tokenizer_json,
+        tokenizer_config: cfg,
+        warnings,
+    })
+}
+
+/// `tokenizer.ggml.merges` (`"a b"` strings) as tokenizer.json merge pairs.
+fn merge_pairs(merges: &[&str]) -> Result<Vec<Value>, GgufError> {
+    let mut merge_pairs = Vec::with_capacity(merges.len());
+    for (i, m) in merges.iter().enumerate() {
+        let mut parts = m.split(' ');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(a), Some(b), None) if !a.is_empty() && !b.is_empty() => {
+                merge_pairs.push(json!([a, b]))
+            }
+            _ => {
+                return Err(GgufError::Metadata {
+                    key: "tokenizer.ggml.merges".into(),
+                    reason: format!("merge {i} `{m}` is not two space-separated tokens"),
+                })
+            }
+        }
+    }
+    Ok(merge_pairs)
+}
+
+/// The control and user-defined tokens (by `tokenizer.ggml.token_type`) as tokenizer.json
+/// `added_tokens` and tokenizer_config.json `added_tokens_decoder`.
+fn added_tokens(types: Option<&[i64]>, tokens: &[&str]) -> (Vec<Value>, Map<String, Value>) {
+    let mut added_tokens = Vec::new();
+    let mut added_decoder = Map::new();
+    if let Some(types) = types {
+        for (id, (&ty, tok)) in types.iter().zip(tokens.iter()).enumerate() {
+            if ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED {
+                let special = ty == TOKEN_TYPE_CONTROL;
+                added_tokens.push(json!({
+                    "id": id, "content": tok, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": !special, "special": special,
+                }));
+                added_decoder.insert(
+                    id.to_string(),
+                    json!({"content": tok, "lstrip": false, "normalized": !special, "rstrip": false, "single_word": false, "special": special}),
+                );
+            }
+        }
+    }
+    (added_tokens, added_decoder)
+}
+
+/// tokenizer_config.json: BOS/EOS flags, added tokens, the special tokens (`bos, eos, pad, unk`),
+/// the chat template and the context length.
+fn tokenizer_config(
+    md: &HashMap<String, GgufValue>,
+    add_bos: bool,
+    added_decoder: Map<String, Value>,
+    [bos, eos, pad, unk]: [&Option<String>; 4],
+    context_length: Option<u64>,
+) -> Result<Value, GgufError> {
     let mut cfg = Map::new();
     cfg.insert("add_bos_token".into(), json!(add_bos));
     cfg.insert(
@@ -265,12 +296,7 @@ pub(crate) fn vocab_from_metadata(
         json!(meta_bool(md, "tokenizer.ggml.add_eos_token")?.unwrap_or(false)),
     );
     cfg.insert("added_tokens_decoder".into(), Value::Object(added_decoder));
-    for (key, v) in [
-        ("bos_token", &bos),
-        ("eos_token", &eos),
-        ("pad_token", &pad),
-        ("unk_token", &unk),
-    ] {
+    for (key, v) in [("bos_token", bos), ("eos_token", eos), ("pad_token", pad), ("unk_token", unk)] {
         if let Some(t) = v {
             cfg.insert(key.into(), json!(t));
         }
@@ -283,10 +309,5 @@ pub(crate) fn vocab_from_metadata(
         cfg.insert("model_max_length".into(), json!(n));
     }
     cfg.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
-
-    Ok(GgufVocab {
-        tokenizer_json,
-        tokenizer_config: Value::Object(cfg),
-        warnings,
-    })
+    Ok(Value::Object(cfg))
 }
