@@ -246,14 +246,7 @@ impl CausalLm {
     /// Returns logits `[B, t, V]` computed on detached weights (no autograd graph) and appends the
     /// new keys/values to `cache`. A first call with the whole (left-padded) prompt is the prefill.
     pub fn forward_cached(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: &mut KvCache) -> ModelResult<Tensor> {
-        if cache.num_layers() != self.layers.len() {
-            return Err(ModelError::Input(format!(
-                "cache has {} layers, model has {}",
-                cache.num_layers(),
-                self.layers.len()
-            )));
-        }
-        let h = self.run(input_ids, Some(attention_mask), Some(cache), true)?;
+        let h = self.run_cached(input_ids, attention_mask, cache)?;
         let wt = cache.decode_weights.clone();
         self.head(&h, true, wt.as_ref().map(|w| &w.head))
     }
@@ -269,6 +262,16 @@ impl CausalLm {
         attention_mask: &Tensor,
         cache: &mut KvCache,
     ) -> ModelResult<Tensor> {
+        let h = self.run_cached(input_ids, attention_mask, cache)?;
+        let t = h.dim(1).ctx(|| "reading hidden states".to_string())?;
+        let last = h.narrow(1, t - 1, 1).and_then(|x| x.squeeze(1)).ctx(|| "selecting the last position".to_string())?;
+        let wt = cache.decode_weights.clone();
+        self.head(&last, true, wt.as_ref().map(|w| &w.head))
+    }
+
+    /// The decoder stack on detached weights continuing `cache` (after checking it belongs to a
+    /// model with as many layers), for the two cached forwards.
+    fn run_cached(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: &mut KvCache) -> ModelResult<Tensor> {
         if cache.num_layers() != self.layers.len() {
             return Err(ModelError::Input(format!(
                 "cache has {} layers, model has {}",
@@ -276,11 +279,7 @@ impl CausalLm {
                 self.layers.len()
             )));
         }
-        let h = self.run(input_ids, Some(attention_mask), Some(cache), true)?;
-        let t = h.dim(1).ctx(|| "reading hidden states".to_string())?;
-        let last = h.narrow(1, t - 1, 1).and_then(|x| x.squeeze(1)).ctx(|| "selecting the last position".to_string())?;
-        let wt = cache.decode_weights.clone();
-        self.head(&last, true, wt.as_ref().map(|w| &w.head))
+        self.run(input_ids, Some(attention_mask), Some(cache), true)
     }
 
     fn head(&self, hidden: &Tensor, detach: bool, wt: Option<&Tensor>) -> ModelResult<Tensor> {
