@@ -35,4 +35,4 @@ pub mod tokenizer;
 pub use chat::{prompt_messages, ChatError, ChatTemplate, REASONING_INSTRUCTION};
 pub use gguf::{import_gguf, read_gguf, read_gguf_tokenizer, GgufError, GgufModel, ImportReport};
 pub use source::{LoadError, ModelFiles, ModelSource, ResolvedModel, SourceError};
-pub use tokenizer::{train_bpe, SpecialTokens, TokenOffsets, Tokenizer, TokenizerError, CHATML_TEMPLATE};
+pub use tokenizer::{train_bpe, SpecialTokens, MAX_BPE_VOCAB_SIZE, TokenOffsets, Tokenizer, TokenizerError, CHATML_TEMPLATE};

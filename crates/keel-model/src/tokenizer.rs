@@ -584,6 +584,11 @@ fn load_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer, TokenizerEr
         })
 }
 
+/// Largest vocabulary [`train_bpe`] trains (2^20). Why: a model over it holds a vocabulary ×
+/// hidden embedding matrix, the largest real vocabularies are ~260k tokens, and the trainer
+/// allocates by the requested size; a value like `usize::MAX` would abort or panic in it.
+pub const MAX_BPE_VOCAB_SIZE: usize = 1 << 20;
+
 /// Trains a byte-level BPE tokenizer (GPT-2 style, like SmolLM2's) on in-memory texts.
 ///
 /// Why: synthetic task worlds train tiny models from scratch and need a tokenizer fitted to
@@ -593,7 +598,7 @@ fn load_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer, TokenizerEr
 /// followed by `special_tokens` (duplicates ignored), the 256 byte symbols, then learned merges;
 /// its chat template is [`CHATML_TEMPLATE`]. Save it with [`Tokenizer::save`].
 ///
-/// `vocab_size` is an upper bound: training stops earlier when no pair of tokens occurs at least
+/// `vocab_size` is an upper bound, at most [`MAX_BPE_VOCAB_SIZE`] (larger is an error): training stops earlier when no pair of tokens occurs at least
 /// twice. Deterministic: the same texts, size and special tokens give an identical `tokenizer.json`
 /// (the trainer sorts its alphabet and breaks merge-count ties by pair id).
 pub fn train_bpe<S: AsRef<str>>(
@@ -617,6 +622,12 @@ pub fn train_bpe<S: AsRef<str>>(
         return Err(TokenizerError::Train(format!(
             "vocab_size {vocab_size} is smaller than the {} special tokens plus 256 byte symbols ({min_size})",
             specials.len()
+        )));
+    }
+    if vocab_size > MAX_BPE_VOCAB_SIZE {
+        return Err(TokenizerError::Train(format!(
+            "vocab_size {vocab_size} is above the maximum {MAX_BPE_VOCAB_SIZE} (2^20): the largest real vocabularies \
+             are ~260k tokens, and the embedding matrix grows with the vocabulary"
         )));
     }
     if texts.is_empty() {

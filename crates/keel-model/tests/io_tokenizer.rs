@@ -236,3 +236,16 @@ fn tokenizer_errors_name_the_file() {
     assert!(train_bpe(&empty, 400, &[]).is_err());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A vocabulary past the documented maximum is an error naming the limit, not a panic or an
+/// allocation abort in the trainer; the maximum itself is accepted (training stops early).
+#[test]
+fn tokenizer_training_refuses_a_vocabulary_past_the_maximum() {
+    for size in [keel_model::MAX_BPE_VOCAB_SIZE + 1, usize::MAX] {
+        let e = train_bpe(&corpus(), size, &[]).expect_err("refused");
+        assert!(matches!(e, TokenizerError::Train(_)), "{e}");
+        assert!(e.to_string().contains(&format!("vocab_size {size} is above the maximum 1048576")), "{e}");
+    }
+    let tok = train_bpe(&corpus(), keel_model::MAX_BPE_VOCAB_SIZE, &[]).unwrap();
+    assert!(tok.vocab_size() < 2000, "training stops when no pair repeats: {}", tok.vocab_size());
+}

@@ -21,10 +21,10 @@ const WORLD_MAX: f64 = MAX_TASK_WORLD_EXAMPLES as f64;
 /// Why task-world sizes are bounded, shown with the error and by `keel list`.
 const WORLD_WHY: &str = "task examples are generated in memory and written to JSONL, about 0.5 KB each";
 
-/// Largest vocabulary a trained tokenizer may have (2^20). Why: a model over it holds a
-/// vocabulary × hidden embedding matrix, and the largest real vocabularies are ~260k tokens; a
-/// value like `9223372036854775807` would otherwise reach the trainer and panic.
-pub const MAX_VOCAB_SIZE: usize = 1 << 20;
+/// Largest vocabulary a trained tokenizer or a tiny model may have: keel-model's
+/// [`keel_model::MAX_BPE_VOCAB_SIZE`] (2^20), checked at validation so a value like
+/// `9223372036854775807` never reaches the trainer.
+pub const MAX_VOCAB_SIZE: usize = keel_model::MAX_BPE_VOCAB_SIZE;
 
 /// Why vocabulary sizes are bounded, shown with the error and by `keel list`.
 pub const VOCAB_WHY: &str =
