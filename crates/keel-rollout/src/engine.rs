@@ -95,6 +95,64 @@ struct RowState {
     rng: ChaCha8Rng,
 }
 
+/// One row's pick at a decode step: `None` for a finished row, `Some(None)` for non-finite
+/// logits, else the token, its log-prob and the distribution's entropy.
+type Pick = Option<Option<(usize, f32, f32)>>;
+
+/// What the prefill leaves for the decode loop.
+struct Prefill<K> {
+    cache: K,
+    /// The last-position logits of every row, `[rows, vocab]`.
+    logits: Tensor,
+    /// Each row's attention-mask history (capacity for the whole run).
+    mask_rows: Vec<Vec<u8>>,
+    /// The flattened masks of the last forward, reused by every decode step.
+    mask_flat: Vec<u8>,
+    /// The padded prompt length.
+    prompt_len: usize,
+}
+
+/// The row states at the start of decoding, each with its keyed generator.
+fn new_row_states(
+    rows: &[RowJob],
+    prompts: &[KeyedPrompt<'_>],
+    params: &SamplingParams,
+) -> Vec<RowState> {
+    let max_new = params.max_new_tokens;
+    rows.iter()
+        .map(|r| RowState {
+            tokens: Vec::with_capacity(max_new),
+            logprobs: Vec::with_capacity(max_new),
+            entropies: Vec::with_capacity(max_new),
+            finish: None,
+            cut_text: None,
+            rng: sample_rng(params.seed, prompts[r.prompt].index, r.sample as u64),
+        })
+        .collect()
+}
+
+/// The next decode step's input: each active row's last token (padding for finished rows), and
+/// every row's mask extended by one position (1 when active) and flattened into `mask_flat`.
+fn next_decode_input(
+    states: &[RowState],
+    pad: u32,
+    next_ids: &mut [u32],
+    mask_rows: &mut [Vec<u8>],
+    mask_flat: &mut Vec<u8>,
+) {
+    mask_flat.clear();
+    for (i, st) in states.iter().enumerate() {
+        let active = st.finish.is_none();
+        next_ids[i] = if active {
+            st.tokens.last().copied().unwrap_or(pad)
+        } else {
+            pad
+        };
+        mask_rows[i].push(u8::from(active));
+        mask_flat.extend_from_slice(&mask_rows[i]);
+    }
+}
+
 impl<M: DecodeModel, C: TextCodec> Engine<M, C> {
     /// An engine over a model and its tokenizer.
     pub fn new(model: M, codec: C, config: EngineConfig) -> Self {
@@ -279,6 +337,8 @@ impl<M: DecodeModel, C: TextCodec> Engine<M, C> {
             .map_err(model_err)
     }
 
+    /// Generates one batch of rows: prefill, then one decode step at a time until every row has
+    /// stopped or reached `params.max_new_tokens`, then the rows' completions.
     fn run_batch(
         &self,
         rows: &[RowJob],
@@ -289,13 +349,61 @@ impl<M: DecodeModel, C: TextCodec> Engine<M, C> {
     ) -> Result<Vec<Completion>> {
         let b = rows.len();
         let max_new = params.max_new_tokens;
+        let pad = self.codec.pad_id();
+        let Prefill {
+            mut cache,
+            mut logits,
+            mut mask_rows,
+            mut mask_flat,
+            prompt_len,
+        } = self.prefill(rows, prompts, max_new)?;
+
+        let mut states = new_row_states(rows, prompts, params);
+        let plain_sampling = logits::is_untruncated_unit_temperature(params);
+        let mut next_ids: Vec<u32> = vec![pad; b];
+
+        for step in 0..max_new {
+            with_f32_data(&logits, |data| -> Result<()> {
+                let picks = self.pick_tokens(data, &mut states, params, plain_sampling);
+                self.record_picks(&mut states, picks, rows, prompts, params, stop_ids, step)
+            })
+            .map_err(|source| RolloutError::Model {
+                during: format!("reading logits at step {step}"),
+                source,
+            })??;
+
+            if states.iter().all(|s| s.finish.is_some()) {
+                break;
+            }
+            next_decode_input(&states, pad, &mut next_ids, &mut mask_rows, &mut mask_flat);
+            let total = prompt_len + step + 1;
+            logits = self.forward(&next_ids, &mask_flat, (b, 1, total), &mut cache, &|| {
+                format!("decode step {}", step + 1)
+            })?;
+        }
+
+        self.completions(rows, states, prompts, stop_ids, policy_version)
+    }
+
+    /// Prefills the left-padded prompts of `rows` and returns the cache, the last-position logits
+    /// of every row and the rows' attention masks (with capacity for `max_new` more tokens).
+    ///
+    /// The samples of one prompt share its prefill when the model can copy cache rows: the first
+    /// row of each distinct prompt is prefilled, then row `i` takes the cache row and logits of
+    /// prefilled row `source[i]`.
+    fn prefill(
+        &self,
+        rows: &[RowJob],
+        prompts: &[KeyedPrompt<'_>],
+        max_new: usize,
+    ) -> Result<Prefill<M::Cache>> {
+        let b = rows.len();
         let prompt_len = rows
             .iter()
             .map(|r| prompts[r.prompt].ids.len())
             .max()
             .unwrap_or(0);
         let pad = self.codec.pad_id();
-        let vocab = self.model.vocab_size();
 
         // The mask history of every row (capacity for the whole run), left-padded prompts first.
         let mut mask_rows: Vec<Vec<u8>> = Vec::with_capacity(b);
@@ -306,9 +414,6 @@ impl<M: DecodeModel, C: TextCodec> Engine<M, C> {
             m.extend(std::iter::repeat_n(1u8, n));
             mask_rows.push(m);
         }
-        // The samples of one prompt share its prefill when the model can copy cache rows: the
-        // first row of each distinct prompt is prefilled, then row `i` takes the cache row and
-        // logits of prefilled row `source[i]`.
         let mut first_rows: Vec<usize> = Vec::new();
         let mut position: HashMap<usize, u32> = HashMap::new();
         let source: Vec<u32> = rows
@@ -358,127 +463,128 @@ impl<M: DecodeModel, C: TextCodec> Engine<M, C> {
                 .and_then(|idx| logits.index_select(&idx, 0))
                 .map_err(model_err)?;
         }
+        Ok(Prefill {
+            cache,
+            logits,
+            mask_rows,
+            mask_flat,
+            prompt_len,
+        })
+    }
 
-        let mut states: Vec<RowState> = rows
-            .iter()
-            .map(|r| RowState {
-                tokens: Vec::with_capacity(max_new),
-                logprobs: Vec::with_capacity(max_new),
-                entropies: Vec::with_capacity(max_new),
-                finish: None,
-                cut_text: None,
-                rng: sample_rng(params.seed, prompts[r.prompt].index, r.sample as u64),
-            })
-            .collect();
-        let plain_sampling = logits::is_untruncated_unit_temperature(params);
-        let mut next_ids: Vec<u32> = vec![pad; b];
-
-        for step in 0..max_new {
-            with_f32_data(&logits, |data| -> Result<()> {
-                // Every active row's next token, log-prob and entropy, rows in parallel (each has
-                // its own generator, so the draws do not depend on scheduling); `Some(None)`
-                // marks a row whose logits are not finite.
-                let picks: Vec<Option<Option<(usize, f32, f32)>>> = states
-                    .par_iter_mut()
-                    .enumerate()
-                    .map_init(
-                        || {
-                            (
-                                vec![0f32; vocab],
-                                Scratch::default(),
-                                Vec::<f64>::with_capacity(vocab),
-                            )
-                        },
-                        |(work, scratch, exps), (i, st)| {
-                            if st.finish.is_some() {
-                                return None;
-                            }
-                            let row = &data[i * vocab..(i + 1) * vocab];
-                            if !logits::logits_are_valid(row) {
-                                return Some(None);
-                            }
-                            Some(if params.is_greedy() {
-                                let token = logits::argmax(row);
-                                let (lp, h) =
-                                    logits::logprob_and_entropy(row, params.temperature, token);
-                                Some((token, lp, h))
-                            } else if plain_sampling {
-                                // One exponentiation pass for sample, log-prob and entropy
-                                // (identical results to the general branch, see
-                                // `sample_with_logprob`).
-                                let u: f64 = st.rng.random();
-                                logits::sample_with_logprob(row, u, exps)
-                            } else {
-                                work.copy_from_slice(row);
-                                logits::process_logits(work, params, scratch);
-                                let u: f64 = st.rng.random();
-                                logits::sample_from_logits(work, u).map(|token| {
-                                    let (lp, h) =
-                                        logits::logprob_and_entropy(row, params.temperature, token);
-                                    (token, lp, h)
-                                })
-                            })
-                        },
+    /// Every active row's next token, log-prob and entropy from the step's logits `data`
+    /// (`[rows, vocab]`), rows in parallel (each has its own generator, so the draws do not
+    /// depend on scheduling): `None` for a finished row, `Some(None)` for a row whose logits are
+    /// not finite.
+    fn pick_tokens(
+        &self,
+        data: &[f32],
+        states: &mut [RowState],
+        params: &SamplingParams,
+        plain_sampling: bool,
+    ) -> Vec<Pick> {
+        let vocab = self.model.vocab_size();
+        states
+            .par_iter_mut()
+            .enumerate()
+            .map_init(
+                || {
+                    (
+                        vec![0f32; vocab],
+                        Scratch::default(),
+                        Vec::<f64>::with_capacity(vocab),
                     )
-                    .collect();
-                for (i, (st, pick)) in states.iter_mut().zip(picks).enumerate() {
-                    let Some(pick) = pick else { continue };
-                    let job = rows[i];
-                    let (token, lp, h) = pick.ok_or(RolloutError::NonFiniteLogits {
-                        prompt_index: prompts[job.prompt].index,
-                        sample_index: job.sample as u64,
-                        step,
-                    })?;
-                    let token = token as u32;
-                    st.tokens.push(token);
-                    st.logprobs.push(lp);
-                    st.entropies.push(h);
-                    if stop_ids.binary_search(&token).is_ok() {
-                        st.finish = Some(FinishReason::Stop);
-                    } else if !params.stop.is_empty() {
-                        let text =
-                            self.decode_row(&st.tokens, prompts[job.prompt].index, job.sample)?;
-                        if let Some(pos) = params
-                            .stop
-                            .iter()
-                            .filter_map(|s| text.find(s.as_str()))
-                            .min()
-                        {
-                            st.cut_text = Some(text[..pos].to_string());
-                            st.finish = Some(FinishReason::Stop);
-                        }
+                },
+                |(work, scratch, exps), (i, st)| {
+                    if st.finish.is_some() {
+                        return None;
                     }
-                    if st.finish.is_none() && st.tokens.len() >= max_new {
-                        st.finish = Some(FinishReason::Length);
+                    let row = &data[i * vocab..(i + 1) * vocab];
+                    if !logits::logits_are_valid(row) {
+                        return Some(None);
                     }
-                }
-                Ok(())
-            })
-            .map_err(|source| RolloutError::Model {
-                during: format!("reading logits at step {step}"),
-                source,
-            })??;
+                    Some(if params.is_greedy() {
+                        let token = logits::argmax(row);
+                        let (lp, h) = logits::logprob_and_entropy(row, params.temperature, token);
+                        Some((token, lp, h))
+                    } else if plain_sampling {
+                        // One exponentiation pass for sample, log-prob and entropy (identical
+                        // results to the general branch, see `sample_with_logprob`).
+                        let u: f64 = st.rng.random();
+                        logits::sample_with_logprob(row, u, exps)
+                    } else {
+                        work.copy_from_slice(row);
+                        logits::process_logits(work, params, scratch);
+                        let u: f64 = st.rng.random();
+                        logits::sample_from_logits(work, u).map(|token| {
+                            let (lp, h) =
+                                logits::logprob_and_entropy(row, params.temperature, token);
+                            (token, lp, h)
+                        })
+                    })
+                },
+            )
+            .collect()
+    }
 
-            if states.iter().all(|s| s.finish.is_some()) {
-                break;
-            }
-            mask_flat.clear();
-            for (i, st) in states.iter().enumerate() {
-                let active = st.finish.is_none();
-                next_ids[i] = if active {
-                    st.tokens.last().copied().unwrap_or(pad)
-                } else {
-                    pad
-                };
-                mask_rows[i].push(u8::from(active));
-                mask_flat.extend_from_slice(&mask_rows[i]);
-            }
-            let total = prompt_len + step + 1;
-            logits = self.forward(&next_ids, &mask_flat, (b, 1, total), &mut cache, &|| {
-                format!("decode step {}", step + 1)
+    /// Appends each active row's pick to its state and decides whether the row has finished: a
+    /// stop token, a stop string in its decoded text (the text is cut before it), or the length
+    /// budget. A row with non-finite logits fails the call with [`RolloutError::NonFiniteLogits`].
+    #[allow(clippy::too_many_arguments)]
+    fn record_picks(
+        &self,
+        states: &mut [RowState],
+        picks: Vec<Pick>,
+        rows: &[RowJob],
+        prompts: &[KeyedPrompt<'_>],
+        params: &SamplingParams,
+        stop_ids: &[u32],
+        step: usize,
+    ) -> Result<()> {
+        let max_new = params.max_new_tokens;
+        for (i, (st, pick)) in states.iter_mut().zip(picks).enumerate() {
+            let Some(pick) = pick else { continue };
+            let job = rows[i];
+            let (token, lp, h) = pick.ok_or(RolloutError::NonFiniteLogits {
+                prompt_index: prompts[job.prompt].index,
+                sample_index: job.sample as u64,
+                step,
             })?;
+            let token = token as u32;
+            st.tokens.push(token);
+            st.logprobs.push(lp);
+            st.entropies.push(h);
+            if stop_ids.binary_search(&token).is_ok() {
+                st.finish = Some(FinishReason::Stop);
+            } else if !params.stop.is_empty() {
+                let text = self.decode_row(&st.tokens, prompts[job.prompt].index, job.sample)?;
+                if let Some(pos) = params
+                    .stop
+                    .iter()
+                    .filter_map(|s| text.find(s.as_str()))
+                    .min()
+                {
+                    st.cut_text = Some(text[..pos].to_string());
+                    st.finish = Some(FinishReason::Stop);
+                }
+            }
+            if st.finish.is_none() && st.tokens.len() >= max_new {
+                st.finish = Some(FinishReason::Length);
+            }
         }
+        Ok(())
+    }
 
+    /// The rows' completions: the text cut at a stop string, or else the decoded tokens without
+    /// a final stop token (which stays in `token_ids`).
+    fn completions(
+        &self,
+        rows: &[RowJob],
+        states: Vec<RowState>,
+        prompts: &[KeyedPrompt<'_>],
+        stop_ids: &[u32],
+        policy_version: u64,
+    ) -> Result<Vec<Completion>> {
         rows.iter()
             .zip(states)
             .map(|(job, st)| {
