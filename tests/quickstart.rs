@@ -11,18 +11,11 @@ use serde_json::Value;
 
 mod support;
 
-/// The `--set` overrides of the reduced quickstart, one per non-comment line of the fixture.
-fn reduced_sets() -> Vec<String> {
-    let path = support::repo_path("tests/fixtures/quickstart_smoke.sets");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect()
-}
-
 fn run_quickstart(root: &Path, id: &str) {
     let mut cmd = Command::new(support::keel_bin());
     cmd.arg("run").arg(support::repo_path("pipelines/quickstart.yaml"));
     cmd.args(["--quiet", "--run-id", id, "--runs-dir"]).arg(root);
-    for s in reduced_sets() {
+    for s in support::reduced_quickstart_sets() {
         cmd.args(["--set", &s]);
     }
     let t = Instant::now();

@@ -5,11 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 mod support;
-
 
 fn fixture() -> PathBuf {
     support::repo_path("tests/fixtures/rl_small.yaml")
@@ -100,35 +98,15 @@ fn kill_and_resume(name: &str, extra: &[&str]) {
         16 * 4 * 4,
         "16 steps of 4 prompts × 4 completions, each once"
     );
-    assert_same_run(&full_dir, &killed);
+    support::assert_same_run(&full_dir, &killed);
     std::fs::remove_dir_all(&root).ok();
 }
 
 /// Runs `keel args` until the learner's `LATEST` state in `run` is at `step` or later, then
 /// SIGKILLs it.
 fn kill_after_step(args: &[&str], run: &Path, step: u64) {
-    let mut child = Command::new(support::keel_bin())
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the keel binary starts");
-    let latest = run.join("stages/learn/state/LATEST");
-    let started = Instant::now();
-    loop {
-        let at = std::fs::read_to_string(&latest)
-            .ok()
-            .and_then(|s| s.trim().trim_start_matches("step-").parse::<u64>().ok())
-            .unwrap_or(0);
-        if at >= step {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(300), "the learner never checkpointed step {step}");
-        assert!(child.try_wait().expect("polling the child").is_none(), "the run finished before it could be killed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reaping the child");
+    let state = run.join("stages/learn/state");
+    support::kill_when(args, &format!("the learner checkpointed step {step}"), || support::latest_state_step(&state) >= step);
 }
 
 /// The number of distinct steps in a record shard.
@@ -137,62 +115,6 @@ fn shard_steps(path: &Path) -> usize {
     let steps: std::collections::BTreeSet<u64> =
         text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter_map(|v| v["step"].as_u64()).collect();
     steps.len()
-}
-
-/// Every file under `dir`, relative to it, sorted.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("readable directory").map(|e| e.expect("entry")) {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p.strip_prefix(dir).expect("under dir").to_path_buf());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-/// Asserts that two run directories hold the same files with the same bytes, except: `logs/`
-/// (lines carry seconds), `resumes.jsonl` (only a resumed run has one), the run id, creation time
-/// and command line in `manifest.json`, and the times in `status.json`.
-fn assert_same_run(a: &Path, b: &Path) {
-    let keep = |p: &PathBuf| !p.starts_with("logs") && p.as_path() != Path::new("resumes.jsonl");
-    let fa: Vec<PathBuf> = files_under(a).into_iter().filter(keep).collect();
-    let fb: Vec<PathBuf> = files_under(b).into_iter().filter(keep).collect();
-    assert_eq!(fa, fb, "the run directories hold different files");
-    let json = |p: &Path| -> serde_json::Value { serde_json::from_slice(&std::fs::read(p).expect("readable")).expect("JSON") };
-    for rel in &fa {
-        let (pa, pb) = (a.join(rel), b.join(rel));
-        match rel.to_str() {
-            Some("manifest.json") => {
-                let (mut ma, mut mb) = (json(&pa), json(&pb));
-                for m in [&mut ma, &mut mb] {
-                    for k in ["run_id", "created_at", "command_line"] {
-                        m[k] = serde_json::Value::Null;
-                    }
-                }
-                assert_eq!(ma, mb, "manifest.json differs beyond run id, time and command line");
-            }
-            Some("status.json") => {
-                let (mut sa, mut sb) = (json(&pa), json(&pb));
-                for s in [&mut sa, &mut sb] {
-                    for k in ["started_at", "finished_at", "wall_time_s"] {
-                        s[k] = serde_json::Value::Null;
-                    }
-                    if let Some(stages) = s["stages"].as_object_mut() {
-                        stages.values_mut().for_each(|st| st["wall_time_s"] = serde_json::Value::Null);
-                    }
-                }
-                assert_eq!(sa, sb, "status.json differs beyond its times");
-            }
-            _ => assert!(std::fs::read(&pa).expect("readable") == std::fs::read(&pb).expect("readable"), "{} differs", rel.display()),
-        }
-    }
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! `evaluate` and `report`: the end of every experiment graph.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use keel_core::CheckpointRef;
@@ -99,13 +100,22 @@ impl Stage for EvalStage {
             benign: recv_examples_sorted(ctx, "benign")?,
         };
         let dir = ctx.stage_dir()?;
-        let log = keel_core::JsonlWriter::append(dir.join("completions.jsonl"))?;
-        let mut index = 0u64;
+        // Checkpoints arrive in whatever order their branches finish, which differs between
+        // runs. Each one's judged completions go to a part file while it is evaluated; at the end
+        // the records (metrics, `completions.jsonl`) are written in label order, so they are the
+        // same bytes in every run, and a resumed run (which evaluates everything again) rewrites
+        // them instead of appending a second copy.
+        let parts = dir.join(".completions");
+        remove_dir_if_present(&parts)?;
+        std::fs::create_dir_all(&parts).ctx(|| format!("creating {}", parts.display()))?;
+        let mut done: Vec<Evaluated> = Vec::new();
         while let Some(ck) = ctx.recv::<CheckpointRef>("checkpoints")? {
             ctx.log(&format!("evaluating {} ({})", ck.label, ck.dir.display()));
             let policy = Policy::load(&ck.dir)?;
             // Recorded relative to the run directory, so run directories can be moved and compared.
             let shown = ck.dir.strip_prefix(ctx.run_dir().root()).map(|p| p.to_path_buf()).unwrap_or_else(|_| ck.dir.clone());
+            let part = parts.join(format!("{}.jsonl", done.len()));
+            let log = keel_core::JsonlWriter::append(&part)?;
             let result = evaluate(&ck.label, shown, &policy, reference.as_ref(), &sets, &self.0, ctx.seeds(), Some(&log))?;
             let json = serde_json::to_vec_pretty(&result).ctx(|| "serialising an evaluation result".to_string())?;
             keel_core::write_atomic(&dir.join(format!("{}.json", ck.label)), &json)?;
@@ -121,11 +131,41 @@ impl Stage for EvalStage {
             .into_iter()
             .filter_map(|(k, v)| v.filter(|v| v.is_finite()).map(|v| (format!("{}/{k}", ck.label), v)))
             .collect();
-            ctx.log_metrics(index, values)?;
-            index += 1;
+            done.push(Evaluated { label: ck.label.clone(), dir: ck.dir.clone(), part, values });
             ctx.send("results", result)?;
         }
-        Ok(())
+        write_records(ctx, &dir, &parts, done)
+    }
+}
+
+/// One evaluated checkpoint, kept until every checkpoint has arrived.
+struct Evaluated {
+    label: String,
+    dir: PathBuf,
+    /// Its judged completions (JSON lines).
+    part: PathBuf,
+    values: Vec<(String, f64)>,
+}
+
+/// Writes the records of every evaluated checkpoint in (label, directory) order, whatever order
+/// they arrived in: checkpoint `i` of that order logs its metrics at step `i`, and
+/// `completions.jsonl` is replaced by the parts concatenated in that order.
+fn write_records(ctx: &StageContext, dir: &Path, parts: &Path, mut done: Vec<Evaluated>) -> Result<(), StageError> {
+    done.sort_by(|a, b| a.label.cmp(&b.label).then_with(|| a.dir.cmp(&b.dir)));
+    let mut completions = Vec::new();
+    for (step, e) in done.into_iter().enumerate() {
+        ctx.log_metrics(step as u64, e.values)?;
+        completions.extend(std::fs::read(&e.part).ctx(|| format!("reading {}", e.part.display()))?);
+    }
+    keel_core::write_atomic(&dir.join("completions.jsonl"), &completions)?;
+    remove_dir_if_present(parts)
+}
+
+/// Removes `dir` and everything under it; a missing `dir` is fine.
+fn remove_dir_if_present(dir: &Path) -> Result<(), StageError> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StageError::with_source(format!("removing {}", dir.display()), e)),
+        _ => Ok(()),
     }
 }
 
@@ -196,7 +236,7 @@ mod tests {
     //! samples: the samples are redrawn here with the documented seed and scored, and keel-eval's
     //! functions are called on them one by one; and what was not measured stays `None`. (Here,
     //! beside the `tiny_model` kind whose stand-in models they use.)
-    use std::path::PathBuf;
+    use PathBuf;
 
     use keel_core::{Example, SeedStream};
     use keel_eval::drift::{check_bounds, chi2_from_policy_samples, safety_drift, variance};
