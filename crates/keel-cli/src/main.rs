@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
-use keel_pipeline::{CancelHandle, RunError, RunOptions, SweepOptions};
+use clap::{Args, Parser, Subcommand};
+use keel_pipeline::{CancelHandle, Registry, RunError, RunOptions, SweepOptions};
 
 /// `println!` that ends the process quietly when standard output is closed (e.g. `keel list | head`)
 /// instead of panicking on the broken pipe.
@@ -68,32 +68,7 @@ struct Cli {
 enum Command {
     /// Run a pipeline: validates it completely, writes runs/<pipeline>/<run-id>/manifest.json, then
     /// runs every stage on its own thread.
-    Run {
-        /// The pipeline YAML file.
-        file: PathBuf,
-        /// Override a value before validation, e.g. `--set stages.learn.with.beta=0.04` (repeatable).
-        #[arg(long = "set", value_name = "PATH=VALUE")]
-        sets: Vec<String>,
-        /// Root directory of run directories.
-        #[arg(long, default_value = "runs")]
-        runs_dir: PathBuf,
-        /// Explicit run id (default: a UTC timestamp).
-        #[arg(long)]
-        run_id: Option<String>,
-        /// Run only cell N of the pipeline's sweep (as Slurm array tasks do).
-        #[arg(long, value_name = "N")]
-        sweep_cell: Option<usize>,
-        /// Continue the interrupted run `--run-id ID` in place: same file and --set overrides;
-        /// stages restore their checkpoints (learners continue bit-identically on CPU).
-        #[arg(long, requires = "run_id")]
-        resume: bool,
-        /// Execute the pipeline for real but shrunk, to check a (GPU) recipe end to end on a CPU
-        /// in seconds: every training stage runs 2 steps, evaluations a few items per set with short
-        /// generations, and every `model` stage becomes a tiny random model of the same architecture
-        /// family. The run goes to runs/<pipeline>/dry-run/<id> and its manifest says so.
-        #[arg(long, conflicts_with_all = ["sweep_cell", "resume"])]
-        dry_run: bool,
-    },
+    Run(RunArgs),
     /// Validate pipelines (schema, stage kinds, parameters, wiring, cycles) without running them.
     Validate {
         /// The pipeline YAML files.
@@ -111,25 +86,7 @@ enum Command {
     },
     /// Run every cell of a pipeline's `sweep:` block (cells already complete are skipped) and
     /// aggregate summary.csv / summary.md with means and 95% bootstrap confidence intervals.
-    Sweep {
-        /// The pipeline YAML file with a `sweep:` block.
-        file: PathBuf,
-        /// Overrides applied to every cell.
-        #[arg(long = "set", value_name = "PATH=VALUE")]
-        sets: Vec<String>,
-        /// Cells run concurrently.
-        #[arg(long, default_value_t = 1)]
-        jobs: usize,
-        /// Root directory of run directories.
-        #[arg(long, default_value = "runs")]
-        runs_dir: PathBuf,
-        /// Instead of running, write a Slurm job-array script (one cell per task) into DIR.
-        #[arg(long, value_names = ["slurm", "DIR"], num_args = 2)]
-        emit: Option<Vec<String>>,
-        /// Only list the cells.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Sweep(SweepArgs),
     /// Regenerate report.md of a run directory from its results.json.
     Report {
         /// A run directory (runs/<pipeline>/<run-id>).
@@ -199,6 +156,57 @@ enum Command {
         #[arg(long, default_value_t = 8000)]
         port: u16,
     },
+}
+
+/// The arguments of `keel run`.
+#[derive(Args)]
+struct RunArgs {
+    /// The pipeline YAML file.
+    file: PathBuf,
+    /// Override a value before validation, e.g. `--set stages.learn.with.beta=0.04` (repeatable).
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    sets: Vec<String>,
+    /// Root directory of run directories.
+    #[arg(long, default_value = "runs")]
+    runs_dir: PathBuf,
+    /// Explicit run id (default: a UTC timestamp).
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Run only cell N of the pipeline's sweep (as Slurm array tasks do).
+    #[arg(long, value_name = "N")]
+    sweep_cell: Option<usize>,
+    /// Continue the interrupted run `--run-id ID` in place: same file and --set overrides;
+    /// stages restore their checkpoints (learners continue bit-identically on CPU).
+    #[arg(long, requires = "run_id")]
+    resume: bool,
+    /// Execute the pipeline for real but shrunk, to check a (GPU) recipe end to end on a CPU
+    /// in seconds: every training stage runs 2 steps, evaluations a few items per set with short
+    /// generations, and every `model` stage becomes a tiny random model of the same architecture
+    /// family. The run goes to runs/<pipeline>/dry-run/<id> and its manifest says so.
+    #[arg(long, conflicts_with_all = ["sweep_cell", "resume"])]
+    dry_run: bool,
+}
+
+/// The arguments of `keel sweep`.
+#[derive(Args)]
+struct SweepArgs {
+    /// The pipeline YAML file with a `sweep:` block.
+    file: PathBuf,
+    /// Overrides applied to every cell.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    sets: Vec<String>,
+    /// Cells run concurrently.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Root directory of run directories.
+    #[arg(long, default_value = "runs")]
+    runs_dir: PathBuf,
+    /// Instead of running, write a Slurm job-array script (one cell per task) into DIR.
+    #[arg(long, value_names = ["slurm", "DIR"], num_args = 2)]
+    emit: Option<Vec<String>>,
+    /// Only list the cells.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Subcommand)]
@@ -325,123 +333,11 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
     let registry = keel_stages::registry();
     let quiet = cli.quiet;
     match cli.command {
-        Command::Validate { files, sets } => {
-            let mut invalid = Vec::new();
-            for file in &files {
-                match keel_pipeline::load(file, &sets, &registry) {
-                    Ok(p) => outln!("{}: valid ({} stages, config hash {})", file.display(), p.stages.len(), &p.config_hash()[..12]),
-                    Err(d) => {
-                        eprintln!("{d}");
-                        invalid.push(file.display().to_string());
-                    }
-                }
-            }
-            match invalid.len() {
-                0 => Ok(()),
-                n => Err(Failure::input(format!("{n} of {} pipelines invalid: {}", files.len(), invalid.join(", ")))),
-            }
-        }
-        Command::List { markdown } => {
-            if markdown {
-                out!("{}", keel_pipeline::list_markdown(&registry));
-            } else {
-                out!("{}", keel_pipeline::list_text(&registry));
-            }
-            Ok(())
-        }
-        Command::Run { file, sets, runs_dir, run_id, sweep_cell, resume, dry_run } => {
-            let mut p = keel_pipeline::load(&file, &sets, &registry).map_err(|d| Failure::input(d.to_string()))?;
-            if dry_run {
-                p = keel_pipeline::dry_run(&p, &registry).map_err(|d| Failure::input(d.to_string()))?;
-                let info = p.dry_run.clone().unwrap_or_default();
-                eprintln!("dry run: {} changes (recorded in manifest.json under `dry_run`)", info.changes.len());
-                for n in &info.notes {
-                    eprintln!("  note: {n}");
-                }
-            }
-            let cancel = cancel_on_ctrl_c();
-            let progress = Arc::new(progress::Bars::new(quiet));
-            if let Some(index) = sweep_cell {
-                let cells = keel_pipeline::expand_sweep(&p, &registry).map_err(|d| Failure::input(d.to_string()))?;
-                let cell = cells.get(index).ok_or_else(|| {
-                    Failure::input(format!("--sweep-cell {index} is out of range: the sweep has {} cells (0..{})", cells.len(), cells.len()))
-                })?;
-                let opts = SweepOptions { runs_root: runs_dir, progress, cancel, ..SweepOptions::default() };
-                let outcome = keel_pipeline::run_cell(cell, &opts)?;
-                outln!("cell {} ({}): {:?}", index, cell.info.id, outcome);
-                return Ok(());
-            }
-            let opts = RunOptions { runs_root: runs_dir, run_id, progress, cancel, resume, ..RunOptions::default() };
-            let report = keel_pipeline::run(&p, &opts)?;
-            let what = if p.dry_run.is_some() { "dry run (tiny stand-ins, not results)" } else { "run" };
-            outln!("{what} complete in {:.1}s: {}", report.wall_time_s, report.run_dir.display());
-            let md = report.run_dir.join("report.md");
-            if md.exists() {
-                outln!("report: {}", md.display());
-            }
-            Ok(())
-        }
-        Command::Sweep { file, sets, jobs, runs_dir, emit, dry_run } => {
-            let p = keel_pipeline::load(&file, &sets, &registry).map_err(|d| Failure::input(d.to_string()))?;
-            let cells = keel_pipeline::expand_sweep(&p, &registry).map_err(|d| Failure::input(d.to_string()))?;
-            if dry_run {
-                for c in &cells {
-                    outln!("{:>4}  {}", c.info.index, c.info.id);
-                }
-                return Ok(());
-            }
-            if let Some(emit) = emit {
-                if emit[0] != "slurm" {
-                    return Err(Failure::input(format!("--emit supports `slurm`, not `{}`", emit[0])));
-                }
-                let dir = PathBuf::from(&emit[1]);
-                let mut extra = vec!["--runs-dir".to_string(), runs_dir.display().to_string()];
-                for s in &sets {
-                    extra.push("--set".into());
-                    extra.push(s.clone());
-                }
-                let binary = std::env::current_exe().map_err(|e| Failure::runtime(format!("locating the keel binary: {e}")))?;
-                let mut opts = keel_pipeline::SlurmOptions::new(std::fs::canonicalize(&file).unwrap_or(file.clone()));
-                opts.binary = binary;
-                opts.extra_args = extra;
-                let (script, list) = keel_pipeline::emit_slurm(&dir, &cells, &opts)?;
-                outln!("wrote {} ({} cells; submit with `sbatch {}`) and {}", script.display(), cells.len(), script.display(), list.display());
-                return Ok(());
-            }
-            let opts = SweepOptions {
-                runs_root: runs_dir,
-                jobs,
-                progress: Arc::new(progress::Bars::new(quiet)),
-                cancel: cancel_on_ctrl_c(),
-                ..SweepOptions::default()
-            };
-            let runs_root = opts.runs_root.clone();
-            let report = keel_pipeline::run_sweep(&cells, &opts)?;
-            let cell_dirs: Vec<(String, PathBuf)> =
-                cells.iter().map(|c| (c.info.group.clone(), keel_pipeline::cell_dir(&runs_root, c))).collect();
-            let points = keel_stages::report::write_sweep_report(&report.dir, &format!("Sweep: {}", p.name), &cell_dirs)
-                .map_err(|e| Failure::runtime(e.full_message()))?;
-            outln!("sweep done: {}\nsummary: {}", report.dir.display(), report.summary_md.display());
-            if points > 0 {
-                outln!("report: {} ({points} branch points)", report.dir.join("report.md").display());
-            }
-            if let Some(failure) = report.failure() {
-                return Err(failure.into());
-            }
-            Ok(())
-        }
-        Command::Report { run_dir } => {
-            let path = run_dir.join("results.json");
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| Failure::input(format!("reading {}: {e} (is this a run directory with a `report` stage?)", path.display())))?;
-            let results: Vec<keel_stages::messages::EvalResult> =
-                serde_json::from_str(&text).map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
-            let title = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            keel_stages::report::write_run_report(&run_dir, &format!("Keel report: {title}"), &results)
-                .map_err(|e| Failure::runtime(e.full_message()))?;
-            outln!("{}", run_dir.join("report.md").display());
-            Ok(())
-        }
+        Command::Validate { files, sets } => validate(&files, &sets, &registry),
+        Command::List { markdown } => list(markdown, &registry),
+        Command::Run(args) => run(args, quiet, &registry),
+        Command::Sweep(args) => sweep(args, quiet, &registry),
+        Command::Report { run_dir } => report(&run_dir),
         Command::Data { command } => data(command),
         Command::Model { command } => model(command),
         Command::Chat { model, prompt, max_new_tokens, temperature, system, seed } => {
@@ -451,27 +347,167 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             eval(&model, &sets, &task, max, max_new_tokens, &out)
         }
         Command::Serve { model, port } => serve(&model, port),
-        Command::Safety { command: SafetyCommand::TrainProbe { encoder, out, harmful, benign, max_per_set, test_fraction, seed } } => {
-            let mut args = safety_cmd::TrainProbeArgs::default_recipe(encoder, out);
-            args.harmful = harmful;
-            args.benign = benign;
-            args.max_per_set = (max_per_set > 0).then_some(max_per_set);
-            args.test_fraction = test_fraction;
-            args.seed = seed;
-            let outcome = safety_cmd::train_probe_detailed(&args).map_err(Failure::runtime)?;
-            // Provenance of the training set next to the head: what was sampled from where.
-            let provenance = serde_json::json!({
-                "counts": outcome.counts,
-                "dropped_duplicates": outcome.dropped_duplicates,
-                "held_out_metrics": outcome.trained.heldout,
-                "n_train": outcome.trained.n_train,
-            });
-            let path = args.out_dir.join("training_set.json");
-            std::fs::write(&path, provenance.to_string()).map_err(|e| Failure::runtime(format!("writing {}: {e}", path.display())))?;
-            outln!("{}", outcome.report);
-            Ok(())
+        Command::Safety { command } => safety(command),
+    }
+}
+
+/// `keel validate`: loads every file, printing each one's verdict, and fails naming the invalid ones.
+fn validate(files: &[PathBuf], sets: &[String], registry: &Registry) -> Result<(), Failure> {
+    let mut invalid = Vec::new();
+    for file in files {
+        match keel_pipeline::load(file, sets, registry) {
+            Ok(p) => outln!("{}: valid ({} stages, config hash {})", file.display(), p.stages.len(), &p.config_hash()[..12]),
+            Err(d) => {
+                eprintln!("{d}");
+                invalid.push(file.display().to_string());
+            }
         }
     }
+    match invalid.len() {
+        0 => Ok(()),
+        n => Err(Failure::input(format!("{n} of {} pipelines invalid: {}", files.len(), invalid.join(", ")))),
+    }
+}
+
+/// `keel list`: the stage kinds, as text or markdown.
+fn list(markdown: bool, registry: &Registry) -> Result<(), Failure> {
+    if markdown {
+        out!("{}", keel_pipeline::list_markdown(registry));
+    } else {
+        out!("{}", keel_pipeline::list_text(registry));
+    }
+    Ok(())
+}
+
+/// `keel run`: one pipeline (or one cell of its sweep), optionally shrunk to a dry run.
+fn run(args: RunArgs, quiet: bool, registry: &Registry) -> Result<(), Failure> {
+    let RunArgs { file, sets, runs_dir, run_id, sweep_cell, resume, dry_run } = args;
+    let mut p = keel_pipeline::load(&file, &sets, registry).map_err(|d| Failure::input(d.to_string()))?;
+    if dry_run {
+        p = keel_pipeline::dry_run(&p, registry).map_err(|d| Failure::input(d.to_string()))?;
+        let info = p.dry_run.clone().unwrap_or_default();
+        eprintln!("dry run: {} changes (recorded in manifest.json under `dry_run`)", info.changes.len());
+        for n in &info.notes {
+            eprintln!("  note: {n}");
+        }
+    }
+    let cancel = cancel_on_ctrl_c();
+    let progress = Arc::new(progress::Bars::new(quiet));
+    if let Some(index) = sweep_cell {
+        let cells = keel_pipeline::expand_sweep(&p, registry).map_err(|d| Failure::input(d.to_string()))?;
+        let cell = cells.get(index).ok_or_else(|| {
+            Failure::input(format!("--sweep-cell {index} is out of range: the sweep has {} cells (0..{})", cells.len(), cells.len()))
+        })?;
+        let opts = SweepOptions { runs_root: runs_dir, progress, cancel, ..SweepOptions::default() };
+        let outcome = keel_pipeline::run_cell(cell, &opts)?;
+        outln!("cell {} ({}): {:?}", index, cell.info.id, outcome);
+        return Ok(());
+    }
+    let opts = RunOptions { runs_root: runs_dir, run_id, progress, cancel, resume, ..RunOptions::default() };
+    let report = keel_pipeline::run(&p, &opts)?;
+    let what = if p.dry_run.is_some() { "dry run (tiny stand-ins, not results)" } else { "run" };
+    outln!("{what} complete in {:.1}s: {}", report.wall_time_s, report.run_dir.display());
+    let md = report.run_dir.join("report.md");
+    if md.exists() {
+        outln!("report: {}", md.display());
+    }
+    Ok(())
+}
+
+/// `keel sweep`: lists the cells, emits a Slurm script for them, or runs them all and writes the
+/// sweep's summary and report.
+fn sweep(args: SweepArgs, quiet: bool, registry: &Registry) -> Result<(), Failure> {
+    let SweepArgs { file, sets, jobs, runs_dir, emit, dry_run } = args;
+    let p = keel_pipeline::load(&file, &sets, registry).map_err(|d| Failure::input(d.to_string()))?;
+    let cells = keel_pipeline::expand_sweep(&p, registry).map_err(|d| Failure::input(d.to_string()))?;
+    if dry_run {
+        for c in &cells {
+            outln!("{:>4}  {}", c.info.index, c.info.id);
+        }
+        return Ok(());
+    }
+    if let Some(emit) = emit {
+        return emit_slurm(&emit, &file, &sets, &runs_dir, &cells);
+    }
+    let opts = SweepOptions {
+        runs_root: runs_dir,
+        jobs,
+        progress: Arc::new(progress::Bars::new(quiet)),
+        cancel: cancel_on_ctrl_c(),
+        ..SweepOptions::default()
+    };
+    let runs_root = opts.runs_root.clone();
+    let report = keel_pipeline::run_sweep(&cells, &opts)?;
+    let cell_dirs: Vec<(String, PathBuf)> =
+        cells.iter().map(|c| (c.info.group.clone(), keel_pipeline::cell_dir(&runs_root, c))).collect();
+    let points = keel_stages::report::write_sweep_report(&report.dir, &format!("Sweep: {}", p.name), &cell_dirs)
+        .map_err(|e| Failure::runtime(e.full_message()))?;
+    outln!("sweep done: {}\nsummary: {}", report.dir.display(), report.summary_md.display());
+    if points > 0 {
+        outln!("report: {} ({points} branch points)", report.dir.join("report.md").display());
+    }
+    if let Some(failure) = report.failure() {
+        return Err(failure.into());
+    }
+    Ok(())
+}
+
+/// `keel sweep --emit slurm DIR`: a job-array script whose tasks rerun this binary on one cell
+/// each, with the same runs directory and overrides.
+fn emit_slurm(emit: &[String], file: &Path, sets: &[String], runs_dir: &Path, cells: &[keel_pipeline::SweepCell]) -> Result<(), Failure> {
+    if emit[0] != "slurm" {
+        return Err(Failure::input(format!("--emit supports `slurm`, not `{}`", emit[0])));
+    }
+    let dir = PathBuf::from(&emit[1]);
+    let mut extra = vec!["--runs-dir".to_string(), runs_dir.display().to_string()];
+    for s in sets {
+        extra.push("--set".into());
+        extra.push(s.clone());
+    }
+    let binary = std::env::current_exe().map_err(|e| Failure::runtime(format!("locating the keel binary: {e}")))?;
+    let mut opts = keel_pipeline::SlurmOptions::new(std::fs::canonicalize(file).unwrap_or(file.to_path_buf()));
+    opts.binary = binary;
+    opts.extra_args = extra;
+    let (script, list) = keel_pipeline::emit_slurm(&dir, cells, &opts)?;
+    outln!("wrote {} ({} cells; submit with `sbatch {}`) and {}", script.display(), cells.len(), script.display(), list.display());
+    Ok(())
+}
+
+/// `keel report`: regenerates report.md of a run directory from its results.json.
+fn report(run_dir: &Path) -> Result<(), Failure> {
+    let path = run_dir.join("results.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Failure::input(format!("reading {}: {e} (is this a run directory with a `report` stage?)", path.display())))?;
+    let results: Vec<keel_stages::messages::EvalResult> =
+        serde_json::from_str(&text).map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
+    let title = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    keel_stages::report::write_run_report(run_dir, &format!("Keel report: {title}"), &results)
+        .map_err(|e| Failure::runtime(e.full_message()))?;
+    outln!("{}", run_dir.join("report.md").display());
+    Ok(())
+}
+
+/// `keel safety`: trains the embedding probe and writes the training set's provenance next to it.
+fn safety(command: SafetyCommand) -> Result<(), Failure> {
+    let SafetyCommand::TrainProbe { encoder, out, harmful, benign, max_per_set, test_fraction, seed } = command;
+    let mut args = safety_cmd::TrainProbeArgs::default_recipe(encoder, out);
+    args.harmful = harmful;
+    args.benign = benign;
+    args.max_per_set = (max_per_set > 0).then_some(max_per_set);
+    args.test_fraction = test_fraction;
+    args.seed = seed;
+    let outcome = safety_cmd::train_probe_detailed(&args).map_err(Failure::runtime)?;
+    // Provenance of the training set next to the head: what was sampled from where.
+    let provenance = serde_json::json!({
+        "counts": outcome.counts,
+        "dropped_duplicates": outcome.dropped_duplicates,
+        "held_out_metrics": outcome.trained.heldout,
+        "n_train": outcome.trained.n_train,
+    });
+    let path = args.out_dir.join("training_set.json");
+    std::fs::write(&path, provenance.to_string()).map_err(|e| Failure::runtime(format!("writing {}: {e}", path.display())))?;
+    outln!("{}", outcome.report);
+    Ok(())
 }
 
 fn data(command: DataCommand) -> Result<(), Failure> {
