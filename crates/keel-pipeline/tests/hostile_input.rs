@@ -90,7 +90,7 @@ fn parameter_ranges_and_float_integers() {
     let (reg, _) = testkit::registry();
     assert!(load_str("p.yaml", BASE, &["stages.src.with.count=1000000000".into()], &reg).is_ok());
     assert!(list_text(&reg).contains("count (int, <= 1000000000, default 10)"));
-    assert!(list_markdown(&reg).contains("| `count` | int, <= 1000000000 | `10` | how many integers to emit (limit: one message per integer"));
+    assert!(list_markdown(&reg).contains("| `count` | int, &lt;= 1000000000 | `10` | how many integers to emit (limit: one message per integer"));
 }
 
 /// Non-scalar keys, content after a NUL, a second document: errors with locations, never
