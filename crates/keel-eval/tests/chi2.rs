@@ -153,7 +153,12 @@ proptest! {
         // The plain log-ratio on the same samples never contradicts the estimate (empirical
         // Jensen: mean(w) ≥ e^mean(log w)); with that KL as the floor the estimate is reliable.
         let k1 = lw.iter().sum::<f64>() / n as f64;
-        prop_assert!(c.estimate >= k1.exp_m1() - 1e-12, "χ̂² {} < e^k1 − 1 {}", c.estimate, k1.exp_m1());
+        // Equality holds when every sample has the same w (π a point mass), so allow rounding relative
+        // to the size of the numbers, as the reliability flag does.
+        prop_assert!(
+            c.estimate >= k1.exp_m1() - 1e-9 * (1.0 + k1.exp_m1().abs()),
+            "χ̂² {} < e^k1 − 1 {}", c.estimate, k1.exp_m1()
+        );
         if k1 >= 0.0 {
             prop_assert!(chi2_from_policy_samples(&lw, k1).unwrap().reliable);
         }
