@@ -148,7 +148,7 @@ enum Command {
         #[command(subcommand)]
         command: SafetyCommand,
     },
-    /// Serve a model through an OpenAI-compatible completions API on 127.0.0.1.
+    /// Serve a model through OpenAI-compatible completions and chat completions APIs on 127.0.0.1.
     Serve {
         /// The model reference.
         model: String,
@@ -751,10 +751,13 @@ fn serve(model: &str, port: u16) -> Result<(), Failure> {
     let engine = Arc::new(policy.engine());
     let opts = keel_rollout::ServeOptions { model_name: model.to_string(), ..keel_rollout::ServeOptions::default() };
     let addr = format!("127.0.0.1:{port}");
-    let handle = keel_rollout::serve(engine, &addr, opts.clone()).map_err(|e| Failure::runtime(e.to_string()))?;
+    // Chat requests are rendered with the model's own template, as `keel chat` renders them.
+    let template = Arc::clone(&policy.template);
+    let render = move |messages: &[keel_core::Message]| template.render(messages, true).map_err(|e| e.to_string());
+    let handle = keel_rollout::serve_chat(engine, &addr, opts.clone(), Arc::new(render)).map_err(|e| Failure::runtime(e.to_string()))?;
     eprintln!(
-        "serving {model} on http://{addr}/v1/completions (context window {} tokens, max_tokens <= {}, at most {} requests \
-         admitted at once, bodies <= {} bytes; Ctrl-C stops)",
+        "serving {model} on http://{addr}/v1/completions and /v1/chat/completions (context window {} tokens, max_tokens <= {}, \
+         at most {} requests admitted at once, bodies <= {} bytes; Ctrl-C stops)",
         policy.model.config().max_position_embeddings,
         opts.max_tokens_limit,
         opts.max_pending,

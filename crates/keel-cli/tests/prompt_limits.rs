@@ -150,3 +150,67 @@ fn serve_answers_a_1_mb_prompt_with_400_and_stays_healthy() {
     assert_eq!(status, 200, "{text}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn serve_chat_completions_render_the_models_chat_template() {
+    let dir = temp_dir("serve-chat");
+    tiny_model(&dir);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let _server = Child(
+        Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["serve", dir.to_str().expect("utf-8"), "--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("keel serve runs"),
+    );
+    let t0 = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "keel serve did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let messages = [
+        keel_core::Message::new(keel_core::Role::System, "fine thanks"),
+        keel_core::Message::new(keel_core::Role::User, "hello world, how are you today?"),
+    ];
+    let body = serde_json::json!({"model": dir.to_str(), "messages": messages, "max_tokens": 8, "temperature": 0});
+    let (status, text) = http(port, "POST", "/v1/chat/completions", &body.to_string());
+    assert_eq!(status, 200, "{text}");
+    let chat: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(chat["object"], "chat.completion");
+    assert_eq!(chat["choices"][0]["message"]["role"], "assistant");
+    // The same answer as /v1/completions of the conversation rendered with the model's template.
+    let policy = keel_stages::policy::Policy::load(&dir).expect("load");
+    let rendered = policy.template.render(&messages, true).expect("render");
+    let body = serde_json::json!({"prompt": rendered, "max_tokens": 8, "temperature": 0});
+    let (status, text) = http(port, "POST", "/v1/completions", &body.to_string());
+    assert_eq!(status, 200, "{text}");
+    let plain: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(chat["choices"][0]["message"]["content"], plain["choices"][0]["text"]);
+    assert_eq!(chat["usage"], plain["usage"]);
+    assert_eq!(chat["usage"]["prompt_tokens"].as_u64(), Some(policy.encode(&rendered).expect("encode").len() as u64));
+    // And as `keel chat` answers the same conversation (greedy; it prints the reply trimmed).
+    let (code, out, err) = chat_cmd(&dir, &messages);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), chat["choices"][0]["message"]["content"].as_str().expect("content").trim());
+    // The context window is checked before generation, with the numbers.
+    let long = serde_json::json!({"messages": [{"role": "user", "content": "hello world ".repeat(400)}], "max_tokens": 8});
+    let (status, text) = http(port, "POST", "/v1/chat/completions", &long.to_string());
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains(&format!("context window is {CONTEXT} tokens")), "{text}");
+    // /health counts both routes.
+    let (status, text) = http(port, "GET", "/health", "");
+    assert_eq!(status, 200, "{text}");
+    let health: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(health["requests"], serde_json::json!({"completions": 1, "chat_completions": 2}));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `keel chat DIR --system S --prompt P` at temperature 0 with 8 new tokens.
+fn chat_cmd(model: &Path, messages: &[keel_core::Message; 2]) -> (Option<i32>, String, String) {
+    chat(
+        model,
+        &["--system", &messages[0].content, "--prompt", &messages[1].content, "--temperature", "0", "--max-new-tokens", "8"],
+        b"",
+    )
+}

@@ -9,7 +9,8 @@
 //! * [`build_rollouts`]: examples → rendered prompts → [`keel_core::Rollout`] groups, over any
 //!   [`RolloutBackend`].
 //! * [`RemoteClient`]: the same records from an OpenAI-compatible completion server (vLLM, SGLang,
-//!   llama.cpp), and [`serve`]: such a server for a local engine.
+//!   llama.cpp), and [`serve`]: such a server for a local engine ([`serve_chat`] adds
+//!   `/v1/chat/completions` over a [`ChatRenderer`]).
 //! * [`toy`]: float-exact toy models for tests and examples.
 
 mod backend;
@@ -28,9 +29,9 @@ pub use engine::{sample_rng, Engine, EngineConfig, KeyedPrompt};
 pub use error::{BoxError, Result, RolloutError};
 pub use model::{DecodeModel, TextCodec};
 pub use openai::{
-    ChoiceLogprobs, CompletionChoice, CompletionRequest, CompletionResponse, PromptInput,
-    StopInput, Usage,
+    ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChoiceLogprobs, CompletionChoice,
+    CompletionRequest, CompletionResponse, PromptInput, StopInput, Usage,
 };
 pub use params::SamplingParams;
 pub use remote::{RemoteClient, RemoteConfig};
-pub use server::{serve, ServeOptions, ServerHandle};
+pub use server::{serve, serve_chat, ChatRenderer, RequestCounts, ServeOptions, ServerHandle};

@@ -1,4 +1,4 @@
-//! Wire types of the OpenAI `/v1/completions` API, shared by [`crate::RemoteClient`] and
+//! Wire types of the OpenAI `/v1/completions` and `/v1/chat/completions` APIs, shared by [`crate::RemoteClient`] and
 //! [`crate::serve`] so that both ends agree by construction.
 //!
 //! Besides the OpenAI fields they carry the vLLM extensions Keel relies on (`top_k`, `min_p`,
@@ -251,6 +251,125 @@ pub struct CompletionResponse {
     pub usage: Option<Usage>,
 }
 
+/// Body of `POST /v1/chat/completions`: a conversation the server renders with the served
+/// model's chat template, so a client (a remote judge, an OpenAI SDK) need not know the template.
+///
+/// Only the fields Keel can honour are read; unknown fields are ignored as OpenAI servers do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletionRequest {
+    /// Model name; a server serving another name answers 404.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The conversation, roles `system`, `user` and `assistant`, content as a string.
+    pub messages: Vec<keel_core::Message>,
+    /// Completions per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<usize>,
+    /// Sampling temperature (OpenAI default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Nucleus mass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    /// vLLM extension; `-1` or `0` disables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<i64>,
+    /// vLLM extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f32>,
+    /// Token budget of the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<usize>,
+    /// The newer OpenAI name for `max_tokens`; a request may give one or the other (or both, equal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<usize>,
+    /// Stop string(s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<StopInput>,
+    /// Random seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Streaming (unsupported by the Keel server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    /// Chat log-probs (unsupported by the Keel server's chat route; `/v1/completions` has them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<bool>,
+}
+
+impl ChatCompletionRequest {
+    /// Sampling parameters of the request, with the server's defaults for missing fields;
+    /// validated exactly as a `/v1/completions` request with the same fields.
+    pub fn to_params(
+        &self,
+        default_max_tokens: usize,
+        default_seed: u64,
+    ) -> Result<SamplingParams> {
+        let max_tokens = match (self.max_tokens, self.max_completion_tokens) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(RolloutError::invalid(
+                    "max_tokens",
+                    format!("max_tokens = {a} and max_completion_tokens = {b} disagree"),
+                ))
+            }
+            (a, b) => a.or(b),
+        };
+        CompletionRequest {
+            model: None,
+            prompt: PromptInput::Texts(Vec::new()),
+            n: self.n,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            max_tokens,
+            stop: self.stop.clone(),
+            stop_token_ids: None,
+            seed: self.seed,
+            logprobs: None,
+            echo: None,
+            stream: None,
+            return_tokens_as_token_ids: None,
+            return_token_ids: None,
+        }
+        .to_params(default_max_tokens, default_seed)
+    }
+}
+
+/// One answer of a chat response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatChoice {
+    /// Sample index (0 unless `n > 1`).
+    pub index: usize,
+    /// The assistant message.
+    pub message: keel_core::Message,
+    /// `"stop"` or `"length"`.
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+/// Body of a successful `/v1/chat/completions` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletionResponse {
+    /// Response id.
+    #[serde(default)]
+    pub id: String,
+    /// Always `"chat.completion"`.
+    #[serde(default)]
+    pub object: String,
+    /// Unix time of creation.
+    #[serde(default)]
+    pub created: u64,
+    /// Model name.
+    #[serde(default)]
+    pub model: String,
+    /// Answers.
+    pub choices: Vec<ChatChoice>,
+    /// Token counts (the prompt is the rendered conversation).
+    #[serde(default)]
+    pub usage: Option<Usage>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,5 +414,37 @@ mod tests {
             (p.max_new_tokens, p.seed, p.top_k, p.n, p.temperature),
             (33, 5, 0, 1, 1.0)
         );
+    }
+
+    #[test]
+    fn chat_request_parses_openai_bodies_and_maps_parameters() {
+        let req: ChatCompletionRequest = serde_json::from_str(
+            r#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":"u","name":"x"}],
+                "temperature":0,"top_p":0.5,"max_completion_tokens":7,"seed":3,"response_format":{"type":"text"}}"#,
+        )
+        .unwrap();
+        assert_eq!(req.messages.len(), 2);
+        assert_eq!(req.messages[0].role, keel_core::Role::System);
+        assert_eq!(req.messages[1].content, "u");
+        let p = req.to_params(99, 1).unwrap();
+        assert_eq!(
+            (p.temperature, p.top_p, p.max_new_tokens, p.seed, p.n),
+            (0.0, 0.5, 7, 3, 1)
+        );
+        let both: ChatCompletionRequest =
+            serde_json::from_str(r#"{"messages":[],"max_tokens":4,"max_completion_tokens":5}"#)
+                .unwrap();
+        assert!(both
+            .to_params(9, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("disagree"));
+        let bad_role = serde_json::from_str::<ChatCompletionRequest>(
+            r#"{"messages":[{"role":"tool","content":"x"}]}"#,
+        );
+        assert!(bad_role.is_err());
+        let minimal: ChatCompletionRequest =
+            serde_json::from_str(r#"{"messages":[{"role":"user","content":"u"}]}"#).unwrap();
+        assert_eq!(minimal.to_params(33, 5).unwrap().max_new_tokens, 33);
     }
 }

@@ -1,14 +1,15 @@
 //! An OpenAI-compatible completion server for a local [`Engine`], so `keel serve` can expose a Keel
-//! policy to any OpenAI client (and to [`crate::RemoteClient`]).
+//! policy to any OpenAI client (and to [`crate::RemoteClient`]): `/v1/completions` always, and
+//! `/v1/chat/completions` when it is given a [`ChatRenderer`] (the served model's chat template).
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use keel_core::{splitmix64, FinishReason};
+use keel_core::{splitmix64, FinishReason, Message, Role};
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response};
 
@@ -16,7 +17,8 @@ use crate::engine::{Engine, KeyedPrompt};
 use crate::error::{Result, RolloutError};
 use crate::model::{DecodeModel, TextCodec};
 use crate::openai::{
-    ChoiceLogprobs, CompletionChoice, CompletionRequest, CompletionResponse, PromptInput, Usage,
+    ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChoiceLogprobs, CompletionChoice,
+    CompletionRequest, CompletionResponse, PromptInput, Usage,
 };
 use crate::params::SamplingParams;
 
@@ -68,12 +70,58 @@ impl Default for ServeOptions {
     }
 }
 
+/// Turns a chat conversation into the prompt text the served model was trained on (its chat
+/// template, with the generation prompt added). Why a trait: keel-rollout knows no model format;
+/// `keel serve` passes keel-model's template, tests a toy one. An `Err` is the reason the
+/// conversation cannot be rendered (e.g. the template's "roles must alternate"), sent as a 400.
+pub trait ChatRenderer: Send + Sync {
+    /// The prompt for `messages`, ending where the assistant's answer begins.
+    fn render(&self, messages: &[Message]) -> std::result::Result<String, String>;
+}
+
+impl<F> ChatRenderer for F
+where
+    F: Fn(&[Message]) -> std::result::Result<String, String> + Send + Sync,
+{
+    fn render(&self, messages: &[Message]) -> std::result::Result<String, String> {
+        self(messages)
+    }
+}
+
+/// How many generation requests a server has received since it started, per route, whatever
+/// their answer (200, 400, 503, ...). Why: a client that caches answers (a judge's verdict
+/// cache) proves a rerun asked nothing by reading these from `GET /health`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RequestCounts {
+    /// `POST /v1/completions` requests.
+    pub completions: u64,
+    /// `POST /v1/chat/completions` requests.
+    pub chat_completions: u64,
+}
+
+/// The live counters behind [`RequestCounts`], shared by the accepting thread and the handle.
+#[derive(Debug, Default)]
+struct Counters {
+    completions: AtomicU64,
+    chat_completions: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> RequestCounts {
+        RequestCounts {
+            completions: self.completions.load(Ordering::SeqCst),
+            chat_completions: self.chat_completions.load(Ordering::SeqCst),
+        }
+    }
+}
+
 /// A running server; [`ServerHandle::shutdown`] (or dropping the handle) stops it and joins its thread.
 pub struct ServerHandle {
     addr: SocketAddr,
     server: Arc<tiny_http::Server>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -93,6 +141,11 @@ impl ServerHandle {
     /// `http://ADDR`, ready for [`crate::RemoteConfig::new`].
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Generation requests received so far (also reported by `GET /health`).
+    pub fn request_counts(&self) -> RequestCounts {
+        self.counters.snapshot()
     }
 
     /// Stops accepting requests, finishes the ones admitted and joins the server threads.
@@ -117,13 +170,23 @@ impl Drop for ServerHandle {
     }
 }
 
-/// What the request threads share: the engine, the limits, the lock that makes generation run one
-/// request at a time, and the count of admitted completion requests.
+/// What the request threads share: the engine, the limits, the chat template (if any), the lock
+/// that makes generation run one request at a time, the count of admitted generation requests
+/// and the per-route request counters.
 struct Shared<M, C> {
     engine: Arc<Engine<M, C>>,
     options: ServeOptions,
+    chat: Option<Arc<dyn ChatRenderer>>,
     generating: Mutex<()>,
     pending: AtomicUsize,
+    counters: Arc<Counters>,
+}
+
+/// The two generation routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Completions,
+    Chat,
 }
 
 /// Releases a completion request's place in the queue when its thread ends, however it ends.
@@ -136,7 +199,9 @@ impl<M, C> Drop for PendingSlot<M, C> {
 }
 
 /// Serves `engine` on `addr` (e.g. `127.0.0.1:8000`, port 0 for an ephemeral one) with
-/// `POST /v1/completions`, `GET /v1/models` and `GET /health`.
+/// `POST /v1/completions`, `GET /v1/models` and `GET /health` (`{"status": "ok", "requests":
+/// {"completions": N, "chat_completions": M}}`, the [`RequestCounts`]). Without a chat template
+/// `POST /v1/chat/completions` answers 404; [`serve_chat`] adds it.
 ///
 /// # Concurrency and limits
 ///
@@ -161,6 +226,40 @@ where
     M: DecodeModel + 'static,
     C: TextCodec + 'static,
 {
+    start(engine, addr, options, None)
+}
+
+/// [`serve`] plus `POST /v1/chat/completions`: an OpenAI chat request (`messages` with roles
+/// `system`/`user`/`assistant`, `temperature`, `top_p`, `max_tokens` or
+/// `max_completion_tokens`, `n`, `stop`, `seed`) is rendered with `chat` and then served exactly
+/// as a `/v1/completions` request for the rendered text: the same parameter checks, context-window
+/// check before the request waits for the model, body cap and bounded queue, and the same
+/// completions for the same seed. The answer is `{id, object: "chat.completion", created, model,
+/// choices: [{index, message: {role: "assistant", content}, finish_reason}], usage}`; `stream` and
+/// `logprobs` are refused (400).
+pub fn serve_chat<M, C>(
+    engine: Arc<Engine<M, C>>,
+    addr: &str,
+    options: ServeOptions,
+    chat: Arc<dyn ChatRenderer>,
+) -> Result<ServerHandle>
+where
+    M: DecodeModel + 'static,
+    C: TextCodec + 'static,
+{
+    start(engine, addr, options, Some(chat))
+}
+
+fn start<M, C>(
+    engine: Arc<Engine<M, C>>,
+    addr: &str,
+    options: ServeOptions,
+    chat: Option<Arc<dyn ChatRenderer>>,
+) -> Result<ServerHandle>
+where
+    M: DecodeModel + 'static,
+    C: TextCodec + 'static,
+{
     let serve_err = |message: String| RolloutError::Serve {
         addr: addr.to_string(),
         message,
@@ -172,11 +271,14 @@ where
         .ok_or_else(|| serve_err("bound to a non-IP address".into()))?;
     let server = Arc::new(server);
     let stop = Arc::new(AtomicBool::new(false));
+    let counters = Arc::new(Counters::default());
     let shared = Arc::new(Shared {
         engine,
         options,
+        chat,
         generating: Mutex::new(()),
         pending: AtomicUsize::new(0),
+        counters: Arc::clone(&counters),
     });
     let thread = {
         let server = Arc::clone(&server);
@@ -192,6 +294,7 @@ where
         server,
         stop,
         thread: Some(thread),
+        counters,
     })
 }
 
@@ -216,9 +319,26 @@ where
         };
         counter += 1;
         let path = req.url().split('?').next().unwrap_or("").to_string();
-        if !(req.method() == &Method::Post && path == "/v1/completions") {
-            let result = light_route(&shared.options, req.method(), &path);
-            respond_result(req, result);
+        let route = match (req.method(), path.as_str()) {
+            (Method::Post, "/v1/completions") => Route::Completions,
+            (Method::Post, "/v1/chat/completions") => Route::Chat,
+            (method, _) => {
+                let result = light_route(shared, method, &path);
+                respond_result(req, result);
+                continue;
+            }
+        };
+        let count = match route {
+            Route::Completions => &shared.counters.completions,
+            Route::Chat => &shared.counters.chat_completions,
+        };
+        count.fetch_add(1, Ordering::SeqCst);
+        if route == Route::Chat && shared.chat.is_none() {
+            let none = HttpError::new(
+                404,
+                "this server has no chat template, so /v1/chat/completions is not served; use                  /v1/completions with a rendered prompt",
+            );
+            respond_result(req, Err(none));
             continue;
         }
         let limit = shared.options.max_pending;
@@ -238,7 +358,7 @@ where
         let slot = PendingSlot(Arc::clone(shared));
         let spawned = std::thread::Builder::new()
             .name(format!("keel-serve-{counter}"))
-            .spawn(move || handle_completion(slot, counter, req));
+            .spawn(move || handle_generation(slot, counter, route, req));
         match spawned {
             Ok(h) => workers.push(h),
             // The closure (request and slot) is dropped: the client sees the connection close.
@@ -316,39 +436,51 @@ fn respond_result(req: Request, result: std::result::Result<serde_json::Value, H
     }
 }
 
-/// Every route but `POST /v1/completions`: answered on the accepting thread, never waiting for
-/// the model.
-fn light_route(
-    opts: &ServeOptions,
+/// Every route but the two generation routes: answered on the accepting thread, never waiting
+/// for the model.
+fn light_route<M, C>(
+    shared: &Shared<M, C>,
     method: &Method,
     path: &str,
 ) -> std::result::Result<serde_json::Value, HttpError> {
+    let opts = &shared.options;
     match (method, path) {
-        (Method::Get, "/health") => Ok(json!({"status": "ok"})),
+        (Method::Get, "/health") => {
+            let c = shared.counters.snapshot();
+            Ok(json!({
+                "status": "ok",
+                "requests": {"completions": c.completions, "chat_completions": c.chat_completions},
+            }))
+        }
         (Method::Get, "/v1/models") => Ok(json!({
             "object": "list",
             "data": [{"id": opts.model_name, "object": "model", "created": 0, "owned_by": "keel"}],
         })),
-        (_, "/health" | "/v1/models" | "/v1/completions") => {
+        (_, "/health" | "/v1/models" | "/v1/completions" | "/v1/chat/completions") => {
             Err(HttpError::new(405, "method not allowed"))
         }
         (_, p) => Err(HttpError::new(404, format!("no route for {p}"))),
     }
 }
 
-/// Reads, checks and (once the model is free) serves one completion request on its own thread;
+/// Reads, checks and (once the model is free) serves one generation request on its own thread;
 /// its place in the queue is released before the response is written, so a client that sends its
 /// next request as soon as it has the answer finds the place free.
-fn handle_completion<M: DecodeModel, C: TextCodec>(
+fn handle_generation<M: DecodeModel, C: TextCodec>(
     slot: PendingSlot<M, C>,
     counter: u64,
+    route: Route,
     mut req: Request,
 ) {
     let shared = &*slot.0;
     let engine = &*shared.engine;
     let opts = &shared.options;
     let result = read_body(&mut req, opts.max_body_bytes)
-        .and_then(|body| prepare(engine, opts, counter, &body))
+        .and_then(|body| match (route, &shared.chat) {
+            (Route::Chat, Some(chat)) => prepare_chat(engine, opts, &**chat, counter, &body),
+            (Route::Chat, None) => Err(HttpError::new(404, "no chat template")),
+            (Route::Completions, _) => prepare(engine, opts, counter, &body),
+        })
         .and_then(|job| {
             // A panic while holding the lock cannot leave shared state broken (the lock guards
             // no data), so a poisoned lock is simply taken over.
@@ -393,6 +525,94 @@ struct Job {
     ids_as_tokens: bool,
     /// `return_token_ids`.
     return_ids: bool,
+    /// Answer in the chat format.
+    chat: bool,
+}
+
+/// 404 unless `model` is absent or the served name.
+fn check_model(opts: &ServeOptions, model: &Option<String>) -> std::result::Result<(), HttpError> {
+    match model {
+        Some(m) if m != &opts.model_name => Err(HttpError::new(
+            404,
+            format!("The model `{m}` does not exist."),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The server's own limits on `n` and `max_tokens`.
+fn check_limits(
+    opts: &ServeOptions,
+    params: &SamplingParams,
+) -> std::result::Result<(), HttpError> {
+    if params.n > opts.max_n {
+        return Err(HttpError::new(
+            400,
+            format!("n = {} exceeds the server limit {}", params.n, opts.max_n),
+        ));
+    }
+    if params.max_new_tokens > opts.max_tokens_limit {
+        return Err(HttpError::new(
+            400,
+            format!(
+                "max_tokens = {} exceeds the server limit {}",
+                params.max_new_tokens, opts.max_tokens_limit
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses and checks a chat request without touching the model: parameters and limits, the
+/// conversation rendered with the chat template and encoded, then the same prompt checks as a
+/// completion request (context window, total size).
+fn prepare_chat<M: DecodeModel, C: TextCodec>(
+    engine: &Engine<M, C>,
+    opts: &ServeOptions,
+    chat: &dyn ChatRenderer,
+    counter: u64,
+    body: &[u8],
+) -> std::result::Result<Job, HttpError> {
+    let bad = |m: String| HttpError::new(400, m);
+    let req: ChatCompletionRequest =
+        serde_json::from_slice(body).map_err(|e| bad(format!("invalid request body: {e}")))?;
+    check_model(opts, &req.model)?;
+    if req.stream == Some(true) {
+        return Err(bad("stream is not supported".into()));
+    }
+    if req.logprobs == Some(true) {
+        return Err(bad(
+            "logprobs is not supported on /v1/chat/completions; use /v1/completions".into(),
+        ));
+    }
+    let params = req
+        .to_params(
+            opts.default_max_tokens,
+            splitmix64(opts.base_seed ^ counter),
+        )
+        .map_err(|e| bad(e.to_string()))?;
+    check_limits(opts, &params)?;
+    if req.messages.is_empty() {
+        return Err(bad("messages is empty".into()));
+    }
+    let text = chat.render(&req.messages).map_err(|e| {
+        bad(format!(
+            "rendering the conversation with the chat template: {e}"
+        ))
+    })?;
+    let ids = engine
+        .encode_prompt(&text, 0)
+        .map_err(|e| bad(e.to_string()))?;
+    let prompt_ids = vec![ids];
+    check_prompts(engine, opts, &params, &prompt_ids)?;
+    Ok(Job {
+        params,
+        prompt_ids,
+        want_logprobs: false,
+        ids_as_tokens: false,
+        return_ids: false,
+        chat: true,
+    })
 }
 
 /// Parses and checks a request body without touching the model: parameters, server limits,
@@ -406,14 +626,7 @@ fn prepare<M: DecodeModel, C: TextCodec>(
     let bad = |m: String| HttpError::new(400, m);
     let mut req: CompletionRequest =
         serde_json::from_slice(body).map_err(|e| bad(format!("invalid request body: {e}")))?;
-    if let Some(m) = &req.model {
-        if m != &opts.model_name {
-            return Err(HttpError::new(
-                404,
-                format!("The model `{m}` does not exist."),
-            ));
-        }
-    }
+    check_model(opts, &req.model)?;
     if req.stream == Some(true) {
         return Err(bad("stream is not supported".into()));
     }
@@ -426,18 +639,7 @@ fn prepare<M: DecodeModel, C: TextCodec>(
             splitmix64(opts.base_seed ^ counter),
         )
         .map_err(|e| bad(e.to_string()))?;
-    if params.n > opts.max_n {
-        return Err(bad(format!(
-            "n = {} exceeds the server limit {}",
-            params.n, opts.max_n
-        )));
-    }
-    if params.max_new_tokens > opts.max_tokens_limit {
-        return Err(bad(format!(
-            "max_tokens = {} exceeds the server limit {}",
-            params.max_new_tokens, opts.max_tokens_limit
-        )));
-    }
+    check_limits(opts, &params)?;
     let n_prompts = req.prompt.len();
     if n_prompts == 0 {
         return Err(bad("prompt list is empty".into()));
@@ -461,6 +663,26 @@ fn prepare<M: DecodeModel, C: TextCodec>(
             PromptInput::Ids(ids) => vec![ids],
             PromptInput::IdLists(l) => l,
         };
+    check_prompts(engine, opts, &params, &prompt_ids)?;
+    Ok(Job {
+        params,
+        prompt_ids,
+        want_logprobs: req.logprobs.is_some(),
+        ids_as_tokens: req.return_tokens_as_token_ids == Some(true),
+        return_ids: req.return_token_ids == Some(true),
+        chat: false,
+    })
+}
+
+/// Every prompt non-empty and within the context window with `max_tokens`, and the request's
+/// total token positions within the server limit.
+fn check_prompts<M: DecodeModel, C: TextCodec>(
+    engine: &Engine<M, C>,
+    opts: &ServeOptions,
+    params: &SamplingParams,
+    prompt_ids: &[Vec<u32>],
+) -> std::result::Result<(), HttpError> {
+    let bad = |m: String| HttpError::new(400, m);
     for (i, ids) in prompt_ids.iter().enumerate() {
         if ids.is_empty() {
             return Err(bad(RolloutError::EmptyPrompt { index: i }.to_string()));
@@ -497,13 +719,7 @@ fn prepare<M: DecodeModel, C: TextCodec>(
             opts.max_request_tokens
         )));
     }
-    Ok(Job {
-        params,
-        prompt_ids,
-        want_logprobs: req.logprobs.is_some(),
-        ids_as_tokens: req.return_tokens_as_token_ids == Some(true),
-        return_ids: req.return_token_ids == Some(true),
-    })
+    Ok(())
 }
 
 /// Generates the completions of a checked request and builds the OpenAI response.
@@ -520,6 +736,7 @@ fn generate<M: DecodeModel, C: TextCodec>(
         want_logprobs,
         ids_as_tokens,
         return_ids,
+        chat,
     } = job;
     let n_prompts = prompt_ids.len();
     let keyed: Vec<KeyedPrompt<'_>> = prompt_ids
@@ -538,6 +755,44 @@ fn generate<M: DecodeModel, C: TextCodec>(
             | RolloutError::ContextOverflow { .. } => bad(e.to_string()),
             other => HttpError::new(500, other.to_string()),
         })?;
+    let finish_name = |f: FinishReason| match f {
+        FinishReason::Stop => "stop".to_string(),
+        FinishReason::Length => "length".to_string(),
+    };
+    let prompt_tokens: usize = prompt_ids.iter().map(Vec::len).sum();
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    if chat {
+        let mut completion_tokens = 0usize;
+        let choices = groups
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .map(|(s, c)| {
+                completion_tokens += c.token_ids.len();
+                ChatChoice {
+                    index: s,
+                    message: Message::new(Role::Assistant, c.text),
+                    finish_reason: Some(finish_name(c.finish)),
+                }
+            })
+            .collect();
+        let resp = ChatCompletionResponse {
+            id: format!("chatcmpl-keel-{counter}"),
+            object: "chat.completion".into(),
+            created,
+            model: opts.model_name.clone(),
+            choices,
+            usage: Some(Usage {
+                prompt_tokens,
+                completion_tokens,
+                total_tokens: prompt_tokens + completion_tokens,
+            }),
+        };
+        return serde_json::to_value(resp).map_err(|e| HttpError::new(500, e.to_string()));
+    }
 
     let mut choices = Vec::with_capacity(n_prompts * params.n);
     let mut completion_tokens = 0usize;
@@ -574,20 +829,12 @@ fn generate<M: DecodeModel, C: TextCodec>(
                 index: p * params.n + s,
                 text: c.text,
                 logprobs,
-                finish_reason: Some(match c.finish {
-                    FinishReason::Stop => "stop".into(),
-                    FinishReason::Length => "length".into(),
-                }),
+                finish_reason: Some(finish_name(c.finish)),
                 token_ids: return_ids.then_some(c.token_ids),
                 prompt_token_ids: return_ids.then(|| prompt_ids[p].clone()),
             });
         }
     }
-    let prompt_tokens: usize = prompt_ids.iter().map(Vec::len).sum();
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     let resp = CompletionResponse {
         id: format!("cmpl-keel-{counter}"),
         object: "text_completion".into(),

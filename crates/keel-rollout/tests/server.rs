@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use common::*;
 use keel_rollout::{
-    serve, EngineConfig, RemoteClient, RemoteConfig, RolloutBackend, RolloutError, SamplingParams,
-    ServeOptions,
+    serve, serve_chat, EngineConfig, RemoteClient, RemoteConfig, RolloutBackend, RolloutError,
+    SamplingParams, ServeOptions,
 };
 
 fn start() -> (keel_rollout::ServerHandle, RemoteClient) {
@@ -369,7 +369,10 @@ fn default_body_limit_is_4_mib_and_named_in_the_413() {
     let (s, v) = post(&handle.base_url(), "/v1/completions", &body);
     assert_eq!(s, 413, "{v}");
     let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains(&format!("body of {} bytes", body.len())), "{msg}");
+    assert!(
+        msg.contains(&format!("body of {} bytes", body.len())),
+        "{msg}"
+    );
     assert!(msg.contains(&(4usize << 20).to_string()), "{msg}");
     handle.shutdown();
 }
@@ -500,5 +503,236 @@ fn queued_requests_wait_for_the_model_and_bad_ones_are_answered_meanwhile() {
     assert_eq!((s1, s2), (200, 200), "{v1} {v2}");
     assert_eq!(v1["choices"][0]["text"], v2["choices"][0]["text"]);
     assert_eq!(v1["choices"][0]["text"].as_str().unwrap().len(), 4);
+    handle.shutdown();
+}
+
+/// A toy chat template over the letters codec: each message is its role letter (`a` system,
+/// `b` user, `c` assistant) followed by its content, and the generation prompt is `c`. Two user
+/// turns in a row are refused, as real templates refuse non-alternating roles.
+fn toy_template(messages: &[keel_core::Message]) -> Result<String, String> {
+    use keel_core::Role;
+    let mut out = String::new();
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 && m.role == Role::User && messages[i - 1].role == Role::User {
+            return Err("roles must alternate user/assistant".into());
+        }
+        out.push(match m.role {
+            Role::System => 'a',
+            Role::User => 'b',
+            Role::Assistant => 'c',
+        });
+        out.push_str(&m.content);
+    }
+    out.push('c');
+    Ok(out)
+}
+
+fn start_chat(
+    engine: keel_rollout::Engine<keel_rollout::toy::ContextModel, keel_rollout::toy::ToyCodec>,
+    opts: ServeOptions,
+) -> keel_rollout::ServerHandle {
+    serve_chat(
+        Arc::new(engine),
+        "127.0.0.1:0",
+        opts,
+        Arc::new(toy_template),
+    )
+    .unwrap()
+}
+
+#[test]
+fn chat_completions_answer_as_completions_of_the_rendered_conversation() {
+    let handle = start_chat(
+        context_engine(EngineConfig::default()),
+        ServeOptions::default(),
+    );
+    let base = handle.base_url();
+    let chat = r#"{"model":"keel","messages":[{"role":"system","content":"hh"},{"role":"user","content":"abc"},
+        {"role":"assistant","content":"d"},{"role":"user","content":"ke"}],"max_tokens":6,"temperature":0.9,"top_p":0.95,"seed":5,"n":2}"#;
+    let (s, c) = post(&base, "/v1/chat/completions", chat);
+    assert_eq!(s, 200, "{c}");
+    // toy_template renders the conversation as "a hh b abc c d b ke c".
+    let (s, p) = post(
+        &base,
+        "/v1/completions",
+        r#"{"prompt":"ahhbabccdbkec","max_tokens":6,"temperature":0.9,"top_p":0.95,"seed":5,"n":2}"#,
+    );
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(c["object"], "chat.completion");
+    assert_eq!(c["model"], "keel");
+    assert!(c["id"].as_str().unwrap().starts_with("chatcmpl-"), "{c}");
+    assert_eq!(c["usage"], p["usage"]);
+    assert_eq!(c["usage"]["prompt_tokens"], 13);
+    let choices = c["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2);
+    for (i, choice) in choices.iter().enumerate() {
+        assert_eq!(choice["index"], i);
+        assert_eq!(choice["message"]["role"], "assistant");
+        assert_eq!(choice["message"]["content"], p["choices"][i]["text"]);
+        assert_eq!(choice["finish_reason"], p["choices"][i]["finish_reason"]);
+    }
+    assert_eq!(choices[0]["message"]["content"].as_str().unwrap().len(), 6);
+    // Greedy answers equal the local engine's for the rendered prompt; max_completion_tokens is
+    // the newer name of max_tokens.
+    let (s, g) = post(
+        &base,
+        "/v1/chat/completions",
+        r#"{"messages":[{"role":"user","content":"ab"}],"max_completion_tokens":3,"temperature":0}"#,
+    );
+    assert_eq!(s, 200, "{g}");
+    let local = context_engine(EngineConfig::default());
+    let want = local
+        .generate_groups(&["babc".to_string()], &SamplingParams::greedy(3), 0)
+        .unwrap();
+    assert_eq!(
+        g["choices"][0]["message"]["content"],
+        want[0].completions[0].text.as_str()
+    );
+    assert_eq!(
+        g["choices"][0]["finish_reason"],
+        match want[0].completions[0].finish {
+            keel_core::FinishReason::Stop => "stop",
+            keel_core::FinishReason::Length => "length",
+        }
+    );
+    handle.shutdown();
+}
+
+#[test]
+fn chat_requests_are_checked_like_completion_requests() {
+    let engine = keel_rollout::Engine::new(
+        keel_rollout::toy::ContextModel::new(12, 0.7).with_context_window(32),
+        letters_codec(),
+        EngineConfig::default(),
+    );
+    let opts = ServeOptions {
+        max_body_bytes: 4096,
+        ..Default::default()
+    };
+    let handle = start_chat(engine, opts);
+    let base = handle.base_url();
+    let user = |content: &str, extra: &str| {
+        format!(r#"{{"messages":[{{"role":"user","content":"{content}"}}]{extra}}}"#)
+    };
+    let two_users = r#"{"messages":[{"role":"user","content":"a"},{"role":"user","content":"b"}],"max_tokens":2}"#;
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("{not json".into(), 400, "invalid request body"),
+        (r#"{"messages":[]}"#.into(), 400, "messages is empty"),
+        (
+            r#"{"messages":[{"role":"tool","content":"a"}]}"#.into(),
+            400,
+            "invalid request body",
+        ),
+        (two_users.into(), 400, "roles must alternate"),
+        (
+            user("ab", r#","max_tokens":2,"stream":true"#),
+            400,
+            "stream",
+        ),
+        (
+            user("ab", r#","max_tokens":2,"logprobs":true"#),
+            400,
+            "logprobs",
+        ),
+        (
+            user("ab", r##","max_tokens":2,"model":"gpt-4""##),
+            404,
+            "does not exist",
+        ),
+        (user("ab", r#","temperature":-1"#), 400, "temperature"),
+        (user("ab", r#","max_tokens":2,"n":65"#), 400, "server limit"),
+        (user("zz", r#","max_tokens":2"#), 400, "encoding prompt"),
+        // "b" + 27 letters + "c" = 29 tokens; with the 4 new tokens that is more than 32.
+        (
+            user(&"a".repeat(27), r#","max_tokens":4"#),
+            400,
+            "29 tokens long and max_tokens is 4",
+        ),
+        (
+            user(&"a".repeat(5000), ""),
+            413,
+            "exceeds the server limit of 4096 bytes",
+        ),
+    ];
+    for (body, status, needle) in &cases {
+        let (s, v) = post(&base, "/v1/chat/completions", body);
+        assert_eq!(s, *status, "{body} -> {v}");
+        let msg = v["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no JSON error for {body}: {v}"));
+        assert!(msg.contains(needle), "{body}: {msg}");
+    }
+    // 29 tokens + 3 = 32 fits exactly.
+    let (s, v) = post(
+        &base,
+        "/v1/chat/completions",
+        &user(&"a".repeat(27), r#","max_tokens":3"#),
+    );
+    assert_eq!(s, 200, "{v}");
+    let r = ureq::get(&format!("{base}/v1/chat/completions")).call();
+    assert!(matches!(r, Err(ureq::Error::Status(405, _))));
+    handle.shutdown();
+    // Without a chat template the route answers 404 and says why.
+    let plain = serve(
+        Arc::new(context_engine(EngineConfig::default())),
+        "127.0.0.1:0",
+        ServeOptions::default(),
+    )
+    .unwrap();
+    let (s, v) = post(&plain.base_url(), "/v1/chat/completions", &user("ab", ""));
+    assert_eq!(s, 404, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no chat template"),
+        "{v}"
+    );
+    plain.shutdown();
+}
+
+#[test]
+fn health_counts_the_generation_requests_received() {
+    let handle = start_chat(
+        context_engine(EngineConfig::default()),
+        ServeOptions::default(),
+    );
+    let base = handle.base_url();
+    let health = || -> serde_json::Value {
+        serde_json::from_str(
+            &ureq::get(&format!("{base}/health"))
+                .call()
+                .unwrap()
+                .into_string()
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        health()["requests"],
+        serde_json::json!({"completions": 0, "chat_completions": 0})
+    );
+    let chat = r#"{"messages":[{"role":"user","content":"ab"}],"max_tokens":2}"#;
+    assert_eq!(post(&base, "/v1/chat/completions", chat).0, 200);
+    assert_eq!(post(&base, "/v1/chat/completions", chat).0, 200);
+    // A refused request was still received, and counts.
+    assert_eq!(
+        post(&base, "/v1/completions", r#"{"prompt":"ab","top_p":0}"#).0,
+        400
+    );
+    // Other routes do not count.
+    assert_eq!(post(&base, "/v2/none", "{}").0, 404);
+    assert_eq!(
+        health()["requests"],
+        serde_json::json!({"completions": 1, "chat_completions": 2})
+    );
+    assert_eq!(
+        handle.request_counts(),
+        keel_rollout::RequestCounts {
+            completions: 1,
+            chat_completions: 2
+        }
+    );
+    assert_eq!(health()["status"], "ok");
     handle.shutdown();
 }
