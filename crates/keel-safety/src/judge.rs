@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{DType, Device};
 use keel_core::{Message, Role, Verdict};
 use keel_model::{CausalLm, ChatTemplate, ModelSource, Tokenizer};
 use serde::{Deserialize, Serialize};
@@ -481,28 +481,8 @@ impl LlamaGuardJudge {
                 "`safe` and `unsafe` start with the same token ({safe_id}) for this tokenizer; P(unsafe) is undefined"
             )));
         }
-        let cand = |e: candle_core::Error, what: &str| {
-            ModelClassifierError::candle(format!("judge: {what}"), e)
-        };
-        let device = self.model.device().clone();
-        let mut cache = self.model.new_cache();
-        let mut mask_len = ids.len();
-        let input = Tensor::from_vec(ids.clone(), (1, ids.len()), &device)
-            .map_err(|e| cand(e, "prompt tensor"))?;
-        let mask =
-            Tensor::ones((1, mask_len), DType::U32, &device).map_err(|e| cand(e, "mask tensor"))?;
-        let logits = self
-            .model
-            .forward_cached(&input, &mask, &mut cache)
-            .map_err(|e| ModelClassifierError::model("judge: prefill", e))?;
-        let last_logits = |l: &Tensor| -> Result<Vec<f32>, ModelClassifierError> {
-            let t = l.dim(1).map_err(|e| cand(e, "logits shape"))?;
-            l.i((0, t - 1))
-                .and_then(|x| x.to_dtype(DType::F32))
-                .and_then(|x| x.to_vec1::<f32>())
-                .map_err(|e| cand(e, "reading logits"))
-        };
-        let first = last_logits(&logits)?;
+        let (first, generated) =
+            crate::judges::local::greedy_generate(&self.model, &ids, self.max_new_tokens, &self.stop_ids)?;
         let (ls, lu) = match (first.get(safe_id as usize), first.get(unsafe_id as usize)) {
             (Some(s), Some(u)) => (*s as f64, *u as f64),
             _ => {
@@ -517,37 +497,6 @@ impl LlamaGuardJudge {
         let max = first.iter().fold(f32::NEG_INFINITY, |m, x| m.max(*x)) as f64;
         let z: f64 = first.iter().map(|x| (*x as f64 - max).exp()).sum();
         let verdict_mass = ((ls - max).exp() + (lu - max).exp()) / z;
-
-        let argmax = |v: &[f32]| -> u32 {
-            let mut best = 0usize;
-            for (i, x) in v.iter().enumerate() {
-                if *x > v[best] {
-                    best = i;
-                }
-            }
-            best as u32
-        };
-        let mut generated = Vec::new();
-        let mut next = argmax(&first);
-        for step in 0..self.max_new_tokens {
-            if self.stop_ids.contains(&next) {
-                break;
-            }
-            generated.push(next);
-            if step + 1 == self.max_new_tokens {
-                break;
-            }
-            mask_len += 1;
-            let input = Tensor::from_vec(vec![next], (1, 1), &device)
-                .map_err(|e| cand(e, "token tensor"))?;
-            let mask = Tensor::ones((1, mask_len), DType::U32, &device)
-                .map_err(|e| cand(e, "mask tensor"))?;
-            let logits = self
-                .model
-                .forward_cached(&input, &mask, &mut cache)
-                .map_err(|e| ModelClassifierError::model("judge: decoding", e))?;
-            next = argmax(&last_logits(&logits)?);
-        }
         let text = self.tokenizer.decode(&generated, true).map_err(|e| {
             ModelClassifierError::Tokenizer {
                 path: self.tokenizer.origin().into(),

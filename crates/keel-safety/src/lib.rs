@@ -14,6 +14,10 @@
 //! * [`LlamaGuardJudge`] is a Llama Guard 3-format LM judge over any keel-model decoder, with a
 //!   continuous first-token `P(unsafe)` and parsed hazard categories.
 //!
+//! * [`judges`]: the judges a pipeline's `judges:` list names (lexicon, probe, Llama Guard,
+//!   StrongREJECT, HarmBench) behind one [`judges::Judge`] trait, with a remote
+//!   OpenAI-compatible client, an on-disk verdict cache, and Cohen's κ between judges.
+//!
 //! The model-free parts (lexicons, trait, reward) work without loading any model.
 
 #![warn(missing_docs)]
@@ -22,6 +26,7 @@ mod classifier;
 mod embedding;
 mod error;
 mod judge;
+pub mod judges;
 mod lexicon;
 mod model_error;
 mod probe;
