@@ -18,6 +18,9 @@
 //!   StrongREJECT, HarmBench) behind one [`judges::Judge`] trait, with a remote
 //!   OpenAI-compatible client, an on-disk verdict cache, and Cohen's κ between judges.
 //!
+//! * [`judge_accuracy`] measures any judge against (prompt, response) pairs labelled by reading
+//!   them ([`LabelledPair`], [`HumanLabel`]; the repository's `data/judge_labels/`).
+//!
 //! The model-free parts (lexicons, trait, reward) work without loading any model.
 
 #![warn(missing_docs)]
@@ -27,6 +30,7 @@ mod embedding;
 mod error;
 mod judge;
 pub mod judges;
+mod labelled;
 mod lexicon;
 mod model_error;
 mod probe;
@@ -44,6 +48,10 @@ pub use judge::{
     llama_guard_3_1b_categories, llama_guard_3_categories, parse_guard_output, render_guard_task, GuardCategory,
     GuardJudgement, GuardRole, GuardTurn, GuardVerdict, GuardWrap, LlamaGuardJudge, DEFAULT_MAX_VERDICT_TOKENS,
     LLAMA_GUARD_3_CATEGORIES,
+};
+pub use labelled::{
+    accuracy_markdown, judge_accuracy, label_distribution_markdown, load_labelled, parse_labelled, Confusion, HumanLabel,
+    JudgeAccuracy, JudgeMiss, LabelCounts, LabelledPair, LabelledSetError,
 };
 pub use model_error::{ModelClassifierError, ModelClassifierResult};
 pub use probe::{
