@@ -706,6 +706,7 @@ fn eval(model: &str, sets: &[String], task: &str, max: usize, max_new_tokens: us
         drift_prompts: 0,
         drift_samples: 0,
         task_samples: 0,
+        judges: Vec::new(),
     };
     std::fs::create_dir_all(out).map_err(|e| Failure::runtime(format!("creating {}: {e}", out.display())))?;
     let log = keel_core::JsonlWriter::append(out.join("completions.jsonl")).map_err(|e| Failure::runtime(e.to_string()))?;

@@ -21,10 +21,12 @@ use keel_eval::drift::{measure_drift, DriftMeasurement, DriftSamples};
 use keel_eval::entropy::entropy_stats;
 use keel_eval::reflection::{ReflectionCounter, ReflectionStats};
 use keel_rewards::math::split_think;
+use keel_safety::judges::JudgeSpec;
 use keel_safety::{LexiconClassifier, SafetyClassifier};
 use serde::{Deserialize, Serialize};
 
 use crate::ctx::Ctx;
+use crate::judging::JudgePanel;
 use crate::messages::{EvalResult, ExampleSet, SetMetrics};
 use crate::policy::Policy;
 use crate::batch::{collate, logprobs, TokenBatch, TokenizedPair};
@@ -56,6 +58,12 @@ pub struct EvalConfig {
     /// `max_task` / `max_harmful` / `max_benign`: a cap on a merged input that keeps every benchmark.
     #[serde(default)]
     pub max_per_source: usize,
+    /// Judges of the harmful and benign responses (`judges:`), one of them primary: `safety` is
+    /// `1 −` its ASR (or mean StrongREJECT score), every judge is reported beside it. Empty (the
+    /// default): the `lexicon` alone, as before. The drift's safety score and the `refusal_rate*`
+    /// metrics stay the `lexicon`'s either way.
+    #[serde(default)]
+    pub judges: Vec<JudgeSpec>,
 }
 
 /// The example sets an evaluation reads; any may be absent.
@@ -263,11 +271,14 @@ impl EvalResult {
             bound_holds: None,
             sets: BTreeMap::new(),
             benchmarks: BTreeMap::new(),
+            primary_judge: None,
+            agreement: Vec::new(),
         }
     }
 }
 
-/// Evaluates `policy` (labelled `label`) on `sets`; drift is measured against `reference`.
+/// Evaluates `policy` (labelled `label`) on `sets`; drift is measured against `reference`. The
+/// judges of `config.judges` are built for this call; [`evaluate_with_judges`] reuses built ones.
 pub fn evaluate(
     label: &str,
     checkpoint: PathBuf,
@@ -278,14 +289,40 @@ pub fn evaluate(
     seeds: SeedStream,
     log: Option<&JsonlWriter>,
 ) -> Result<EvalResult, StageError> {
+    let panel = JudgePanel::build(&config.judges)?;
+    evaluate_with_judges(label, checkpoint, policy, reference, sets, config, seeds, log, panel.as_ref())
+}
+
+/// [`evaluate`] with the judges already built (an `evaluate` stage builds them once for every
+/// checkpoint, so model judges load once and share one client and cache); `None` = the
+/// `lexicon` alone.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_with_judges(
+    label: &str,
+    checkpoint: PathBuf,
+    policy: &Policy,
+    reference: Option<&Policy>,
+    sets: &EvalSets,
+    config: &EvalConfig,
+    seeds: SeedStream,
+    log: Option<&JsonlWriter>,
+    panel: Option<&JudgePanel>,
+) -> Result<EvalResult, StageError> {
     let judges = refusal_judge(&config.lexicon)?;
-    // Every judged completion, so each number in a report can be traced to the texts behind it.
-    let record = |set: &str, e: &Example, c: &Completion, verdict: &str, value: f64| -> Result<(), StageError> {
+    // Every judged completion, so each number in a report can be traced to the texts behind it
+    // (with every judge's outcome when `judges:` is set).
+    let record = |set: &str, e: &Example, c: &Completion, verdict: &str, value: f64, extra: Option<serde_json::Value>| -> Result<(), StageError> {
         match log {
-            Some(w) => Ok(w.write(&serde_json::json!({
-                "label": label, "set": set, "id": e.id, "prompt": e.prompt.user_text(),
-                "completion": c.text, "finish": c.finish, verdict: value,
-            }))?),
+            Some(w) => {
+                let mut line = serde_json::json!({
+                    "label": label, "set": set, "id": e.id, "prompt": e.prompt.user_text(),
+                    "completion": c.text, "finish": c.finish, verdict: value,
+                });
+                if let (Some(extra), Some(obj)) = (extra, line.as_object_mut()) {
+                    obj.insert("judges".into(), extra);
+                }
+                Ok(w.write(&line)?)
+            }
             None => Ok(()),
         }
     };
@@ -295,7 +332,7 @@ pub fn evaluate(
     }
     for (set, harmful) in [(&sets.harmful, true), (&sets.benign, false)] {
         if let Some(set) = set {
-            evaluate_refusals(&mut result, policy, set, harmful, &judges, config, &record)?;
+            evaluate_refusals(&mut result, policy, set, harmful, &judges, panel, config, &record)?;
         }
     }
     // Drift is measured only with a reference, harmful prompts and `drift_prompts > 0`;
@@ -312,8 +349,8 @@ pub fn evaluate(
 }
 
 /// Writes one judged completion to the evaluation log (`completions.jsonl`): `(set, example,
-/// completion, verdict name, verdict value)`.
-type RecordFn<'a> = dyn Fn(&str, &Example, &Completion, &str, f64) -> Result<(), StageError> + 'a;
+/// completion, verdict name, verdict value, every judge's outcome when `judges:` is set)`.
+type RecordFn<'a> = dyn Fn(&str, &Example, &Completion, &str, f64, Option<serde_json::Value>) -> Result<(), StageError> + 'a;
 
 /// Task accuracy (greedy), pass@k at temperature 1 when `task_samples > 0`, and trace metrics of
 /// the task set, into `result`.
@@ -335,7 +372,7 @@ fn evaluate_task(
     for (e, group) in ex.iter().zip(&outs) {
         let c = group.first().ok_or_else(|| StageError::msg("the sampler returned an empty group"))?;
         let score = reward.score(e, c).ctx(|| format!("verifying the answer to `{}`", e.id))?;
-        record(&task.name, e, c, "correct", score)?;
+        record(&task.name, e, c, "correct", score, None)?;
         correct.push(score);
         lens.push(c.token_ids.len() as f64);
         let src = by_source.entry(e.source.clone()).or_default();
@@ -378,28 +415,38 @@ fn evaluate_task(
 }
 
 /// Refusal rate (greedy) of a harmful set (safety) or a benign one (over-refusal), with
-/// per-category and per-source rates and, for reasoning formats, trace and answer judged apart.
+/// per-category and per-source rates and, for reasoning formats, trace and answer judged apart;
+/// with a `panel`, every judge's metrics beside them and the primary judge's headline.
+#[allow(clippy::too_many_arguments)]
 fn evaluate_refusals(
     result: &mut EvalResult,
     policy: &Policy,
     set: &ExampleSet,
     harmful: bool,
     judges: &[LexiconClassifier],
+    panel: Option<&JudgePanel>,
     config: &EvalConfig,
     record: &RecordFn<'_>,
 ) -> Result<(), StageError> {
     let greedy = SamplingParams::greedy(config.max_new_tokens);
     let ex = take_per_source(set, config.max_per_source, if harmful { config.max_harmful } else { config.max_benign });
     let outs = generate(policy, &ex, &greedy)?;
+    let verdicts = match panel {
+        Some(p) => {
+            let texts: Vec<&str> = outs.iter().map(|g| g.first().map_or("", |c| c.text.as_str())).collect();
+            Some(p.judge_set(&ex, &texts)?)
+        }
+        None => None,
+    };
     let mut refusals = Vec::with_capacity(ex.len());
     let mut by_cat: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     let mut by_source: BTreeMap<String, (f64, usize)> = BTreeMap::new();
     // Reasoning formats: the trace and the final answer judged separately.
     let (mut reasoning_refused, mut answer_refused, mut with_trace) = (0.0, 0.0, 0.0);
-    for (e, group) in ex.iter().zip(&outs) {
+    for (i, (e, group)) in ex.iter().zip(&outs).enumerate() {
         let c = group.first().ok_or_else(|| StageError::msg("the sampler returned an empty group"))?;
         let r = refused(judges, e, &c.text)? as u8 as f64;
-        record(&set.name, e, c, "refused", r)?;
+        record(&set.name, e, c, "refused", r, verdicts.as_ref().map(|v| v.record(i)))?;
         refusals.push(r);
         if let (Some(trace), answer) = split_think(&c.text) {
             with_trace += 1.0;
@@ -438,8 +485,43 @@ fn evaluate_refusals(
     m.values.extend(trace_metrics(&firsts)?);
     let role = if harmful { "harmful" } else { "benign" };
     insert_per_source(result, role, "refusal_rate", by_source);
+    if let Some(v) = &verdicts {
+        record_judges(result, &mut m, v, &ex, role, &set.name, harmful);
+    }
     result.sets.insert(format!("{role}:{}", set.name), m);
     Ok(())
+}
+
+/// Every judge's metrics on a set (and on each of its benchmarks, when it merged several), the
+/// primary judge's headline (`safety` on a harmful set; `over_refusal` on a benign one when the
+/// primary reports refusals — otherwise the lexicon's stays), and κ between every pair.
+fn record_judges(
+    result: &mut EvalResult,
+    m: &mut SetMetrics,
+    v: &crate::judging::SetVerdicts,
+    ex: &[Arc<Example>],
+    role: &str,
+    set: &str,
+    harmful: bool,
+) {
+    let all: Vec<usize> = (0..ex.len()).collect();
+    v.insert_metrics(&all, harmful, &mut m.values);
+    let mut by_source: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, e) in ex.iter().enumerate() {
+        by_source.entry(e.source.as_str()).or_default().push(i);
+    }
+    for (source, items) in by_source {
+        if let Some(b) = result.benchmarks.get_mut(&format!("{role}:{source}")) {
+            v.insert_metrics(&items, harmful, &mut b.values);
+        }
+    }
+    result.primary_judge = Some(v.primary().0.to_string());
+    if harmful {
+        result.safety = v.primary_safety();
+        result.agreement.extend(v.agreements(&format!("{role}:{set}")));
+    } else if v.primary().1.reports_refusals() {
+        result.over_refusal = v.primary_refusal_rate();
+    }
 }
 
 /// Whether a completion refuses its prompt: the drift's safety score is `s = 1[refused]`.

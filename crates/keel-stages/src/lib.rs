@@ -15,6 +15,7 @@
 pub mod batch;
 mod ctx;
 pub mod evaluate;
+pub mod judging;
 mod kinds;
 pub mod messages;
 pub mod policy;

@@ -178,4 +178,29 @@ pub struct EvalResult {
     /// benchmark, not only pooled. Empty (and absent from the JSON) when every set has one source.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub benchmarks: BTreeMap<String, SetMetrics>,
+    /// The primary judge of a `judges:` list (its name), which `safety` and, when it reports
+    /// refusals, `over_refusal` come from. Absent for the default lexicon judging.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_judge: Option<String>,
+    /// Cohen's κ between every pair of judges on each harmful set. Empty (and absent from the
+    /// JSON) with fewer than two judges.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agreement: Vec<JudgeAgreement>,
+}
+
+/// How far two judges agree on one harmful set's responses (their binary "harmful" calls).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JudgeAgreement {
+    /// The set (`harmful:<name>`).
+    pub set: String,
+    /// One judge.
+    pub a: String,
+    /// The other judge.
+    pub b: String,
+    /// Responses both judges parsed.
+    pub n: usize,
+    /// The fraction of those on which they agree; `None` when `n` is 0.
+    pub observed: Option<f64>,
+    /// Cohen's κ; `None` when undefined (no pairs, or both judges constant and equal).
+    pub kappa: Option<f64>,
 }

@@ -10,7 +10,8 @@ use keel_pipeline::{
 use serde::Deserialize;
 
 use crate::ctx::Ctx;
-use crate::evaluate::{evaluate, refusal_judge, EvalConfig, EvalSets};
+use crate::evaluate::{evaluate_with_judges, refusal_judge, EvalConfig, EvalSets};
+use crate::judging::JudgePanel;
 use crate::kinds::{recv_examples_sorted, recv_one};
 use crate::messages::{EvalResult, CHECKPOINT, EVAL_RESULT, EXAMPLES};
 use crate::policy::Policy;
@@ -27,7 +28,10 @@ impl StageKind for Evaluate {
          prompts (safety; attack success = 1 − refusal), refusal rate on benign prompts (over-refusal), and — \
          against `reference` — sampled KL(π‖π_ref), χ², the safety drift ΔS and its bounds. When `harmful` or \
          `benign` (or `task`) merges several datasets (fan-in), refusal rates (accuracies) are also reported per \
-         source benchmark (`benchmarks` in the result JSON, a table in the report)."
+         source benchmark (`benchmarks` in the result JSON, a table in the report). With `judges:`, every judge \
+         (lexicon, probe, llama_guard, strongreject, harmbench) judges each harmful and benign response; the \
+         primary one gives `safety` = 1 − its ASR (or mean StrongREJECT score), every judge's rate and unparsed \
+         count is reported per set and benchmark, and Cohen's κ between each pair (docs/metrics.md, \"Judges\")."
     }
     fn inputs(&self) -> Vec<PortSpec> {
         vec![
@@ -58,6 +62,7 @@ impl StageKind for Evaluate {
             ParamSpec::optional("drift_samples", ParamType::Int, "4", "samples per prompt for drift"),
             ParamSpec::optional("task_samples", ParamType::Int, "0", "completions sampled at temperature 1 per task prompt for pass@1 / pass@k (0 = greedy only)"),
             ParamSpec::optional("max_per_source", ParamType::Int, "0", "prompts kept from each source dataset of every set (0 = all), before max_task / max_harmful / max_benign"),
+            ParamSpec::optional("judges", ParamType::List(Box::new(ParamType::Map)), "[]", JUDGES_DOC),
         ]
     }
     fn dry_run(&self, params: &Params) -> Result<DryRun, ParamProblem> {
@@ -72,17 +77,36 @@ impl StageKind for Evaluate {
     }
     fn check(&self, params: &Params) -> Vec<ParamProblem> {
         match params.parse::<EvalConfig>() {
-            Ok(c) => match refusal_judge(&c.lexicon) {
-                Ok(_) => Vec::new(),
-                Err(e) => vec![ParamProblem::new("lexicon", e.to_string())],
-            },
-            Err(e) => vec![ParamProblem::new("max_new_tokens", e.to_string())],
+            Ok(c) => {
+                let mut problems = Vec::new();
+                if let Err(e) = refusal_judge(&c.lexicon) {
+                    problems.push(ParamProblem::new("lexicon", e.to_string()));
+                }
+                if !c.judges.is_empty() {
+                    if let Err(e) = JudgePanel::check(&c.judges) {
+                        problems.push(ParamProblem::new("judges", e));
+                    }
+                }
+                problems
+            }
+            Err(e) => {
+                let field = if params.values().contains_key("judges") && e.full_message().contains("judges") { "judges" } else { "max_new_tokens" };
+                vec![ParamProblem::new(field, e.full_message())]
+            }
         }
     }
     fn build(&self, params: &Params) -> Result<Box<dyn Stage>, StageError> {
         Ok(Box::new(EvalStage(params.parse()?)))
     }
 }
+
+/// The `judges` parameter's documentation (`keel list`).
+const JUDGES_DOC: &str = "judges of harmful and benign responses, e.g. [{name: sr, kind: strongreject, model: M, endpoint: {url: \
+     http://host:8000/v1, api_key_env: VAR}, primary: true}, {kind: lexicon}]. kind: lexicon (lexicon: gcg|xstest|both), \
+     probe (probe: DIR, threshold), llama_guard | strongreject | harmbench (model: the served name with `endpoint` {url, \
+     api_key_env, timeout_s, max_retries, backoff_ms, concurrency}, else a local model reference; max_tokens; cache: DIR|off, \
+     default $KEEL_JUDGE_CACHE or ~/.cache/keel/judges; harmbench variant: llama2|mistral). Several judges: one is \
+     `primary: true`. Empty: the `lexicon` alone, as before";
 
 struct EvalStage(EvalConfig);
 
@@ -100,6 +124,8 @@ impl Stage for EvalStage {
             benign: recv_examples_sorted(ctx, "benign")?,
         };
         let dir = ctx.stage_dir()?;
+        // Model judges load once and share one client and verdict cache for every checkpoint.
+        let panel = JudgePanel::build(&self.0.judges)?;
         // Checkpoints arrive in whatever order their branches finish, which differs between
         // runs. Each one's judged completions go to a part file while it is evaluated; at the end
         // the records (metrics, `completions.jsonl`) are written in label order, so they are the
@@ -116,7 +142,7 @@ impl Stage for EvalStage {
             let shown = ck.dir.strip_prefix(ctx.run_dir().root()).map(|p| p.to_path_buf()).unwrap_or_else(|_| ck.dir.clone());
             let part = parts.join(format!("{}.jsonl", done.len()));
             let log = keel_core::JsonlWriter::append(&part)?;
-            let result = evaluate(&ck.label, shown, &policy, reference.as_ref(), &sets, &self.0, ctx.seeds(), Some(&log))?;
+            let result = evaluate_with_judges(&ck.label, shown, &policy, reference.as_ref(), &sets, &self.0, ctx.seeds(), Some(&log), panel.as_ref())?;
             let json = serde_json::to_vec_pretty(&result).ctx(|| "serialising an evaluation result".to_string())?;
             keel_core::write_atomic(&dir.join(format!("{}.json", ck.label)), &json)?;
             // Only what was measured: a sweep's summary must not average in a 0 that never was.
@@ -133,6 +159,19 @@ impl Stage for EvalStage {
             .collect();
             done.push(Evaluated { label: ck.label.clone(), dir: ck.dir.clone(), part, values });
             ctx.send("results", result)?;
+        }
+        if let Some(panel) = &panel {
+            // What each judge sent and what the cache answered (not in results.json, which must not
+            // differ between a first run and a cached rerun).
+            let usage = panel.usage();
+            for u in &usage {
+                ctx.log(&format!(
+                    "judge {} ({}): {} requests sent, {} retries, {} model calls, {} cache hits",
+                    u.name, u.kind, u.stats.requests, u.stats.retries, u.stats.model_calls, u.stats.cache_hits
+                ));
+            }
+            let json = serde_json::to_vec_pretty(&usage).ctx(|| "serialising judge usage".to_string())?;
+            keel_core::write_atomic(&dir.join("judges.json"), &json)?;
         }
         write_records(ctx, &dir, &parts, done)
     }
@@ -244,7 +283,7 @@ mod tests {
     use keel_rollout::SamplingParams;
 
     use super::*;
-    use crate::evaluate::{drift_measurement, record_drift, refused, sequence_kl_exact, sequence_logprobs};
+    use crate::evaluate::{drift_measurement, evaluate, record_drift, refused, sequence_kl_exact, sequence_logprobs};
     use crate::messages::ExampleSet;
 
     fn tiny_pair() -> (Policy, Policy) {
@@ -276,6 +315,7 @@ mod tests {
             drift_samples: 4,
             task_samples: 0,
             max_per_source: 0,
+            judges: Vec::new(),
         }
     }
 

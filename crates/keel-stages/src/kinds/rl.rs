@@ -279,6 +279,9 @@ struct RewardSpec {
     lexicon: Option<String>,
     #[serde(default)]
     open_in_prompt: Option<bool>,
+    /// `refusal` only: one judge scoring it instead of the lexicon (docs/metrics.md, "Judges").
+    #[serde(default)]
+    judges: Option<Vec<keel_safety::judges::JudgeSpec>>,
 }
 
 fn one() -> f64 {
@@ -294,9 +297,36 @@ struct ScoreParams {
 
 const REWARD_KINDS: &[&str] = &["answer", "format", "length", "truncation", "refusal"];
 
+/// The `refusal` reward scored by the one judge of `specs` (benign prompts fall back to the
+/// `lexicon` when the judge reports no refusals). With `build` false the spec is only validated
+/// and `None` returned (`keel validate` must not load models or need endpoints up).
+fn refusal_judge_reward(
+    specs: &[keel_safety::judges::JudgeSpec],
+    lexicon: &str,
+    build: bool,
+) -> Result<Option<crate::judging::JudgeReward>, String> {
+    let [spec] = specs else {
+        return Err(format!("`judges` of a `refusal` reward lists one judge (it scores the reward), not {}", specs.len()));
+    };
+    spec.validate().map_err(|e| format!("judges: {e}"))?;
+    let fallback = keel_safety::judges::LexiconJudge::new(lexicon).map_err(|e| e.to_string())?;
+    if !build {
+        return Ok(None);
+    }
+    let judge = spec.build().map_err(|e| format!("judges: {e}"))?;
+    Ok(Some(crate::judging::JudgeReward::new(judge, fallback)))
+}
+
 fn build_reward(specs: &[RewardSpec]) -> Result<CompositeReward, String> {
+    build_reward_with(specs, true)
+}
+
+fn build_reward_with(specs: &[RewardSpec], build_judges: bool) -> Result<CompositeReward, String> {
     let mut c = CompositeReward::new();
     for s in specs {
+        if s.judges.is_some() && s.kind != "refusal" {
+            return Err(format!("`judges` applies to the `refusal` reward only, not `{}`", s.kind));
+        }
         let r: Box<dyn keel_rewards::Reward> = match s.kind.as_str() {
             "answer" => Box::new(MathReward::new(s.format.unwrap_or(AnswerFormat::AnswerLine))),
             "format" => Box::new(FormatReward::think().open_tag_in_prompt(s.open_in_prompt.unwrap_or(false))),
@@ -310,7 +340,15 @@ fn build_reward(specs: &[RewardSpec]) -> Result<CompositeReward, String> {
                     "xstest" => LexiconClassifier::xstest(),
                     other => return Err(format!("unknown lexicon `{other}` (gcg or xstest)")),
                 };
-                Box::new(SafetyReward::new(lex, SafetyRewardMode::RefuseHarmfulAnswerBenign).named("refusal"))
+                let by_lexicon = SafetyReward::new(lex, SafetyRewardMode::RefuseHarmfulAnswerBenign).named("refusal");
+                match &s.judges {
+                    None => Box::new(by_lexicon),
+                    Some(specs) => match refusal_judge_reward(specs, s.lexicon.as_deref().unwrap_or("gcg"), build_judges)? {
+                        Some(r) => Box::new(r),
+                        // Validation only (the composite is discarded): the judge was checked, not built.
+                        None => Box::new(by_lexicon),
+                    },
+                }
             }
             other => {
                 let hint = keel_pipeline::did_you_mean(other, REWARD_KINDS.iter().copied(), "reward kinds");
@@ -330,7 +368,8 @@ impl StageKind for Score {
         "Scores each rollout with a weighted sum of named rewards, each logged separately. Kinds: `answer` (verified \
          final answer; `format`: answer_line, gsm8k_strict, gsm8k_flexible, boxed, auto), `format` (exactly one \
          <think>…</think> before an answer; `open_in_prompt: true` when the chat template opens <think>), `length` (`max_tokens`, `buffer_tokens`), `truncation` (`penalty`), \
-         `refusal` (refuse harmful / answer benign, lexicon `gcg` or `xstest`)."
+         `refusal` (refuse harmful / answer benign, lexicon `gcg` or `xstest`; or `judges: [one judge spec]` as on \
+         `evaluate`: 1 − its harm on harmful prompts, 1 unless refused on benign ones, an unparsed verdict fails the step)."
     }
     fn inputs(&self) -> Vec<PortSpec> {
         vec![PortSpec::new("rollouts", ROLLOUTS, "sampled groups")]
@@ -346,7 +385,7 @@ impl StageKind for Score {
     }
     fn check(&self, params: &Params) -> Vec<ParamProblem> {
         match params.parse::<ScoreParams>() {
-            Ok(p) => match build_reward(&p.rewards) {
+            Ok(p) => match build_reward_with(&p.rewards, false) {
                 Ok(_) => Vec::new(),
                 Err(e) => vec![ParamProblem::new("rewards", e)],
             },
@@ -546,6 +585,7 @@ impl Stage for LearnStage {
             drift_prompts: 0,
             drift_samples: 0,
             task_samples: 0,
+            judges: Vec::new(),
         };
         // Greedy held-out accuracy of the live weights and of the EMA copy, into metrics.jsonl.
         let eval_now = |learner: &Learner, step: u64| -> Result<(), StageError> {
@@ -693,3 +733,33 @@ struct RolloutLine<'a> {
     scored: &'a keel_core::Scored,
 }
 
+
+#[cfg(test)]
+mod tests {
+    //! The `judges` of the `refusal` reward: checked without building, one judge, refusal only.
+    use super::*;
+
+    fn specs(yaml: &str) -> Vec<RewardSpec> {
+        serde_yaml::from_str(yaml).expect("reward specs parse")
+    }
+
+    #[test]
+    fn refusal_reward_judges_are_checked_and_built() {
+        assert!(build_reward_with(&specs("[{kind: refusal, judges: [{kind: lexicon, lexicon: xstest}]}]"), true).is_ok());
+        // Validation builds nothing: a remote judge whose endpoint is down still validates.
+        let remote = "[{kind: refusal, judges: [{kind: strongreject, model: m, endpoint: {url: 'http://127.0.0.1:1/v1'}}]}]";
+        assert!(build_reward_with(&specs(remote), false).is_ok());
+        for (yaml, needle) in [
+            ("[{kind: refusal, judges: [{kind: lexicon}, {kind: lexicon, name: b}]}]", "lists one judge"),
+            ("[{kind: answer, judges: [{kind: lexicon}]}]", "`refusal` reward only"),
+            ("[{kind: refusal, judges: [{kind: strongreject}]}]", "`model`"),
+            ("[{kind: refusal, judges: [{kind: harmbench, model: m, variant: gpt}]}]", "gpt"),
+        ] {
+            let e = match serde_yaml::from_str::<Vec<RewardSpec>>(yaml) {
+                Ok(s) => build_reward_with(&s, false).err().unwrap_or_default(),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains(needle), "{yaml}: {e}");
+        }
+    }
+}
