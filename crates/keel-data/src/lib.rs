@@ -12,6 +12,8 @@
 //! - [`split()`], [`shuffle`], [`subset`] are deterministic per seed; [`overlap`] and [`dedup`]
 //!   find prompts shared between datasets after [`normalize`].
 //! - [`synthetic`] generates reasoning tasks and a safety world that train on a CPU in minutes.
+//! - [`jailbreak`] rewrites harmful prompts with StrongREJECT's named attacks (prefix injection,
+//!   refusal suppression, role play, base64, style injection, distractors, ...).
 //!
 //! ```no_run
 //! use keel_data::{Cache, Catalog};
@@ -28,6 +30,7 @@ mod cache;
 mod dedup;
 mod error;
 mod file;
+pub mod jailbreak;
 mod loader;
 mod manifest;
 mod split;

@@ -2,6 +2,7 @@
 
 mod data;
 mod evaluate;
+mod jailbreak;
 mod model;
 mod rl;
 mod sft;
@@ -16,6 +17,7 @@ pub fn registry() -> Registry {
     r.register(data::SyntheticWorld)
         .register(data::Dataset)
         .register(data::TrainTokenizer)
+        .register(jailbreak::Jailbreak)
         .register(model::Model)
         .register(model::TinyModel)
         .register(sft::Sft)
