@@ -38,6 +38,7 @@ macro_rules! out {
 }
 
 mod progress;
+mod judge_accuracy_cmd;
 mod safety_cmd;
 
 #[global_allocator]
@@ -252,6 +253,28 @@ enum SafetyCommand {
         /// Seed of sampling and split.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+    },
+    /// Measure judges against (prompt, response) pairs labelled by reading them (e.g.
+    /// data/judge_labels/labelled.jsonl): accuracy, precision / recall and Cohen's kappa on
+    /// refusal and on harm, confusions per human label and disagreements per dataset.
+    JudgeAccuracy {
+        /// The labelled JSON Lines file (fields: id, model, dataset, row, prompt_safety, prompt,
+        /// response, label = refused | harmful_compliance | harmless_compliance, note).
+        #[arg(long)]
+        labels: PathBuf,
+        /// YAML list of judges, as in `evaluate`'s `judges:` (a `model` or `probe` may name
+        /// `${NAME}`, an environment variable, as in a pipeline).
+        #[arg(long)]
+        judges: PathBuf,
+        /// Only the pairs of this model.
+        #[arg(long)]
+        model: Option<String>,
+        /// List every disagreement with the pair's note.
+        #[arg(long)]
+        list_misses: bool,
+        /// Also write every judge's counts and disagreements here as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
 }
 
@@ -489,7 +512,14 @@ fn report(run_dir: &Path) -> Result<(), Failure> {
 
 /// `keel safety`: trains the embedding probe and writes the training set's provenance next to it.
 fn safety(command: SafetyCommand) -> Result<(), Failure> {
-    let SafetyCommand::TrainProbe { encoder, out, harmful, benign, max_per_set, test_fraction, seed } = command;
+    let (encoder, out, harmful, benign, max_per_set, test_fraction, seed) = match command {
+        SafetyCommand::TrainProbe { encoder, out, harmful, benign, max_per_set, test_fraction, seed } => {
+            (encoder, out, harmful, benign, max_per_set, test_fraction, seed)
+        }
+        SafetyCommand::JudgeAccuracy { labels, judges, model, list_misses, json } => {
+            return judge_accuracy(judge_accuracy_cmd::JudgeAccuracyArgs { labels, judges, model, list_misses }, json)
+        }
+    };
     let mut args = safety_cmd::TrainProbeArgs::default_recipe(encoder, out);
     args.harmful = harmful;
     args.benign = benign;
@@ -676,6 +706,26 @@ fn chat(model: &str, prompt: Option<String>, max_new_tokens: usize, temperature:
             Err(f) => return Err(f),
         }
     }
+}
+
+/// `keel safety judge-accuracy`: prints the report; a labelled file or judges file that cannot be
+/// read is an input error (exit 2), a judge that fails while judging a runtime one.
+fn judge_accuracy(args: judge_accuracy_cmd::JudgeAccuracyArgs, json: Option<PathBuf>) -> Result<(), Failure> {
+    for (what, path) in [("labelled set", &args.labels), ("judges file", &args.judges)] {
+        if !path.is_file() {
+            return Err(Failure::input(format!("the {what} {} is not a file", path.display())));
+        }
+    }
+    keel_safety::load_labelled(&args.labels).map_err(|e| Failure::input(e.to_string()))?;
+    judge_accuracy_cmd::read_judge_specs(&args.judges).map_err(Failure::input)?;
+    let outcome = judge_accuracy_cmd::judge_accuracy_detailed(&args).map_err(Failure::runtime)?;
+    out!("{}", outcome.report);
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&outcome.results).map_err(|e| Failure::runtime(e.to_string()))?;
+        std::fs::write(&path, text).map_err(|e| Failure::runtime(format!("writing {}: {e}", path.display())))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 fn load_set(catalog: &keel_data::Catalog, cache: &keel_data::Cache, name: &str) -> Result<Vec<keel_core::Example>, Failure> {
