@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 def pandas() -> Optional[Any]:
     """The pandas module, or None when it cannot be imported."""
     try:
-        import pandas as pd
+        import pandas as pd  # type: ignore[import-untyped,unused-ignore]
     except ImportError:
         return None
     return pd

@@ -2,7 +2,33 @@
 package's wrappers (keel.run, keel.rewards, keel.judges, keel.model), which document the
 arguments; these are the raw functions they call."""
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, final
+
+__all__ = [
+    "ANSWER_FORMATS",
+    "CancelledError",
+    "Judge",
+    "JudgeError",
+    "KeelError",
+    "LEXICONS",
+    "ModelError",
+    "REWARD_MODES",
+    "RunFailedError",
+    "SpecJudge",
+    "SweepFailedError",
+    "ValidationError",
+    "VerifyError",
+    "answers_equivalent",
+    "extract_answer",
+    "import_gguf",
+    "list_stages",
+    "math_verify",
+    "run",
+    "sweep",
+    "train_probe",
+    "validate",
+    "__version__",
+]
 
 __version__: str
 ANSWER_FORMATS: List[str]
@@ -25,8 +51,10 @@ class SweepFailedError(RunFailedError):
     sweep: Any
 
 class CancelledError(KeelError):
-    """A run was cancelled from outside."""
+    """A run or sweep was cancelled from outside; ``run_dir`` is a run's directory, ``sweep``
+    the keel.Sweep of a cancelled sweep."""
     run_dir: str
+    sweep: Any
 
 class VerifyError(KeelError):
     """A math answer could not be verified and on_error='raise' was asked for."""
@@ -79,6 +107,7 @@ def train_probe(
     threshold: float = ...,
 ) -> Dict[str, Any]: ...
 
+@final
 class Judge:
     """A keel-safety classifier: a refusal lexicon or an embedding probe."""
     @staticmethod
@@ -105,9 +134,10 @@ class Judge:
     ) -> List[float]: ...
     def p_unsafe(self, texts: List[str]) -> List[float]: ...
 
+@final
 class SpecJudge:
     """A judge built from a pipeline `judges:` entry (keel-safety's JudgeSpec, as JSON)."""
-    def __init__(self, spec_json: str) -> None: ...
+    def __new__(cls, spec_json: str) -> "SpecJudge": ...
     @property
     def name(self) -> str: ...
     @property
