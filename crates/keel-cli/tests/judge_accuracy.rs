@@ -92,3 +92,35 @@ fn lexicon_accuracy_on_the_labelled_set() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A judge's `probe` directory names an environment variable as a pipeline's model reference
+/// does: the error for a directory with no probe names the expanded path, and an unset variable
+/// is named rather than read as a literal `${...}` directory.
+#[test]
+fn probe_directory_expands_environment_variables() {
+    let labels = repo("data/judge_labels/labelled.jsonl");
+    let dir = std::env::temp_dir().join(format!("keel-judge-accuracy-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let judges = dir.join("judges.yaml");
+    std::fs::write(&judges, "- {name: p, kind: probe, probe: \"${KEEL_TEST_PROBE_ROOT}/absent\"}\n").expect("write");
+    let run = |root: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_keel"));
+        c.args(["safety", "judge-accuracy", "--labels", &labels, "--judges", judges.to_str().expect("utf-8 path")]);
+        match root {
+            Some(r) => c.env("KEEL_TEST_PROBE_ROOT", r),
+            None => c.env_remove("KEEL_TEST_PROBE_ROOT"),
+        };
+        c.output().expect("the keel binary runs")
+    };
+    let root = dir.to_str().expect("utf-8 path");
+    let out = run(Some(root));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let want = format!("{root}/absent holds no probe.json");
+    assert!(stderr.contains(&want), "no `{want}` in {stderr}");
+    let out = run(None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("`KEEL_TEST_PROBE_ROOT` is not set"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}

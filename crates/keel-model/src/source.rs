@@ -120,7 +120,8 @@ fn expand_home(s: &str) -> PathBuf {
 /// Replaces `$NAME` and `${NAME}` with environment variables, so a pipeline can name a model by
 /// where its user keeps assets (`${KEEL_ASSETS}/smollm2-135m-instruct/…`) instead of by an
 /// absolute path that only exists on one machine. An unset variable is an error naming it.
-fn expand_vars(s: &str) -> Result<String, String> {
+/// Public so other path parameters (a judge's probe directory) expand the same way.
+pub fn expand_vars(s: &str) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find('$') {

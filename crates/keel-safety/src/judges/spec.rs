@@ -136,6 +136,15 @@ impl JudgeSpec {
         matches!(self.kind, JudgeKind::LlamaGuard | JudgeKind::Strongreject | JudgeKind::Harmbench)
     }
 
+    /// The `probe` directory with `$NAME` / `${NAME}` replaced by environment variables, as a
+    /// model reference is, so a pipeline or a shared judges file can name a probe under
+    /// `${KEEL_ASSETS}` instead of by a path that exists on one machine.
+    pub fn probe_dir(&self) -> Result<PathBuf, JudgeSpecError> {
+        let dir = self.probe.as_ref().ok_or_else(|| self.err("probe", "a `probe` judge needs the trained probe directory"))?;
+        let text = dir.to_str().ok_or_else(|| self.err("probe", format!("{} is not UTF-8", dir.display())))?;
+        keel_model::source::expand_vars(text).map(PathBuf::from).map_err(|e| self.err("probe", e))
+    }
+
     /// The token budget of a model judge.
     pub fn max_tokens_or_default(&self) -> usize {
         self.max_tokens.unwrap_or(match self.kind {
@@ -175,7 +184,7 @@ impl JudgeSpec {
                 }
             }
             JudgeKind::Probe => {
-                let dir = self.probe.as_ref().ok_or_else(|| self.err("probe", "a `probe` judge needs the trained probe directory"))?;
+                let dir = self.probe_dir()?;
                 if !dir.join(crate::PROBE_META_FILE).is_file() {
                     return Err(self.err("probe", format!("{} holds no {} (train a probe first)", dir.display(), crate::PROBE_META_FILE)));
                 }
@@ -272,8 +281,8 @@ impl JudgeSpec {
                 Ok(Box::new(j.named(name)))
             }
             JudgeKind::Probe => {
-                let dir = self.probe.as_ref().ok_or_else(|| self.err("probe", "missing"))?;
-                let p = EmbeddingProbe::load(dir).map_err(|e| self.err("probe", e.to_string()))?;
+                let dir = self.probe_dir()?;
+                let p = EmbeddingProbe::load(&dir).map_err(|e| self.err("probe", e.to_string()))?;
                 let mut j = ProbeJudge::new(p).named(name);
                 if let Some(t) = self.threshold {
                     j = j.with_threshold(t);
@@ -361,6 +370,21 @@ mod tests {
 
     fn parse(yaml: &str) -> Result<JudgeSpec, String> {
         serde_json::from_value(serde_json::from_str::<serde_json::Value>(yaml).map_err(|e| e.to_string())?).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn probe_dir_expands_environment_variables_and_names_an_unset_one() {
+        // A variable only this test sets, so no other test races on it.
+        std::env::set_var("KEEL_TEST_PROBE_ROOT_15", "/probes");
+        let s = parse(r#"{"kind": "probe", "probe": "${KEEL_TEST_PROBE_ROOT_15}/minilm"}"#).unwrap();
+        assert_eq!(s.probe_dir().unwrap(), PathBuf::from("/probes/minilm"));
+        let s = parse(r#"{"kind": "probe", "probe": "${KEEL_TEST_PROBE_UNSET_15}/minilm"}"#).unwrap();
+        let e = s.probe_dir().unwrap_err();
+        assert_eq!(e.field, "probe");
+        assert!(e.message.contains("KEEL_TEST_PROBE_UNSET_15"), "{e}");
+        // validate() reads the expanded directory: it names it when no probe is there.
+        let s = parse(r#"{"kind": "probe", "probe": "$KEEL_TEST_PROBE_ROOT_15/none"}"#).unwrap();
+        assert!(s.validate().unwrap_err().message.starts_with("/probes/none holds no"), "{:?}", s.validate());
     }
 
     #[test]
