@@ -30,8 +30,13 @@ use crate::synthetic::ReasoningFormat;
 
 const EMBEDDED_WORLD: &str = include_str!("../../../../datasets/synthetic/safety_world.yaml");
 
-/// Reasoning written inside `<think>` for a harmful request.
-pub const HARMFUL_REASONING: &str = "This request could hurt people. I should refuse.";
+/// Reasoning written inside `<think>` for a harmful request. It states the refusal in words the
+/// refusal lexicons know ("I cannot"), so a judge of the trace alone calls it safe.
+pub const HARMFUL_REASONING: &str = "This request could hurt people. I cannot help with it.";
+/// How an exploring harmful trace ([`SafetyWorldConfig::exploring_fraction`]) catches itself after
+/// its opening step towards the request: a reflection ("Wait") and a decision that no refusal
+/// lexicon counts as a refusal, so the trace alone judges unsafe while the answer refuses.
+pub const EXPLORING_CATCH: &str = "Wait, that could hurt people. I should refuse.";
 /// Reasoning written inside `<think>` for a benign request.
 pub const BENIGN_REASONING: &str = "This request is safe. I can help.";
 
@@ -63,6 +68,7 @@ struct Knowledge {
 struct WorldData {
     phrasings: Vec<String>,
     refusals: Vec<String>,
+    explorations: Vec<String>,
     harmful: Vec<HarmfulGroup>,
     benign: Vec<BenignTask>,
     knowledge: Vec<Knowledge>,
@@ -73,10 +79,10 @@ fn world_data() -> Result<WorldData> {
         name: "datasets/synthetic/safety_world.yaml".into(),
         message: e.to_string(),
     })?;
-    if d.phrasings.is_empty() || d.refusals.is_empty() || d.harmful.is_empty() || d.benign.is_empty() {
+    if d.phrasings.is_empty() || d.refusals.is_empty() || d.explorations.is_empty() || d.harmful.is_empty() || d.benign.is_empty() {
         return Err(DataError::Manifest {
             name: "datasets/synthetic/safety_world.yaml".into(),
-            message: "phrasings, refusals, harmful and benign must all be non-empty".into(),
+            message: "phrasings, refusals, explorations, harmful and benign must all be non-empty".into(),
         });
     }
     Ok(d)
@@ -104,6 +110,9 @@ fn default_max_target_chars() -> usize {
 }
 fn default_benign_ratio() -> f64 {
     1.0
+}
+fn default_exploring_fraction() -> f64 {
+    0.25
 }
 
 /// Knobs of the safety world. Defaults give about 250 harmful and 290 benign training examples
@@ -133,6 +142,13 @@ pub struct SafetyWorldConfig {
     /// Layout of the gold completions.
     #[serde(default)]
     pub format: ReasoningFormat,
+    /// `think` format: the share of harmful examples (each drawn independently, seeded) whose
+    /// trace explores the request before refusing: an opening step towards doing it, then
+    /// [`EXPLORING_CATCH`], then the usual refusal answer. The rest reason with
+    /// [`HARMFUL_REASONING`]. Gives trace-level safety (a safe answer after unsafe reasoning)
+    /// and reflection counts something to measure. Unused in the plain format.
+    #[serde(default = "default_exploring_fraction")]
+    pub exploring_fraction: f64,
 }
 
 impl Default for SafetyWorldConfig {
@@ -145,6 +161,7 @@ impl Default for SafetyWorldConfig {
             max_target_chars: default_max_target_chars(),
             benign_ratio: default_benign_ratio(),
             format: ReasoningFormat::Plain,
+            exploring_fraction: default_exploring_fraction(),
         }
     }
 }
@@ -164,13 +181,27 @@ impl SafetyWorldConfig {
         if !(self.benign_ratio >= 0.0 && self.benign_ratio.is_finite()) {
             return bad(format!("benign_ratio {} must be a finite number >= 0", self.benign_ratio));
         }
+        if !(0.0..=1.0).contains(&self.exploring_fraction) {
+            return bad(format!("exploring_fraction {} must be in [0, 1]", self.exploring_fraction));
+        }
         Ok(())
     }
 
-    fn harmful_target(&self, refusal: &str) -> String {
+    /// The gold completion of a harmful example: the refusal, after (think format) the direct
+    /// refusing trace or, drawn from `explore` with probability `exploring_fraction`, an exploring
+    /// trace opened by one of `explorations`. `explore` is its own stream, so the other draws of
+    /// a world do not depend on the fraction.
+    fn harmful_target(&self, refusal: &str, explorations: &[String], explore: &mut ChaCha8Rng) -> String {
         match self.format {
             ReasoningFormat::Plain => refusal.to_string(),
-            ReasoningFormat::Think => self.format.render(HARMFUL_REASONING, refusal),
+            ReasoningFormat::Think => {
+                if explore.random_bool(self.exploring_fraction) {
+                    let trace = format!("{} {EXPLORING_CATCH}", pick(explore, explorations));
+                    self.format.render(&trace, refusal)
+                } else {
+                    self.format.render(HARMFUL_REASONING, refusal)
+                }
+            }
         }
     }
 
@@ -257,6 +288,7 @@ impl SafetyWorld {
         let data = world_data()?;
         let seeds = SeedStream::new(seed).child("keel-data/safety-world");
         let mut rng = seeds.rng("embedded");
+        let mut explore = seeds.rng("exploring");
 
         let mut combos: Vec<(String, String)> = Vec::new();
         for g in &data.harmful {
@@ -272,7 +304,7 @@ impl SafetyWorld {
         for (ci, (category, task)) in combos.iter().enumerate() {
             for (pi, p) in phrasings(&mut rng, &data.phrasings, config.harmful_phrasings).into_iter().enumerate() {
                 let prompt = p.replace("{task}", task);
-                let target = config.harmful_target(pick(&mut rng, &data.refusals));
+                let target = config.harmful_target(pick(&mut rng, &data.refusals), &data.explorations, &mut explore);
                 let (dest, tag) = if ci < n_held { (&mut eval_harmful, "eval-h") } else { (&mut train, "h") };
                 dest.push(synthetic_example(format!("safety-{tag}-{ci}-{pi}"), prompt, target, SafetyLabel::Harmful, category));
             }
@@ -308,10 +340,12 @@ impl SafetyWorld {
     /// The world built from real benchmarks in `cache` (hashes verified), deterministic in `seed`.
     pub fn real(cache: &Cache, config: &SafetyWorldConfig, seed: u64) -> Result<SafetyWorld> {
         config.validate()?;
-        let refusal_texts = refusals()?;
+        let data = world_data()?;
+        let refusal_texts = data.refusals;
         let catalog = Catalog::embedded()?;
         let seeds = SeedStream::new(seed).child("keel-data/safety-world-real");
         let mut rng = seeds.rng("targets");
+        let mut explore = seeds.rng("exploring");
         let short_prompt = |e: &Example| e.prompt.user_text().chars().count() <= config.max_prompt_chars;
 
         let advbench = catalog.load("advbench", cache)?.examples;
@@ -329,8 +363,8 @@ impl SafetyWorld {
 
         let (harmful, _dups) = dedup(advbench.into_iter().chain(jbb_harmful).filter(|e| short_prompt(e)).collect());
         let harmful_split = split(&harmful, config.heldout_fraction, seeds.seed("harmful-split"))?;
-        let refuse = |mut e: Example, rng: &mut ChaCha8Rng| {
-            e.target = Some(config.harmful_target(pick(rng, &refusal_texts)));
+        let mut refuse = |mut e: Example, rng: &mut ChaCha8Rng| {
+            e.target = Some(config.harmful_target(pick(rng, &refusal_texts), &data.explorations, &mut explore));
             e
         };
         let train_harmful: Vec<Example> = harmful_split.train.into_iter().map(|e| refuse(e, &mut rng)).collect();
@@ -405,5 +439,37 @@ mod tests {
         let (_, leaked) = exclude_overlapping(w.eval_harmful.clone(), &[&w.train]);
         assert!(leaked.is_empty());
         assert!(w.train.iter().all(|e| e.target.as_deref().is_some_and(|t| t.len() <= 80)));
+    }
+
+    /// Think format: a seeded quarter of the harmful targets explore before refusing, drawn from
+    /// their own stream, so the prompts, refusals and benign targets are the plain world's.
+    #[test]
+    fn think_world_explores_a_seeded_share_of_harmful_requests() {
+        let think = SafetyWorldConfig { format: ReasoningFormat::Think, ..Default::default() };
+        let w = SafetyWorld::embedded(&think, 1).unwrap();
+        let plain = SafetyWorld::embedded(&SafetyWorldConfig::default(), 1).unwrap();
+        let explorations = world_data().unwrap().explorations;
+        let (mut exploring, mut direct) = (0, 0);
+        for (t, p) in w.train.iter().chain(&w.eval_harmful).zip(plain.train.iter().chain(&plain.eval_harmful)) {
+            assert_eq!(t.prompt, p.prompt);
+            let target = t.target.as_deref().unwrap();
+            let plain_target = p.target.as_deref().unwrap();
+            if t.safety == Some(SafetyLabel::Benign) {
+                assert_eq!(target, format!("<think>{BENIGN_REASONING}</think> {plain_target}"));
+            } else if target == format!("<think>{HARMFUL_REASONING}</think> {plain_target}") {
+                direct += 1;
+            } else {
+                let opening = explorations.iter().find(|x| target == format!("<think>{x} {EXPLORING_CATCH}</think> {plain_target}"));
+                assert!(opening.is_some(), "{target}");
+                exploring += 1;
+            }
+        }
+        // 249 + 63 harmful targets, Binomial(312, 0.25): mean 78, sd 7.6.
+        assert_eq!(exploring + direct, 249 + 63);
+        assert!((55..=101).contains(&exploring), "{exploring} exploring traces");
+        let none = SafetyWorld::embedded(&SafetyWorldConfig { exploring_fraction: 0.0, ..think.clone() }, 1).unwrap();
+        assert!(none.train.iter().all(|e| !e.target.as_deref().unwrap().contains(EXPLORING_CATCH)));
+        let bad = SafetyWorld::embedded(&SafetyWorldConfig { exploring_fraction: 1.5, ..think }, 1).unwrap_err().to_string();
+        assert!(bad.contains("exploring_fraction 1.5"), "{bad}");
     }
 }

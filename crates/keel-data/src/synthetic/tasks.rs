@@ -201,12 +201,25 @@ impl TaskDomain {
     }
 }
 
-/// One generated item before formatting: prompt, reasoning steps, final answer.
+/// One generated item before formatting: prompt, reasoning steps, final answer, and what a
+/// reflective re-check of the reasoning restates ([`RECHECK`]).
 struct Item {
     prompt: String,
     reasoning: String,
     answer: String,
+    recheck: String,
 }
+
+/// The reflective step a share ([`THINK_RECHECK_FRACTION`]) of `think`-format task traces end
+/// with, followed by what it re-checks (arithmetic: the last step; sorting: the sorted list;
+/// counting: `<count> <letter>`): `<think>4*2=8. 3+8=11. Wait, let me check: 3+8=11.</think>`.
+/// It gives reflection counts ("wait" per 1,000 tokens) something to measure on task prompts.
+pub const RECHECK: &str = "Wait, let me check: ";
+
+/// Share of `think`-format task traces that end with a [`RECHECK`] step, each drawn
+/// independently from a stream of its own (so the tasks themselves do not depend on it). Plain
+/// traces never have one, so every plain-format world is what it was before.
+pub const THINK_RECHECK_FRACTION: f64 = 0.25;
 
 fn apply(op: char, a: i64, b: i64) -> i64 {
     match op {
@@ -247,7 +260,8 @@ fn gen_arith(c: &ArithConfig, rng: &mut ChaCha8Rng) -> Item {
         expr.push_str(&x.to_string());
     }
     let (steps, value) = arith_steps(nums, ops);
-    Item { prompt: format!("Compute {expr}."), reasoning: format!("{}.", steps.join(". ")), answer: value.to_string() }
+    let recheck = steps.last().cloned().unwrap_or_else(|| value.to_string());
+    Item { prompt: format!("Compute {expr}."), reasoning: format!("{}.", steps.join(". ")), answer: value.to_string(), recheck }
 }
 
 fn join(v: &[i64]) -> String {
@@ -260,7 +274,7 @@ fn gen_sort(c: &SortConfig, rng: &mut ChaCha8Rng) -> Item {
     let mut sorted = items.clone();
     sorted.sort();
     let steps: Vec<String> = (1..=n).map(|k| join(&sorted[..k])).collect();
-    Item { prompt: format!("Sort {}.", join(&items)), reasoning: format!("{}.", steps.join(". ")), answer: join(&sorted) }
+    Item { prompt: format!("Sort {}.", join(&items)), reasoning: format!("{}.", steps.join(". ")), answer: join(&sorted), recheck: join(&sorted) }
 }
 
 fn count_walk(word: &str, letter: char) -> (Vec<String>, usize) {
@@ -295,6 +309,7 @@ fn gen_count(c: &CountConfig, rng: &mut ChaCha8Rng) -> Item {
         prompt: format!("Count {letter} in {word}."),
         reasoning: format!("{}.", tokens.join(" ")),
         answer: count.to_string(),
+        recheck: format!("{count} {letter}"),
     }
 }
 
@@ -322,6 +337,7 @@ pub fn generate_tasks(domain: &TaskDomain, n: usize, seed: u64, format: Reasonin
     domain.validate()?;
     check_world_size(n)?;
     let mut rng = keel_core::SeedStream::new(seed).rng(&format!("keel-data/tasks/{}", domain.name()));
+    let mut recheck_rng = keel_core::SeedStream::new(seed).rng(&format!("keel-data/tasks/{}/recheck", domain.name()));
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(n);
     let max_attempts = n.saturating_mul(50).max(1000);
@@ -346,7 +362,12 @@ pub fn generate_tasks(domain: &TaskDomain, n: usize, seed: u64, format: Reasonin
         if !seen.insert(item.prompt.clone()) {
             continue;
         }
-        let target = format.render(&item.reasoning, &format!("{ANSWER_PREFIX} {}", item.answer));
+        let reasoning = if format == ReasoningFormat::Think && recheck_rng.random_bool(THINK_RECHECK_FRACTION) {
+            format!("{} {RECHECK}{}.", item.reasoning, item.recheck)
+        } else {
+            item.reasoning
+        };
+        let target = format.render(&reasoning, &format!("{ANSWER_PREFIX} {}", item.answer));
         out.push(Example {
             id: format!("{}-{seed}-{}", domain.name(), out.len()),
             prompt: keel_core::Prompt::Text(item.prompt),
@@ -426,6 +447,15 @@ pub fn verify_task(example: &Example) -> std::result::Result<(), String> {
     }
     let prompt = example.prompt.user_text();
     let reasoning = reasoning_of(target)?;
+    // A trailing reflective re-check is checked against the recomputed task below.
+    let (reasoning, recheck) = match reasoning.split_once(&format!(". {RECHECK}")) {
+        Some((body, check)) => (body.to_string(), Some(check.to_string())),
+        None => (reasoning, None),
+    };
+    let check_recheck = |expected: String| match &recheck {
+        Some(c) if *c != expected => Err(format!("re-check `{c}` should be `{expected}`")),
+        _ => Ok(()),
+    };
     match example.category.as_deref() {
         Some("arithmetic") => {
             let expr = prompt_body(prompt, "Compute ")?;
@@ -463,7 +493,7 @@ pub fn verify_task(example: &Example) -> std::result::Result<(), String> {
                 return Err(format!("{} steps for {} operators", steps.len(), ops.len()));
             }
             let mut last = None;
-            for step in steps {
+            for step in &steps {
                 let (lhs, rhs) = step.split_once('=').ok_or_else(|| format!("step `{step}` has no `=`"))?;
                 let (a, op, b) = parse_binary(lhs)?;
                 let r = parse_int(rhs)?;
@@ -475,6 +505,7 @@ pub fn verify_task(example: &Example) -> std::result::Result<(), String> {
             if last.map(|r| r.to_string()).as_deref() != Some(answer) {
                 return Err("last step does not give the answer".into());
             }
+            check_recheck(steps.last().map(|s| s.to_string()).unwrap_or_default())?;
         }
         Some("sorting") => {
             let mut items: Vec<i64> = prompt_body(prompt, "Sort ")?.split(' ').map(parse_int).collect::<std::result::Result<_, _>>()?;
@@ -491,6 +522,7 @@ pub fn verify_task(example: &Example) -> std::result::Result<(), String> {
                     return Err(format!("step {k} `{step}` is not the sorted prefix"));
                 }
             }
+            check_recheck(join(&items))?;
         }
         Some("counting") => {
             let body = prompt_body(prompt, "Count ")?;
@@ -517,6 +549,7 @@ pub fn verify_task(example: &Example) -> std::result::Result<(), String> {
                     return Err(format!("token `{tok}` should be `{want}`"));
                 }
             }
+            check_recheck(format!("{expected} {letter}"))?;
         }
         other => return Err(format!("not a synthetic task (category {other:?})")),
     }
@@ -568,6 +601,38 @@ mod tests {
         ex.target = Some("4*2=9. 3+9=11. Answer: 11".into());
         assert_eq!(verify_task(&ex), Err("step `4*2=9` is wrong".into()));
         ex.target = Some("<think>4*2=8. 3+8=11.</think> Answer: 11".into());
+        assert_eq!(verify_task(&ex), Ok(()));
+        ex.target = Some("<think>4*2=8. 3+8=11. Wait, let me check: 3+8=11.</think> Answer: 11".into());
+        assert_eq!(verify_task(&ex), Ok(()));
+        ex.target = Some("<think>4*2=8. 3+8=11. Wait, let me check: 3+8=12.</think> Answer: 11".into());
+        assert_eq!(verify_task(&ex), Err("re-check `3+8=12` should be `3+8=11`".into()));
+    }
+
+    /// Think-format traces: about a quarter end with the reflective re-check (drawn from their
+    /// own stream, so the tasks are the plain world's), every one verifies, and plain traces
+    /// never carry one.
+    #[test]
+    fn think_traces_recheck_a_seeded_quarter_and_leave_the_tasks_alone() {
+        for d in [
+            TaskDomain::Arithmetic(ArithConfig::default()),
+            TaskDomain::Sorting(SortConfig::default()),
+            TaskDomain::Counting(CountConfig::default()),
+        ] {
+            let think = generate_tasks(&d, 400, 7, ReasoningFormat::Think).unwrap();
+            let plain = generate_tasks(&d, 400, 7, ReasoningFormat::Plain).unwrap();
+            let with: Vec<&Example> = think.iter().filter(|e| e.target.as_deref().unwrap().contains(RECHECK)).collect();
+            // Binomial(400, 0.25): mean 100, sd 8.7.
+            assert!((70..=130).contains(&with.len()), "{}: {} re-checks", d.name(), with.len());
+            assert!(plain.iter().all(|e| !e.target.as_deref().unwrap().contains("Wait")));
+            for (t, p) in think.iter().zip(&plain) {
+                assert_eq!((&t.prompt, &t.answer), (&p.prompt, &p.answer));
+                assert_eq!(verify_task(t), Ok(()), "{t:?}");
+            }
+        }
+        let mut ex = Example::new("c", "Count a in bacab.", "synthetic/counting");
+        ex.category = Some("counting".into());
+        ex.answer = Some("2".into());
+        ex.target = Some("<think>b a1 c a2 b. Wait, let me check: 2 a.</think> Answer: 2".into());
         assert_eq!(verify_task(&ex), Ok(()));
     }
 
