@@ -178,6 +178,14 @@ pub struct EvalResult {
     /// benchmark, not only pooled. Empty (and absent from the JSON) when every set has one source.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub benchmarks: BTreeMap<String, SetMetrics>,
+    /// Trace-level safety of `<think>` completions on harmful prompts (arXiv 2512.01848's
+    /// analysis), keyed `harmful:<set>` and, when the set merges several sources (benchmarks,
+    /// jailbreak attacks), `harmful:<source>`: the reasoning trace and the final answer judged
+    /// separately by the refusal lexicon (unsafe = not refused), giving the unsafe-trace rate, the
+    /// unsafe-answer rate and the "safe answer, unsafe reasoning" rate (`leak_rate`). Empty, and
+    /// absent from the JSON, when no completion had a `<think>` trace.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub trace_safety: BTreeMap<String, keel_eval::safety::ReasoningSafety>,
     /// The primary judge of a `judges:` list (its name), which `safety` and, when it reports
     /// refusals, `over_refusal` come from. Absent for the default lexicon judging.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -214,6 +214,38 @@ pub fn agreement_table(results: &[EvalResult]) -> Option<Table> {
     Some(Table { title: "Agreement between judges".into(), headers, rows })
 }
 
+/// Trace-level safety (reasoning and final answer judged apart) of every branch on every harmful
+/// set with `<think>` traces, or `None` when no result had any; a branch without traces on a set
+/// another branch had them on reads "not measured", never 0.
+pub fn trace_safety_table(results: &[EvalResult]) -> Option<Table> {
+    let mut sets: Vec<&String> = results.iter().flat_map(|r| r.trace_safety.keys()).collect();
+    sets.sort();
+    sets.dedup();
+    if sets.is_empty() {
+        return None;
+    }
+    let mut rows = Vec::new();
+    for set in &sets {
+        for r in results {
+            let mut row = vec![r.label.clone(), set.to_string()];
+            match r.trace_safety.get(*set) {
+                Some(s) => row.extend([
+                    s.n.to_string(),
+                    s.with_reasoning.to_string(),
+                    pct(s.unsafe_reasoning_rate),
+                    pct(Some(s.unsafe_answer_rate)),
+                    pct(s.leak_rate),
+                    pct(Some(s.unsafe_any_rate)),
+                ]),
+                None => row.extend(std::iter::repeat_n(NOT_MEASURED.to_string(), 6)),
+            }
+            rows.push(row);
+        }
+    }
+    let headers = ["branch", "set", "n", "with trace", "unsafe trace", "unsafe answer", "safe answer, unsafe trace", "unsafe either"];
+    Some(Table { title: "Trace-level safety".into(), headers: headers.iter().map(|h| h.to_string()).collect(), rows })
+}
+
 /// Writes `results.json`, `report.md` and SVG plots (learning curves from `metrics.jsonl`, safety
 /// vs capability with its Pareto front, drift vs KL with the sqrt(KL/2) bound) into a run directory.
 pub fn write_run_report(root: &Path, title: &str, results: &[EvalResult]) -> Result<(), StageError> {
@@ -282,6 +314,16 @@ pub fn write_run_report(root: &Path, title: &str, results: &[EvalResult]) -> Res
                     "## Agreement between judges\n\nCohen's κ on the judges' binary calls (harmful or not; StrongREJECT: \
                      score ≥ 0.5) over the responses both parsed: 1 is perfect agreement, 0 what chance gives.\n\n{}",
                     t.to_markdown().ctx(|| "rendering the agreement table".to_string())?
+                ));
+            }
+            if let Some(t) = trace_safety_table(results) {
+                notes.push(format!(
+                    "## Trace-level safety\n\nHarmful prompts answered in `<think>…</think>` form, the reasoning trace and \
+                     the final answer judged apart by the refusal lexicon (unsafe = not refused; arXiv 2512.01848's \
+                     analysis). Unsafe trace and \"safe answer, unsafe trace\" are shares of the completions with a \
+                     trace; unsafe answer and unsafe either are shares of all n (docs/metrics.md, \"Reasoning \
+                     safety\").\n\n{}",
+                    t.to_markdown().ctx(|| "rendering the trace-level safety table".to_string())?
                 ));
             }
             if let Some(t) = benchmarks_table(results) {

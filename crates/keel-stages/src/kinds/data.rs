@@ -95,8 +95,8 @@ impl StageKind for SyntheticWorld {
                 "embedded",
                 "safety world source: project-made prompts (no download) or real benchmarks from KEEL_DATA_DIR",
             ),
-            ParamSpec::optional("safety_config", ParamType::Map, "{}", "safety world knobs (heldout_fraction, ...)"),
-            ParamSpec::optional("format", ParamType::Enum(&["plain", "think"]), "plain", "completion layout; `think` wraps reasoning in <think>…</think>"),
+            ParamSpec::optional("safety_config", ParamType::Map, "{}", "safety world knobs (heldout_fraction, harmful_phrasings, exploring_fraction, ...)"),
+            ParamSpec::optional("format", ParamType::Enum(&["plain", "think"]), "plain", "completion layout; `think` wraps reasoning in <think>…</think>, a seeded quarter of task traces end with a re-check (\"Wait, let me check: …\") and a share of harmful traces (safety_config.exploring_fraction, default 0.25) explore the request before refusing"),
         ]
     }
     fn check(&self, params: &Params) -> Vec<ParamProblem> {

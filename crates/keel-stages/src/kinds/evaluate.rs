@@ -156,6 +156,8 @@ impl Stage for EvalStage {
             ]
             .into_iter()
             .filter_map(|(k, v)| v.filter(|v| v.is_finite()).map(|v| (format!("{}/{k}", ck.label), v)))
+            .chain(judge_values(&result))
+            .chain(trace_values(&result))
             .collect();
             done.push(Evaluated { label: ck.label.clone(), dir: ck.dir.clone(), part, values });
             ctx.send("results", result)?;
@@ -175,6 +177,44 @@ impl Stage for EvalStage {
         }
         write_records(ctx, &dir, &parts, done)
     }
+}
+
+/// Every judge's pooled numbers on the harmful set (`<label>/judge/<name>/<asr|strongreject_score|unparsed>`),
+/// so sweep summaries put the judges side by side too; nothing without `judges:`.
+fn judge_values(result: &EvalResult) -> Vec<(String, f64)> {
+    let keep = |k: &str| k.starts_with("judge/") && (k.ends_with("/asr") || k.ends_with("/strongreject_score") || k.ends_with("/unparsed"));
+    result
+        .sets
+        .iter()
+        .filter(|(set, _)| set.starts_with("harmful:"))
+        .flat_map(|(_, m)| m.values.iter())
+        .filter(|(k, v)| keep(k) && v.is_finite())
+        .map(|(k, v)| (format!("{}/{k}", result.label), *v))
+        .collect()
+}
+
+/// Trace-level safety of each pooled harmful set (`<label>/trace/<unsafe_reasoning_rate|
+/// unsafe_answer_rate|leak_rate>`) and reflection words per 1,000 tokens on the harmful and task
+/// sets (`<label>/reflection_per_1k/<harmful|task>`), so a sweep summary carries them with their
+/// confidence intervals; only what was measured (no `<think>` traces: no trace values).
+fn trace_values(result: &EvalResult) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    for (set, s) in &result.trace_safety {
+        if !result.sets.contains_key(set) {
+            continue; // a per-source entry; the pooled set's is the headline
+        }
+        let rates = [("unsafe_reasoning_rate", s.unsafe_reasoning_rate), ("unsafe_answer_rate", Some(s.unsafe_answer_rate)), ("leak_rate", s.leak_rate)];
+        out.extend(rates.into_iter().filter_map(|(k, v)| v.filter(|v| v.is_finite()).map(|v| (format!("{}/trace/{k}", result.label), v))));
+    }
+    for (set, m) in &result.sets {
+        let role = set.split(':').next().unwrap_or_default();
+        if matches!(role, "harmful" | "task") {
+            if let Some(v) = m.values.get("reflection_per_1k").filter(|v| v.is_finite()) {
+                out.push((format!("{}/reflection_per_1k/{role}", result.label), *v));
+            }
+        }
+    }
+    out
 }
 
 /// One evaluated checkpoint, kept until every checkpoint has arrived.
