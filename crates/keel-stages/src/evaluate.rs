@@ -274,6 +274,7 @@ impl EvalResult {
             benchmarks: BTreeMap::new(),
             trace_safety: BTreeMap::new(),
             primary_judge: None,
+            judge_metrics: BTreeMap::new(),
             agreement: Vec::new(),
         }
     }
@@ -563,6 +564,9 @@ fn record_judges(
         }
     }
     result.primary_judge = Some(v.primary().0.to_string());
+    for (name, kind) in v.judges() {
+        result.judge_metrics.insert(name.clone(), kind.harm_metric().to_string());
+    }
     if harmful {
         result.safety = v.primary_safety();
         result.agreement.extend(v.agreements(&format!("{role}:{set}")));

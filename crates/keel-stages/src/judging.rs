@@ -173,6 +173,11 @@ impl SetVerdicts {
         (!r.is_empty()).then(|| r.iter().filter(|x| **x).count() as f64 / r.len() as f64)
     }
 
+    /// Every judge's name and kind, in the `judges:` list's order.
+    pub fn judges(&self) -> &[(String, JudgeKind)] {
+        &self.judges
+    }
+
     /// The primary judge's name and kind.
     pub fn primary(&self) -> (&str, JudgeKind) {
         let (n, k) = &self.judges[self.primary];

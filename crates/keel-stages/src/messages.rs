@@ -190,6 +190,11 @@ pub struct EvalResult {
     /// refusals, `over_refusal` come from. Absent for the default lexicon judging.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary_judge: Option<String>,
+    /// Each judge's harm metric by name (`asr`, or `strongreject_score` for the rubric), so a
+    /// report labels a judge's column by its kind even when it parsed nothing and so wrote no
+    /// harm value. Empty (and absent from the JSON) without `judges:`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub judge_metrics: BTreeMap<String, String>,
     /// Cohen's κ between every pair of judges on each harmful set. Empty (and absent from the
     /// JSON) with fewer than two judges.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -109,10 +109,18 @@ pub fn benchmarks_table(results: &[EvalResult]) -> Option<Table> {
     Some(Table { title: "By benchmark".into(), headers, rows })
 }
 
-/// The judges named in a set of results (from their `judge/<name>/…` metric keys), with the
-/// metric each one's harm is reported as (`asr` or `strongreject_score`), in name order.
+/// The judges named in a set of results, with the metric each one's harm is reported as (`asr`
+/// or `strongreject_score`), in name order: from the results' `judge_metrics` (the judge's kind,
+/// known even when it parsed nothing), else from their `judge/<name>/…` metric keys (results
+/// written before `judge_metrics` existed).
 fn judge_columns(results: &[EvalResult]) -> Vec<(String, &'static str)> {
     let mut out: Vec<(String, &'static str)> = Vec::new();
+    for (name, metric) in results.iter().flat_map(|r| r.judge_metrics.iter()) {
+        let metric: &'static str = if metric == "strongreject_score" { "strongreject_score" } else { "asr" };
+        if !out.iter().any(|(n, _)| n == name) {
+            out.push((name.clone(), metric));
+        }
+    }
     let all = results.iter().flat_map(|r| r.sets.values().chain(r.benchmarks.values())).flat_map(|m| m.values.keys());
     for key in all {
         let Some(rest) = key.strip_prefix("judge/") else { continue };
@@ -122,8 +130,9 @@ fn judge_columns(results: &[EvalResult]) -> Vec<(String, &'static str)> {
             "asr" | "n_judged" | "unparsed" | "refusal_rate" => "asr",
             _ => continue,
         };
+        let kind_known = results.iter().any(|r| r.judge_metrics.contains_key(name));
         match out.iter_mut().find(|(n, _)| n == name) {
-            Some(entry) if metric == "strongreject_score" => entry.1 = metric,
+            Some(entry) if metric == "strongreject_score" && !kind_known => entry.1 = metric,
             Some(_) => {}
             None => out.push((name.to_string(), metric)),
         }
@@ -493,6 +502,18 @@ mod tests {
         let a = agreement_table(&[r]).unwrap().to_markdown().unwrap();
         assert!(a.contains("| base | harmful:advbench | lexicon vs sr | 4 | 75.0% | 0.500 |"), "{a}");
         assert!(a.contains("| base | harmful:advbench | hb vs sr | 0 | not measured | not measured |"), "{a}");
+        // A StrongREJECT judge that parsed nothing wrote no score; its kind, from judge_metrics,
+        // still labels its column.
+        let mut u = EvalResult { primary_judge: Some("sr".into()), ..unmeasured("rl") };
+        u.judge_metrics.insert("sr".into(), "strongreject_score".into());
+        let mut m = crate::messages::SetMetrics { n: 3, values: Default::default() };
+        m.values.insert("judge/sr/n_judged".into(), 0.0);
+        m.values.insert("judge/sr/unparsed".into(), 3.0);
+        u.sets.insert("harmful:advbench".into(), m);
+        let t = judges_table(&[u]).unwrap().to_markdown().unwrap();
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "| branch | set | sr (StrongREJECT score, primary) |");
+        assert_eq!(lines[2], "| rl | harmful:advbench | not measured (all 3 unparsed) |");
         // Without judges neither table exists (the default report is unchanged).
         assert!(judges_table(&[unmeasured("x")]).is_none() && agreement_table(&[unmeasured("x")]).is_none());
     }
