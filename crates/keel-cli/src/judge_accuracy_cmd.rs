@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use keel_safety::judges::{Judge, JudgeSpec};
 use keel_safety::{
     accuracy_markdown, judge_accuracy, label_distribution_markdown, load_labelled, JudgeAccuracy,
-    LabelledPair,
 };
 
 /// What a `keel safety judge-accuracy` invocation names.
