@@ -24,7 +24,11 @@ fn every_shipped_pipeline_validates() {
     assert!(files.len() >= 6, "expected the quickstart and the ablation sweeps, found {files:?}");
     let registry = keel_stages::registry();
     for f in &files {
-        let p = keel_pipeline::load(f, &[], &registry).unwrap_or_else(|d| panic!("{} does not validate:\n{d}", f.display()));
+        let p = match keel_pipeline::load(f, &[], &registry) {
+            Ok(p) => p,
+            Err(d) if needs_only_a_trained_probe(f, &d) => continue,
+            Err(d) => panic!("{} does not validate:\n{d}", f.display()),
+        };
         if p.sweep.is_some() {
             let cells = keel_pipeline::expand_sweep(&p, &registry).unwrap_or_else(|d| panic!("{}: sweep does not expand:\n{d}", f.display()));
             // Ablations compare >= 3 settings, other sweeps (e.g. reasoning safety) >= 2; all over 3 seeds.
@@ -32,6 +36,16 @@ fn every_shipped_pipeline_validates() {
             assert!(cells.len() >= min, "{}: {} cells; expected >= {min} (settings x 3 seeds)", f.display(), cells.len());
         }
     }
+}
+
+/// Whether a pipeline's only problems are probe directories that hold no trained probe yet, and
+/// its header says how to train one. A probe is an artifact the user makes (`keel safety
+/// train-probe`, not fetched by scripts/fetch-test-data.sh), so on a clean machine such a recipe
+/// is rightly refused by validation, with that message; anything else is a failure.
+fn needs_only_a_trained_probe(file: &Path, d: &keel_pipeline::Diagnostics) -> bool {
+    let text = std::fs::read_to_string(file).expect("pipeline file is readable");
+    let header_names_training = text.lines().take_while(|l| l.starts_with('#')).any(|l| l.contains("keel safety train-probe"));
+    header_names_training && d.iter().count() > 0 && d.iter().all(|x| x.message.contains("holds no probe.json (train a probe first)"))
 }
 
 #[test]
